@@ -1,0 +1,46 @@
+# Quick start: `make demo` then `make test`. Everything installs itself into .venv (Python 3.11).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.stamp-$(shell cat requirements/dev.txt pyproject.toml | sha1sum | cut -c1-10)
+A1111_VENV := .venv-a1111
+PYTEST_ARGS ?=
+
+.PHONY: venv demo test test-main test-a1111 lint bench bench-download app clean
+
+venv: $(STAMP)
+$(STAMP): requirements/dev.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements/dev.txt
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	rm -f $(VENV)/.stamp-*; touch $@
+
+demo: venv
+	$(PY) -m lora_trainer.demo
+
+lint: venv
+	$(VENV)/bin/ruff check lora_trainer tests bench scripts install.py preload.py
+
+test: venv lint test-main test-a1111
+
+test-main: venv
+	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) tests --ignore=tests/a1111
+
+# The WebUI adapter on A1111's own pins (gradio 3.41.2, transformers 4.30.2, no diffusers) and real `ldm`.
+test-a1111:
+	@if [ -d tests/a1111 ]; then bash tools/setup_a1111_env.sh $(A1111_VENV) && \
+	  $(A1111_VENV)/bin/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) tests/a1111; \
+	else echo "no A1111 tests"; fi
+
+bench: venv
+	$(PY) bench/train_bench.py
+
+bench-download: venv
+	$(PY) bench/download_bench.py
+
+app: venv
+	$(PY) -m lora_trainer app
+
+clean:
+	rm -rf $(VENV) $(A1111_VENV) output .pytest_cache .ruff_cache

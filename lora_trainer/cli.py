@@ -1,0 +1,47 @@
+"""Command line: one sub-command per module in `lora_trainer.commands`.
+
+Each command module exposes `register(subparsers)` (adds its parser, sets `func`) and keeps its
+heavy imports inside the function it runs, so `--help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# module name inside lora_trainer.commands, in the order shown by --help
+COMMANDS = ("train", "caption", "auto_label", "download", "app", "generate")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lora-trainer",
+        description="Train kohya-format LoRAs (SD1/SD2/SDXL, LLMs) and download models.",
+    )
+    from lora_trainer import __version__
+
+    parser.add_argument("--version", action="version", version=f"lora-trainer {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"lora_trainer.commands.{name}")
+        except ModuleNotFoundError as exc:  # a command not built yet
+            if exc.name == f"lora_trainer.commands.{name}":
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,111 @@
+"""The contract every model adapter fulfils so the training loop stays library- and host-agnostic."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # torch is imported lazily at run time
+    import torch
+    from PIL import Image
+
+    from lora_trainer.lora.target import LoraTarget
+
+ARCHS = ("sd1", "sd2", "sdxl")
+# values written to ss_base_model_version / modelspec.architecture / A1111 sidecar "sd version"
+BASE_MODEL_VERSION = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}
+MODELSPEC_ARCH = {"sd1": "stable-diffusion-v1/lora", "sd2": "stable-diffusion-v2-768-v/lora",
+                  "sdxl": "stable-diffusion-xl-v1-base/lora"}
+SIDECAR_SD_VERSION = {"sd1": "SD1", "sd2": "SD2", "sdxl": "SDXL"}
+LATENT_SCALE = {"sd1": 0.18215, "sd2": 0.18215, "sdxl": 0.13025}
+
+
+@dataclass
+class SizeInfo:
+    """Per-image size conditioning (SDXL uses it; SD1/SD2 ignore it). (height, width) pairs."""
+
+    original: tuple[int, int]
+    crop_top_left: tuple[int, int] = (0, 0)
+    target: tuple[int, int] = (0, 0)
+
+
+@dataclass
+class AdapterInfo:
+    arch: str                         # "sd1" | "sd2" | "sdxl"
+    prediction_type: str = "epsilon"  # "epsilon" | "v_prediction"
+    model_name: str = ""              # ss_sd_model_name (file or folder name of the base)
+    model_hash: str = ""              # optional, for metadata
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class ModelAdapter(abc.ABC):
+    """A loaded SD-family model as the trainer sees it.
+
+    Conventions: images are float pixels in [-1, 1], BCHW; latents returned by `encode_images` are
+    already multiplied by the latent scale; `predict` returns the UNet output (epsilon or v) for
+    `noisy_latents` at integer `timesteps` (0..999) under conditioning `cond` from `encode_text`.
+    The noise schedule is the trainer's (DDPM scaled-linear, 1000 steps), not the adapter's.
+    """
+
+    info: AdapterInfo
+
+    @property
+    def arch(self) -> str:
+        return self.info.arch
+
+    @property
+    def latent_scale(self) -> float:
+        return LATENT_SCALE[self.info.arch]
+
+    @property
+    @abc.abstractmethod
+    def device(self) -> "torch.device": ...
+
+    @property
+    @abc.abstractmethod
+    def dtype(self) -> "torch.dtype":
+        """Dtype of the frozen base weights."""
+
+    @abc.abstractmethod
+    def lora_targets(self, *, unet: bool, text_encoder: bool, conv: bool) -> list["LoraTarget"]:
+        """Modules to wrap, with their kohya names (already in the file's naming scheme)."""
+
+    @abc.abstractmethod
+    def encode_images(self, pixels: "torch.Tensor") -> "torch.Tensor":
+        """VAE-encode pixels in [-1,1] to scaled latents (no grad)."""
+
+    @abc.abstractmethod
+    def encode_text(self, captions: list[str]) -> dict[str, "torch.Tensor"]:
+        """Conditioning for the UNet. Runs with grad when text-encoder LoRA is attached and
+        trained (the caller decides with torch.no_grad()). Keys are adapter-defined, e.g.
+        {"crossattn": [B,77,C]} or, for SDXL, {"crossattn": ..., "pooled": [B,1280]}; every value
+        is a tensor with batch first, so the trainer can cache and batch them."""
+
+    @abc.abstractmethod
+    def predict(self, noisy_latents: "torch.Tensor", timesteps: "torch.Tensor",
+                cond: dict[str, "torch.Tensor"], sizes: list[SizeInfo] | None = None) -> "torch.Tensor":
+        """UNet forward."""
+
+    def trainable_text_encoder(self) -> bool:
+        """False where the host cannot backprop through its text encoder."""
+        return True
+
+    def set_gradient_checkpointing(self, enabled: bool) -> None:  # noqa: B027 - optional
+        """Trade compute for memory in the UNet (and text encoders when trained)."""
+
+    @abc.abstractmethod
+    def generate(self, prompt: str, *, negative_prompt: str = "", seed: int = 0, steps: int = 20,
+                 width: int = 512, height: int = 512, guidance_scale: float = 7.0) -> "Image.Image":
+        """A sample image with the currently attached LoRA (for previews and sample grids)."""
+
+    def prepare_for_training(self) -> None:  # noqa: B027
+        """Freeze the base, move parts where training needs them, undo host hooks that cannot
+        backprop. Must be undone exactly by `restore()`."""
+
+    def restore(self) -> None:  # noqa: B027
+        """Undo `prepare_for_training` (always called, after success, stop or error)."""
+
+    def metadata(self) -> dict[str, str]:
+        """Extra `ss_*` metadata the adapter knows (e.g. ss_sd_model_name, ss_v2)."""
+        return {}
