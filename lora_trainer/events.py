@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any
 
 EventSink = Callable[["Event"], None]
 
@@ -51,7 +52,7 @@ class Emitter:
         if not event.job:
             event.job = self.job
         for sink in list(self._sinks):
-            try:
+            try:  # noqa: SIM105
                 sink(event)
             except Exception:  # noqa: BLE001 - a broken renderer must not stop training
                 pass

@@ -9,7 +9,8 @@ from __future__ import annotations
 import itertools
 import threading
 import traceback
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from lora_trainer.errors import UserError
 from lora_trainer.events import Emitter, Event, EventSink, StopFlag
@@ -48,7 +49,7 @@ class Job:
                         self._dropped += 1
                         break
 
-    def start(self) -> "Job":
+    def start(self) -> Job:
         self._thread = threading.Thread(target=self._run, name=self.id, daemon=True)
         self._thread.start()
         return self

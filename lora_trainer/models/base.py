@@ -60,31 +60,31 @@ class ModelAdapter(abc.ABC):
 
     @property
     @abc.abstractmethod
-    def device(self) -> "torch.device": ...
+    def device(self) -> torch.device: ...
 
     @property
     @abc.abstractmethod
-    def dtype(self) -> "torch.dtype":
+    def dtype(self) -> torch.dtype:
         """Dtype of the frozen base weights."""
 
     @abc.abstractmethod
-    def lora_targets(self, *, unet: bool, text_encoder: bool, conv: bool) -> list["LoraTarget"]:
+    def lora_targets(self, *, unet: bool, text_encoder: bool, conv: bool) -> list[LoraTarget]:
         """Modules to wrap, with their kohya names (already in the file's naming scheme)."""
 
     @abc.abstractmethod
-    def encode_images(self, pixels: "torch.Tensor") -> "torch.Tensor":
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
         """VAE-encode pixels in [-1,1] to scaled latents (no grad)."""
 
     @abc.abstractmethod
-    def encode_text(self, captions: list[str]) -> dict[str, "torch.Tensor"]:
+    def encode_text(self, captions: list[str]) -> dict[str, torch.Tensor]:
         """Conditioning for the UNet. Runs with grad when text-encoder LoRA is attached and
         trained (the caller decides with torch.no_grad()). Keys are adapter-defined, e.g.
         {"crossattn": [B,77,C]} or, for SDXL, {"crossattn": ..., "pooled": [B,1280]}; every value
         is a tensor with batch first, so the trainer can cache and batch them."""
 
     @abc.abstractmethod
-    def predict(self, noisy_latents: "torch.Tensor", timesteps: "torch.Tensor",
-                cond: dict[str, "torch.Tensor"], sizes: list[SizeInfo] | None = None) -> "torch.Tensor":
+    def predict(self, noisy_latents: torch.Tensor, timesteps: torch.Tensor,
+                cond: dict[str, torch.Tensor], sizes: list[SizeInfo] | None = None) -> torch.Tensor:
         """UNet forward."""
 
     def trainable_text_encoder(self) -> bool:
@@ -96,7 +96,7 @@ class ModelAdapter(abc.ABC):
 
     @abc.abstractmethod
     def generate(self, prompt: str, *, negative_prompt: str = "", seed: int = 0, steps: int = 20,
-                 width: int = 512, height: int = 512, guidance_scale: float = 7.0) -> "Image.Image":
+                 width: int = 512, height: int = 512, guidance_scale: float = 7.0) -> Image.Image:
         """A sample image with the currently attached LoRA (for previews and sample grids)."""
 
     def prepare_for_training(self) -> None:  # noqa: B027

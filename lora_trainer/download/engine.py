@@ -1,0 +1,415 @@
+"""Moving bytes: probe the remote file, then N ranged connections (or one stream) into `<name>.part`.
+
+Every connection retries on its own (drops, stalls, 5xx, 429 with Retry-After, expired signed
+URLs re-resolved from the original link) and checks each answer against the file identity, so a
+file that changes on the server aborts the transfer instead of splicing two versions together.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import http.client
+import os
+import random
+import re
+import socket
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from lora_trainer.download.errors import (
+    CancelledError,
+    DownloadError,
+    LinkExpiredError,
+    NetworkError,
+    RemoteChangedError,
+)
+from lora_trainer.download.http import Client, Opened, RetryableHTTPError, Slot, raise_for_status
+from lora_trainer.download.options import DownloadOptions
+from lora_trainer.download.segments import Scheduler, Segment
+from lora_trainer.download.state import PartState, Remote, state_path_for
+
+CHUNK = 256 << 10
+RAMP_WINDOW = 0.1  # seconds the first stream runs alone
+FAST_SINGLE = 48 << 20  # bytes/s: one stream this fast gains little from more connections
+SNIFF = 64 << 10
+_CRANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
+NET_ERRORS = (OSError, http.client.HTTPException)
+
+
+def remote_from(opened: Opened) -> Remote:
+    """Identity and capabilities from the answer to `Range: bytes=0-`."""
+    resp = opened.resp
+    size = None
+    ranges = False
+    if resp.status == 206:
+        m = _CRANGE.match(resp.getheader("Content-Range") or "")
+        if m and m.group(3) != "*":
+            size, ranges = int(m.group(3)), int(m.group(1)) == 0
+    if size is None and not resp.chunked:
+        length = resp.getheader("Content-Length")
+        size = int(length) if length and length.isdigit() else None
+    return Remote(url=opened.url, size=size, etag=resp.getheader("ETag"),
+                  last_modified=resp.getheader("Last-Modified"), ranges=ranges,
+                  content_type=resp.getheader("Content-Type") or "",
+                  disposition=resp.getheader("Content-Disposition"), linked_sha256=opened.linked_sha256)
+
+
+def probe(client: Client, url: str, opts: DownloadOptions, slot: Slot) -> tuple[Remote, Opened]:
+    """Open the link (following redirects) asking for all bytes from 0; retry busy servers."""
+    attempt = 0
+    while True:
+        try:
+            opened = client.open(url, {"Range": "bytes=0-"}, slot)
+            raise_for_status(opened, opts, slot, url)
+            opened.open_ended = opened.checked = True  # this answer defines the identity
+            return remote_from(opened), opened
+        except RetryableHTTPError as exc:
+            attempt += 1
+            if attempt > opts.retries:
+                raise
+            time.sleep(_delay(opts, attempt, exc.retry_after))
+        except NET_ERRORS as exc:
+            slot.close()
+            attempt += 1
+            if attempt > opts.retries:
+                raise NetworkError(f"cannot reach {url}: {exc}") from exc
+            time.sleep(_delay(opts, attempt, None))
+
+
+def _delay(opts: DownloadOptions, attempt: int, retry_after: float | None) -> float:
+    if retry_after is not None:
+        return min(retry_after, max(opts.backoff_max, 1.0) * 4)
+    base = min(opts.backoff_max, opts.backoff * (2 ** (attempt - 1)))
+    return base * (0.75 + 0.5 * random.random())
+
+
+class Transfer:
+    """One file's bytes: fills `part` at the pending ranges, keeps `<part>.json` current for resume."""
+
+    def __init__(self, client: Client, source_url: str, remote: Remote, part: Path, opts: DownloadOptions,
+                 *, pending: list[list[int | None]] | None = None, first: Opened | None = None,
+                 first_slot: Slot | None = None, first_at: int = 0, stop=None,
+                 on_progress: Callable[[int, int | None, float], None] | None = None):
+        self.client, self.source_url, self.remote, self.part, self.opts = client, source_url, remote, part, opts
+        self.state_path = state_path_for(part)
+        connections = opts.connections if remote.ranges and remote.size else 1
+        if pending is None:
+            pending = [list(p) for p in Scheduler.initial(remote.size, connections, opts.min_split)]
+        self.sched = Scheduler([(p[0], p[1]) for p in pending], opts.min_split,
+                               stall_steal=min(1.5, opts.read_timeout / 2))
+        self.workers = max(1, connections)
+        self.first, self.first_slot, self.first_at = first, first_slot, first_at
+        if first is not None and first_at and self.sched.segments and self.sched.segments[0].start == 0:
+            self.sched.segments[0].cursor = first_at  # those bytes were read (sniffed) and written already
+        self.stop = stop
+        self.on_progress = on_progress
+        self.fatal: BaseException | None = None
+        self.last_error: BaseException | None = None
+        self._abort = threading.Event()
+        self._url_lock = threading.Lock()
+        self.fd = -1
+        self.requests = 0
+        self._slots: list[Slot] = []
+        self._carry: dict[int, tuple[Segment, Opened]] = {}  # worker → next segment its open stream continues into
+        self._carried: dict[int, Opened] = {}
+        self._wake = threading.Event()  # a worker finished: the monitor looks at once
+        self._hash_stop = threading.Event()
+        self._hasher = hashlib.sha256()
+        self._hashed = 0
+        self.sha256: str | None = None
+
+    # -- public ------------------------------------------------------------------------------
+    def run(self) -> None:
+        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_BINARY", 0)
+        self.fd = os.open(self.part, flags, 0o644)
+        try:
+            if self.remote.size is not None and os.fstat(self.fd).st_size != self.remote.size:
+                os.ftruncate(self.fd, self.remote.size)  # sparse; pwrite fills it
+            self._save_state(sync=False)  # claims no new bytes yet: no need to sync
+            # a fresh ranged download starts on the probe's stream alone and opens the other
+            # connections only if that one is not already fast (see _monitor): one fast stream keeps
+            # the file in order, so hashing runs alongside instead of after the download
+            ramp = self.first is not None and self.remote.ranges and self.workers > 1
+            threads = [self._spawn(i) for i in range(1 if ramp else self.workers)]
+            hasher = threading.Thread(target=self._hash_behind, daemon=True, name="dl-hash")
+            hasher.start()
+            self._monitor(threads, ramp)
+            self._wake_stuck()
+            for t in threads:
+                t.join(timeout=5)
+            self._hash_stop.set()
+            hasher.join()
+            if self.first is not None and self.first_slot is not None:
+                self.first_slot.close()  # nobody needed byte 0 (resumed transfer)
+            if self.remote.size is None:
+                os.ftruncate(self.fd, self.sched.done_bytes(None))
+            self._save_state(sync=not self.sched.finished())  # complete: the fsync below covers it
+            if self.fatal:
+                raise self.fatal
+            if self.stop is not None and self.stop.requested:
+                raise CancelledError("download cancelled; the .part file is kept for resume")
+            if not self.sched.finished() and self.remote.size is not None:
+                err = self.last_error
+                raise NetworkError(
+                    f"download failed after {self.opts.retries} retries per connection: {err}; "
+                    "run the same command again to resume") from err
+            # flush to disk and hash the unhashed tail at the same time (both release the GIL)
+            syncer = threading.Thread(target=os.fsync, args=(self.fd,), daemon=True)
+            syncer.start()
+            self.sha256 = self._hash_finish()
+            syncer.join()
+        finally:
+            os.close(self.fd)
+
+    # -- internals ---------------------------------------------------------------------------
+    def _spawn(self, wid: int) -> threading.Thread:
+        t = threading.Thread(target=self._worker, args=(wid,), daemon=True, name=f"dl-{wid}")
+        t.start()
+        return t
+
+    def _monitor(self, threads: list[threading.Thread], ramp: bool = False) -> None:
+        started = last_save = time.monotonic()
+        samples: list[tuple[float, int]] = [(started, self.sched.done_bytes(self.remote.size))]
+        while any(t.is_alive() for t in threads) and not (self.remote.size is not None and self.sched.finished()):
+            if self.stop is not None and self.stop.requested:
+                self._abort.set()
+            wait = self.opts.progress_interval
+            if ramp:
+                wait = min(wait, max(0.005, started + RAMP_WINDOW - time.monotonic()))
+            self._wake.wait(wait)
+            self._wake.clear()
+            now = time.monotonic()
+            done = self.sched.done_bytes(self.remote.size)
+            samples.append((now, done))
+            while len(samples) > 2 and now - samples[0][0] > 3.0:
+                samples.pop(0)
+            t0, d0 = samples[0]
+            speed = (done - d0) / (now - t0) if now > t0 else 0.0
+            if ramp and now - started >= RAMP_WINDOW and not self._abort.is_set():
+                ramp = False
+                if speed < FAST_SINGLE or not threads[0].is_alive():
+                    threads += [self._spawn(i) for i in range(1, self.workers)]
+            if self.on_progress:
+                self.on_progress(done, self.remote.size, speed)
+            if now - last_save >= 1.0:
+                self._save_state()
+                last_save = now
+        if self.on_progress:
+            self.on_progress(self.sched.done_bytes(self.remote.size), self.remote.size, 0.0)
+
+    def _wake_stuck(self) -> None:
+        """All bytes are in (or we abort): unblock readers still waiting on a stalled socket."""
+        self._abort.set()
+        for slot in list(self._slots):
+            sock = getattr(slot.conn, "sock", None) if slot.conn is not None else None
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def _hash_behind(self) -> None:
+        """SHA-256 of the finished prefix while the rest still downloads (the page cache holds it),
+        so verification at the end only hashes the tail."""
+        while not self._hash_stop.wait(0.05):
+            self._hash_upto(self.sched.prefix())
+
+    def _hash_upto(self, limit: int) -> None:
+        while self._hashed < limit:
+            data = os.pread(self.fd, min(4 << 20, limit - self._hashed), self._hashed)
+            if not data:
+                break
+            self._hasher.update(data)
+            self._hashed += len(data)
+
+    def _hash_finish(self) -> str | None:
+        if self.sched.restarted:  # a single stream started over: bytes hashed earlier may be stale
+            return None
+        self._hash_upto(os.fstat(self.fd).st_size)
+        return self._hasher.hexdigest()
+
+    def _save_state(self, sync: bool = True) -> None:
+        """Data first (fdatasync), then the record that claims it: a crash never over-claims."""
+        if sync:
+            with contextlib.suppress(OSError):
+                os.fdatasync(self.fd) if hasattr(os, "fdatasync") else os.fsync(self.fd)
+        PartState(self.source_url, self.remote, self.sched.pending()).save(self.state_path)
+
+    def _worker(self, wid: int) -> None:
+        slot = Slot()
+        self._slots.append(slot)
+        buf = bytearray(CHUNK)
+        try:
+            while not self._abort.is_set():
+                carried = self._carry.pop(wid, None)
+                seg = carried[0] if carried else self.sched.assign(wid)
+                if carried:
+                    self._carried[wid] = carried[1]
+                if seg is None:
+                    if self.sched.finished() or not self.remote.ranges:
+                        return
+                    self._abort.wait(0.1)  # stay around: a segment may stall and need taking over
+                    continue
+                ok = self._fetch(wid, seg, slot, buf)
+                if not ok:
+                    self.sched.release(seg)
+                    return
+        finally:
+            slot.close()
+            self._wake.set()
+
+    def _fetch(self, wid: int, seg: Segment, slot: Slot, buf: bytearray) -> bool:
+        """Fill seg; False when this connection gives up (the segment goes back to the pool)."""
+        failures = 0
+        use_source = False
+        while (seg.end is None or seg.cursor < seg.end) and not self._abort.is_set():
+            before = seg.cursor
+            retry_after = None
+            try:
+                opened = self._open(wid, seg, slot, use_source)
+                use_source = False
+                finished = self._stream(wid, seg, opened, buf)
+                if finished is True:
+                    return True
+                if finished is False:  # the stream ended early without error (no Content-Length)
+                    raise http.client.IncompleteRead(b"")
+            except LinkExpiredError as exc:
+                # a signed CDN URL expired: get a fresh one from the original link once, else give up
+                if not use_source and self.remote.url != self.source_url:
+                    slot.close()
+                    use_source = True
+                    continue
+                self._fail(exc)
+                return False
+            except RemoteChangedError as exc:
+                self._fail(exc)
+                return False
+            except RetryableHTTPError as exc:
+                retry_after = exc.retry_after
+                self.last_error = exc
+                slot.close()
+            except DownloadError as exc:
+                self._fail(exc)
+                return False
+            except NET_ERRORS as exc:  # drop, stall (read timeout), reset
+                self.last_error = NetworkError(_describe(exc, seg))
+                slot.close()
+            if self._abort.is_set():
+                return False
+            if not self.remote.ranges and seg.cursor > seg.start:
+                self.sched.reset(seg)  # no Range support: the only way on is from the start
+            failures = 1 if seg.cursor > before else failures + 1
+            if failures > self.opts.retries:
+                return False
+            if self.stop is not None:
+                if self.stop.wait(_delay(self.opts, failures, retry_after)):
+                    return False
+            else:
+                time.sleep(_delay(self.opts, failures, retry_after))
+        return True
+
+    def _fail(self, exc: BaseException) -> None:
+        if self.fatal is None:
+            self.fatal = exc
+        self._abort.set()
+
+    def _open(self, wid: int, seg: Segment, slot: Slot, use_source: bool) -> Opened:
+        carried = self._carried.pop(wid, None) if self._carried else None
+        if carried is not None:
+            return carried
+        with self._url_lock:  # the probe's open answer starts at byte 0: whoever needs byte 0 takes it
+            opened = self.first if seg.cursor == self.first_at else None
+            if opened is not None:
+                self.first = None
+        if opened is not None:
+            if self.first_slot is not None:
+                slot.close()
+                slot.conn, slot.key, slot.absolute = (self.first_slot.conn, self.first_slot.key,
+                                                      self.first_slot.absolute)
+            return opened
+        extra = {}
+        if self.remote.ranges:
+            extra["Range"] = f"bytes={seg.cursor}-{'' if seg.end is None else seg.end - 1}"
+            validator = self.remote.etag if self.remote.etag and not self.remote.etag.startswith("W/") \
+                else self.remote.last_modified
+            if validator:
+                extra["If-Range"] = validator
+        url = self.source_url if use_source else self.remote.url
+        self.requests += 1
+        opened = self.client.open(url, extra, slot)
+        raise_for_status(opened, self.opts, slot, self.source_url)
+        if use_source:
+            with self._url_lock:
+                self.remote.url = opened.url
+        return opened
+
+    def _check_identity(self, opened: Opened, seg: Segment) -> None:
+        resp, r = opened.resp, self.remote
+        etag, lm = resp.getheader("ETag"), resp.getheader("Last-Modified")
+        changed = (etag and r.etag and etag.removeprefix("W/") != r.etag.removeprefix("W/")) or (
+            lm and r.last_modified and lm != r.last_modified)
+        if resp.status == 206:
+            m = _CRANGE.match(resp.getheader("Content-Range") or "")
+            if not m or int(m.group(1)) != seg.cursor:
+                raise RetryableHTTPError("server answered another byte range than asked", 206)
+            if m.group(3) != "*" and r.size is not None and int(m.group(3)) != r.size:
+                changed = True
+        elif resp.status == 200:
+            length = resp.getheader("Content-Length")
+            if length and length.isdigit() and r.size is not None and int(length) != r.size:
+                changed = True
+            if not changed and seg.cursor != 0:
+                raise RetryableHTTPError("server ignored the byte range (HTTP 200)", 200)
+        if changed:
+            raise RemoteChangedError(
+                "the file on the server changed during the download (size/ETag/Last-Modified differ)")
+
+    def _stream(self, wid: int, seg: Segment, opened: Opened, buf: bytearray) -> bool | None:
+        """Copy the body into the part file. True: segment complete; False: clean EOF before end."""
+        resp = opened.resp
+        if not opened.checked:  # the probe's and carried streams were checked when they were opened
+            self._check_identity(opened, seg)
+            opened.checked = True
+        view = memoryview(buf)
+        fd = self.fd
+        cap = self.opts.max_bytes
+        while not self._abort.is_set():
+            want = CHUNK if seg.end is None else min(CHUNK, seg.end - seg.cursor)
+            if want <= 0:
+                break
+            n = resp.readinto(view[:want])
+            if not n:
+                if seg.end is None:
+                    with self.sched.lock:
+                        seg.end = seg.cursor
+                    return True
+                return False
+            n = self.sched.allowed(seg, n)
+            if n:
+                os.pwrite(fd, view[:n], seg.cursor)
+                self.sched.commit(seg, wid, n)
+            if cap is not None and seg.cursor > cap:
+                from lora_trainer.download.errors import SpaceError
+
+                raise SpaceError(f"the file is larger than the size cap ({cap} bytes); raise --max-size")
+        if self._abort.is_set():
+            opened.conn.close()
+            return None
+        # reached the (possibly cut) end. An open-ended stream (the probe's) runs on into the next
+        # segment when nobody has started it; otherwise reuse the connection only if fully read.
+        if not resp.isclosed():
+            nxt = self.sched.take_at(seg.cursor, wid) if opened.open_ended and seg.end == seg.cursor else None
+            if nxt is not None:
+                self._carry[wid] = (nxt, opened)
+            else:
+                opened.conn.close()
+        return True
+
+
+def _describe(exc: BaseException, seg: Segment) -> str:
+    if isinstance(exc, TimeoutError):
+        return f"the connection stalled (no data for a while) at byte {seg.cursor}"
+    if isinstance(exc, http.client.IncompleteRead):
+        return f"the server closed the connection early at byte {seg.cursor} (fewer bytes than announced)"
+    return f"connection error at byte {seg.cursor}: {type(exc).__name__}: {exc}"

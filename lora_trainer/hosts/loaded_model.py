@@ -1,0 +1,35 @@
+"""Pick the adapter for whatever model the WebUI has loaded (ldm, sgm or Forge)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from lora_trainer.errors import ModelLoadError
+
+if TYPE_CHECKING:
+    from lora_trainer.hosts.webui import WebUIServices
+    from lora_trainer.models.base import ModelAdapter
+
+
+def adapter_for(services: WebUIServices, **kwargs: Any) -> ModelAdapter:
+    """The adapter over `services.sd_model`; a clear refusal when nothing usable is loaded."""
+    model = services.sd_model
+    if model is None:
+        raise ModelLoadError("no checkpoint is loaded in the WebUI: pick one in the checkpoint list at the top, "
+                             "wait for it to load, then start training again.")
+    services.check_trainable()
+    kwargs.setdefault("verify_hash", services.flag("lora_trainer_verify_weights"))
+    if hasattr(model, "forge_objects"):
+        from lora_trainer.models.forge import ForgeAdapter
+        return ForgeAdapter(model, services, **kwargs)
+    if hasattr(model, "conditioner") or getattr(model, "is_sdxl", False):
+        from lora_trainer.models.webui_sgm import WebUISgmAdapter
+        return WebUISgmAdapter(model, services, **kwargs)
+    if hasattr(model, "cond_stage_model") and hasattr(model, "model"):
+        if getattr(model, "is_ssd", False) or getattr(model, "is_sd3", False):
+            raise ModelLoadError("the loaded checkpoint is not SD1/SD2/SDXL: LoRA Trainer trains those only. "
+                                 "Load an SD1.5, SD2.x or SDXL checkpoint.")
+        from lora_trainer.models.webui_ldm import WebUILdmAdapter
+        return WebUILdmAdapter(model, services, **kwargs)
+    raise ModelLoadError(f"the loaded model ({type(model).__name__}) is not one LoRA Trainer can train: "
+                         "load an SD1.5, SD2.x or SDXL checkpoint.")

@@ -1,0 +1,45 @@
+"""The standalone app (`python -m lora_trainer app`): local folders, the engine loads the model.
+
+Exposure rule as in the WebUI: when the app listens beyond localhost and was not started with
+`--allow-remote-paths`, remote users can neither read server folders nor make the server download.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from lora_trainer.hosts.base import Host
+
+LOCAL_NAMES = ("127.0.0.1", "localhost", "::1", "")
+
+
+class StandaloneHost(Host):
+    name = "standalone"
+
+    def __init__(self, root: str = ".", settings: dict[str, Any] | None = None, *, listen: str = "127.0.0.1",
+                 allow_remote: bool = False):
+        super().__init__(root, settings)
+        self.listen = listen
+        self.allow_remote = allow_remote
+        self._lock = threading.Lock()  # one training at a time: it owns the CPU/GPU
+
+    def setting(self, key: str, default: Any = None) -> Any:
+        env = os.environ.get(f"LORA_TRAINER_{key.upper()}")
+        return super().setting(key, env if env else default)
+
+    @property
+    def restricted(self) -> bool:
+        return self.listen not in LOCAL_NAMES and not self.allow_remote
+
+    def restriction_reason(self) -> str:
+        return (f"the app listens on {self.listen} (beyond localhost) without --allow-remote-paths; restart it "
+                "with that flag if you trust everyone who can reach it")
+
+    @contextlib.contextmanager
+    def exclusive(self, title: str) -> Iterator[None]:
+        with self._lock:
+            yield

@@ -1,0 +1,431 @@
+"""LoRA modules attached to a frozen base by wrapping `forward`, never by touching its weights.
+
+Why: the base may be the WebUI's live model. Replacing only the instance's `forward` (and putting
+the original back on `detach()`) leaves every base parameter, buffer, dtype, device and hook exactly
+as it was, so an interrupted or failed run cannot damage the host's model.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lora_trainer.errors import UserError
+from lora_trainer.lora.naming import kohya_name_alternatives
+from lora_trainer.lora.target import LoraTarget
+
+KINDS = ("linear", "conv1x1", "conv", "fused_qkv")
+_SUFFIXES = (".lora_down.weight", ".lora_up.weight", ".alpha")
+
+
+class LoRAWeightsError(UserError):
+    """A LoRA file cannot continue this run (shape or rank mismatch)."""
+
+
+class LoRAModule(nn.Module):
+    """One low-rank pair for one base weight: delta W = up @ down * (alpha / rank).
+
+    `down`/`up` are Linear for a Linear base, Conv2d (down k x k with the base's stride/padding,
+    up 1x1) for a conv base, so the kohya tensor shapes fall out of `state_dict()` directly.
+    """
+
+    def __init__(self, name: str, base: nn.Module, rank: int, alpha: float, *, conv: bool,
+                 dtype: torch.dtype = torch.float32, device: torch.device | None = None,
+                 in_out: tuple[int, int] | None = None):
+        super().__init__()
+        self.lora_name = name
+        self.rank = int(rank)
+        self.alpha = float(alpha)
+        self.dropout = 0.0
+        kw: dict[str, Any] = {"bias": False, "dtype": dtype, "device": device}
+        if conv:
+            if base.groups != 1:
+                raise ValueError(f"{name}: grouped convolutions are not supported")
+            self.lora_down = nn.Conv2d(base.in_channels, rank, base.kernel_size, base.stride, base.padding,
+                                       base.dilation, **kw)
+            self.lora_up = nn.Conv2d(rank, base.out_channels, 1, 1, 0, **kw)
+        else:
+            fin, fout = in_out if in_out is not None else (base.in_features, base.out_features)
+            self.lora_down = nn.Linear(fin, rank, **kw)
+            self.lora_up = nn.Linear(rank, fout, **kw)
+        self.is_conv = conv
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """kohya/PEFT init: down kaiming-uniform(a=sqrt 5), up zeros (the LoRA starts as a no-op)."""
+        if self.lora_down.weight.device.type == "meta":
+            return
+        nn.init.kaiming_uniform_(self.lora_down.weight, a=math.sqrt(5))
+        nn.init.zeros_(self.lora_up.weight)
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.rank
+
+    def lora_out(self, x: torch.Tensor) -> torch.Tensor:
+        """The LoRA path for input `x`, scaled by alpha/rank (not by the multiplier)."""
+        w = self.lora_down.weight
+        h = x.to(w.dtype)
+        if self.dropout > 0 and self.training:
+            h = F.dropout(h, self.dropout)
+        return self.lora_up(self.lora_down(h)) * self.scale
+
+    def delta_weight(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Effective weight delta (without multiplier) in the base weight's shape."""
+        down, up = self.lora_down.weight, self.lora_up.weight
+        if dtype is not None:
+            down, up = down.to(dtype), up.to(dtype)
+        d = torch.einsum("or,rikl->oikl", up.flatten(1), down) if self.is_conv else up @ down
+        return d * self.scale
+
+
+@dataclass
+class LoadReport:
+    """What `load_kohya_state_dict` did: keys we expected but the file lacked, and file keys we ignored."""
+
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.missing and not self.unexpected
+
+
+class RankAlpha(NamedTuple):
+    rank: int
+    alpha: float
+    conv_rank: int
+    conv_alpha: float | None
+
+
+def split_kohya_key(key: str) -> tuple[str, str]:
+    """`lora_unet_x.lora_down.weight` -> (`lora_unet_x`, `.lora_down.weight`); ('', '') if not a LoRA key."""
+    for suf in _SUFFIXES:
+        if key.endswith(suf):
+            return key[: -len(suf)], suf
+    return "", ""
+
+
+def infer_rank_alpha(sd: dict[str, torch.Tensor]) -> RankAlpha:
+    """Rank/alpha of a kohya state dict (most common value), so a run can continue from any file.
+
+    Linear/1x1 modules give `rank`/`alpha`; k x k conv modules (LoCon) give `conv_rank`/`conv_alpha`
+    (0/None when absent). A missing `.alpha` counts as alpha = rank (what consumers assume).
+    """
+    ranks: Counter[int] = Counter()
+    alphas: Counter[float] = Counter()
+    cranks: Counter[int] = Counter()
+    calphas: Counter[float] = Counter()
+    for key, t in sd.items():
+        name, suf = split_kohya_key(key)
+        if suf != ".lora_down.weight":
+            continue
+        r = int(t.shape[0])
+        a_t = sd.get(name + ".alpha")
+        a = float(a_t.item()) if a_t is not None else float(r)
+        if t.dim() == 4 and tuple(t.shape[2:]) != (1, 1):
+            cranks[r] += 1
+            calphas[a] += 1
+        else:
+            ranks[r] += 1
+            alphas[a] += 1
+    if not ranks and not cranks:
+        raise LoRAWeightsError("network_weights: the file has no `.lora_down.weight` keys; is it a kohya LoRA?")
+    rank = ranks.most_common(1)[0][0] if ranks else 0
+    alpha = alphas.most_common(1)[0][0] if alphas else float(rank)
+    crank = cranks.most_common(1)[0][0] if cranks else 0
+    calpha = calphas.most_common(1)[0][0] if calphas else None
+    return RankAlpha(rank, alpha, crank, calpha)
+
+
+class _Attachment:
+    """One wrapped base module: its target, the LoRA(s) and the forward that was there before."""
+
+    def __init__(self, target: LoraTarget, loras: list[LoRAModule]):
+        self.target = target
+        self.loras = loras
+        self.had_instance_forward = False
+        self.saved_forward: Callable[..., Any] | None = None
+        self.out_proj_lora: LoRAModule | None = None  # fused_qkv only: LoRA on the MHA's out_proj
+
+
+class LoRANetwork(nn.Module):
+    """All LoRA modules of one run. Holds no reference to base parameters in its own state.
+
+    `multiplier` scales every delta at run time (0 -> the exact base output). Parameters are fp32
+    by default whatever the base dtype; inputs are cast in and outputs cast back.
+    """
+
+    def __init__(self, targets: Iterable[LoraTarget], rank: int, alpha: float | None = None,
+                 dropout: float = 0.0, conv_rank: int = 0, conv_alpha: float | None = None,
+                 dtype: torch.dtype = torch.float32):
+        super().__init__()
+        if rank <= 0:
+            raise ValueError("rank must be > 0")
+        self.rank = int(rank)
+        self.alpha = float(alpha if alpha is not None else rank)
+        self.conv_rank = int(conv_rank or 0)
+        self.conv_alpha = float(conv_alpha if conv_alpha is not None else self.conv_rank)
+        self.dropout = float(dropout)
+        self.multiplier = 1.0
+        self.loras = nn.ModuleDict()
+        self._groups: dict[str, str] = {}
+        self._attachments: list[_Attachment] = []
+        self.skipped: list[str] = []
+        self.attached = False
+        self._merged: list[tuple[nn.Parameter, torch.Tensor]] = []
+        for t in targets:
+            self._add(t, dtype)
+        self._absorb_out_projs()
+        if not self._attachments:
+            raise ValueError("no LoRA targets: nothing to train")
+
+    # ---- construction -------------------------------------------------------------------------
+    def _new(self, name: str, base: nn.Module, rank: int, alpha: float, conv: bool, dtype: torch.dtype,
+             in_out: tuple[int, int] | None = None) -> LoRAModule:
+        if name in self.loras:
+            raise ValueError(f"duplicate LoRA name {name!r}")
+        if not isinstance(name, str) or "." in name or not name:
+            raise ValueError(f"bad LoRA name {name!r}: kohya names contain no dots")
+        w = base.in_proj_weight if in_out is not None else base.weight
+        m = LoRAModule(name, base, rank, alpha, conv=conv, dtype=dtype, device=w.device, in_out=in_out)
+        m.dropout = self.dropout
+        self.loras[name] = m
+        return m
+
+    def _add(self, t: LoraTarget, dtype: torch.dtype) -> None:
+        mod = t.module
+        if t.kind not in KINDS:
+            raise ValueError(f"{t.name}: unknown target kind {t.kind!r} (one of {KINDS})")
+        if t.kind == "linear":
+            if not isinstance(mod, nn.Linear):
+                raise ValueError(f"{t.name}: kind 'linear' needs nn.Linear, got {type(mod).__name__}")
+            loras = [self._new(t.name, mod, self.rank, self.alpha, False, dtype)]
+        elif t.kind in ("conv1x1", "conv"):
+            if not isinstance(mod, nn.Conv2d):
+                raise ValueError(f"{t.name}: kind {t.kind!r} needs nn.Conv2d, got {type(mod).__name__}")
+            is_1x1 = tuple(mod.kernel_size) == (1, 1)
+            if t.kind == "conv1x1" and not is_1x1:
+                raise ValueError(f"{t.name}: kind 'conv1x1' but kernel is {mod.kernel_size}")
+            if is_1x1:
+                loras = [self._new(t.name, mod, self.rank, self.alpha, True, dtype)]
+            elif self.conv_rank <= 0:
+                self.skipped.append(t.name)
+                return
+            else:
+                loras = [self._new(t.name, mod, self.conv_rank, self.conv_alpha, True, dtype)]
+        else:  # fused_qkv
+            if not isinstance(mod, nn.MultiheadAttention) or getattr(mod, "in_proj_weight", None) is None:
+                raise ValueError(f"{t.name}: kind 'fused_qkv' needs nn.MultiheadAttention with in_proj_weight")
+            if len(t.names) != 3:
+                raise ValueError(f"{t.name}: kind 'fused_qkv' needs names=(q, k, v)")
+            e = mod.embed_dim
+            loras = [self._new(n, mod, self.rank, self.alpha, False, dtype, in_out=(e, e)) for n in t.names]
+        for lo in loras:
+            self._groups[lo.lora_name] = t.group
+        self._attachments.append(_Attachment(t, loras))
+
+    def _absorb_out_projs(self) -> None:
+        """nn.MultiheadAttention reads `out_proj.weight` functionally and never calls
+        `out_proj.forward`, so a LoRA on it is applied by its attention's fused wrapper instead."""
+        fused = {id(a.target.module.out_proj): a for a in self._attachments if a.target.kind == "fused_qkv"}
+        keep = []
+        for a in self._attachments:
+            owner = fused.get(id(a.target.module)) if a.target.kind == "linear" else None
+            if owner is not None:
+                owner.out_proj_lora = a.loras[0]
+                continue
+            if isinstance(a.target.module, nn.modules.linear.NonDynamicallyQuantizableLinear):
+                raise ValueError(f"{a.target.name}: the out_proj of an nn.MultiheadAttention is only reached through "
+                                 "its attention; add that attention as a 'fused_qkv' target too")
+            keep.append(a)
+        self._attachments = keep
+
+    # ---- attach / detach ----------------------------------------------------------------------
+    def attach(self) -> LoRANetwork:
+        """Wrap every target's forward. Idempotent."""
+        if self.attached:
+            return self
+        for a in self._attachments:
+            mod = a.target.module
+            a.had_instance_forward = "forward" in mod.__dict__
+            a.saved_forward = mod.__dict__.get("forward")
+            orig = mod.forward
+            wrapper = (self._make_fused_forward(mod, orig, a.loras, a.out_proj_lora)
+                       if a.target.kind == "fused_qkv" else self._make_forward(orig, a.loras[0]))
+            mod.forward = wrapper
+        self.attached = True
+        return self
+
+    def detach(self) -> None:
+        """Put every original forward back; the base is then exactly as before `attach()`.
+
+        Idempotent. Several networks on one module must be detached in reverse attach order.
+        """
+        if not self.attached:
+            return
+        for a in reversed(self._attachments):
+            mod = a.target.module
+            if a.had_instance_forward:
+                mod.forward = a.saved_forward
+            else:
+                mod.__dict__.pop("forward", None)
+            a.saved_forward = None
+        self.attached = False
+
+    def _make_forward(self, orig: Callable[..., Any], lora: LoRAModule) -> Callable[..., Any]:
+        def forward(x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+            y = orig(x, *args, **kwargs)
+            mult = self.multiplier
+            if mult == 0:
+                return y
+            return y + (lora.lora_out(x) * mult).to(y.dtype)
+        return forward
+
+    def _make_fused_forward(self, mod: nn.Module, orig: Callable[..., Any], loras: list[LoRAModule],
+                            out_lora: LoRAModule | None) -> Callable[..., Any]:
+        # open_clip's attention reads `in_proj_weight` and `out_proj.weight` inside
+        # F.multi_head_attention_forward, so the deltas go on the weights for the duration of the
+        # call only (the original Parameters are put back, even on error).
+        def forward(*args: Any, **kwargs: Any) -> Any:
+            mult = self.multiplier
+            if mult == 0:
+                return orig(*args, **kwargs)
+            params, out_params = mod._parameters, mod.out_proj._parameters
+            w0, ow0 = params["in_proj_weight"], out_params["weight"]
+            delta = torch.cat([lo.delta_weight() for lo in loras], 0) * mult
+            params["in_proj_weight"] = w0 + delta.to(w0.dtype)
+            if out_lora is not None:
+                out_params["weight"] = ow0 + (out_lora.delta_weight() * mult).to(ow0.dtype)
+            try:
+                return orig(*args, **kwargs)
+            finally:
+                params["in_proj_weight"] = w0
+                out_params["weight"] = ow0
+        return forward
+
+    # ---- training helpers ---------------------------------------------------------------------
+    def set_multiplier(self, value: float) -> None:
+        self.multiplier = float(value)
+
+    def names(self, group: str | None = None) -> list[str]:
+        return [n for n in self.loras if group is None or self._groups[n] == group]
+
+    def param_groups(self, unet_lr: float | None, te_lr: float | None) -> list[dict[str, Any]]:
+        """Optimizer groups by target group. A group whose lr is 0 or None is frozen (kohya: lr 0 = off)."""
+        out = []
+        for group, lr in (("unet", unet_lr), ("text_encoder", te_lr)):
+            params = [p for n in self.names(group) for p in self.loras[n].parameters()]
+            if not params:
+                continue
+            if not lr:
+                for p in params:
+                    p.requires_grad_(False)
+                continue
+            out.append({"params": params, "lr": float(lr), "name": group})
+        return out
+
+    # ---- kohya state dict ---------------------------------------------------------------------
+    def kohya_state_dict(self, dtype: torch.dtype | None = torch.float16) -> dict[str, torch.Tensor]:
+        """`<name>.lora_down.weight`, `<name>.lora_up.weight`, `<name>.alpha` (0-dim, always), on CPU."""
+        sd: dict[str, torch.Tensor] = {}
+        for name, m in self.loras.items():
+            dt = dtype or m.lora_down.weight.dtype
+            sd[f"{name}.lora_down.weight"] = m.lora_down.weight.detach().to("cpu", dt).contiguous()
+            sd[f"{name}.lora_up.weight"] = m.lora_up.weight.detach().to("cpu", dt).contiguous()
+            sd[f"{name}.alpha"] = torch.tensor(m.alpha, dtype=dt)
+        return sd
+
+    @torch.no_grad()
+    def load_kohya_state_dict(self, sd: dict[str, torch.Tensor], strict_shapes: bool = True) -> LoadReport:
+        """Load a kohya file's tensors into the matching modules (alpha taken from the file).
+
+        Returns which of our modules the file lacked and which file keys matched nothing.
+        A shape mismatch (different rank) raises `LoRAWeightsError` naming the key.
+        """
+        rep = LoadReport()
+        seen: set[str] = set()
+        seen_alpha: set[str] = set()
+        file_names = {split_kohya_key(k)[0] for k in sd}
+        for file_key, t in sd.items():
+            name, suf = split_kohya_key(file_key)
+            if name not in self.loras:
+                # the other UNet naming style (diffusers <-> LDM), unless the file has both
+                alt = next((a for a in kohya_name_alternatives(name) if a in self.loras and a not in file_names), None)
+                if alt is None:
+                    rep.unexpected.append(file_key)
+                    continue
+                name = alt
+            key = name + suf
+            m = self.loras[name]
+            if suf == ".alpha":
+                m.alpha = float(t.item())
+                seen_alpha.add(name + ".alpha")
+                continue
+            p = m.lora_down.weight if suf == ".lora_down.weight" else m.lora_up.weight
+            if tuple(p.shape) != tuple(t.shape):
+                if strict_shapes:
+                    raise LoRAWeightsError(
+                        f"network_weights: {file_key} has shape {tuple(t.shape)} but this run needs {tuple(p.shape)}; "
+                        "set lora_rank/conv_dim to the file's rank (see infer_rank_alpha)")
+                rep.unexpected.append(file_key)
+                continue
+            p.copy_(t.to(p.device, p.dtype))
+            seen.add(key)
+            rep.loaded.append(file_key)
+        for name, m in self.loras.items():
+            for suf in (".lora_down.weight", ".lora_up.weight"):
+                if name + suf not in seen:
+                    rep.missing.append(name + suf)
+            if name + ".lora_down.weight" in seen and name + ".alpha" not in seen_alpha:
+                m.alpha = float(m.rank)  # consumers read a missing alpha as scale 1.0
+        return rep
+
+    @torch.no_grad()
+    def deltas(self, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+        """Effective weight delta per kohya name (times `multiplier`), in the base weight's layout."""
+        return {n: m.delta_weight(dtype) * self.multiplier for n, m in self.loras.items()}
+
+    def _base_weights(self) -> list[tuple[nn.Parameter, torch.Tensor]]:
+        """(base weight, its delta) pairs, fused q/k/v stacked as in `in_proj_weight`."""
+        out = []
+        for a in self._attachments:
+            mod = a.target.module
+            if a.target.kind == "fused_qkv":
+                out.append((mod.in_proj_weight, torch.cat([lo.delta_weight() for lo in a.loras], 0)))
+                if a.out_proj_lora is not None:
+                    out.append((mod.out_proj.weight, a.out_proj_lora.delta_weight()))
+            else:
+                out.append((mod.weight, a.loras[0].delta_weight()))
+        return out
+
+    @torch.no_grad()
+    def merge_into_base(self) -> None:
+        """Add the deltas (times `multiplier`) into the base weights, keeping exact copies.
+
+        For fast inference only; `unmerge()` puts the saved copies back bit for bit. Refused while
+        attached (the delta would count twice) or already merged.
+        """
+        if self.attached or self._merged:
+            raise RuntimeError("merge_into_base: detach() first and merge only once")
+        for w, d in self._base_weights():
+            self._merged.append((w, w.detach().clone()))
+            w.add_((d * self.multiplier).to(w.device, w.dtype))
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """Restore the base weights saved by `merge_into_base()` exactly."""
+        for w, saved in reversed(self._merged):
+            w.copy_(saved)
+        self._merged = []
+
+    def num_trainable(self) -> int:
+        return sum(p.numel() for p in self.parameters())

@@ -1,0 +1,285 @@
+"""ModelAdapter over diffusers/transformers SD1, SD2 (eps or v) and SDXL models (standalone use).
+
+Why: outside the WebUI the trainer needs one object that encodes images and captions and runs the
+UNet, whatever the architecture; the training loop never sees diffusers. Text conditioning follows
+what the LoRA's consumers (A1111, ComfyUI, kohya) do at inference, so a LoRA trained here behaves
+the same there: SD1 uses the last CLIP layer (or an earlier one with `clip_skip`, final layer norm
+applied), SD2 the diffusers text encoder's last layer (already the penultimate open_clip layer),
+SDXL the penultimate layers of both encoders concatenated, pooled output of encoder 2, and size
+conditioning (`add_time_ids`) from `SizeInfo`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from lora_trainer.models.base import BASE_MODEL_VERSION, AdapterInfo, ModelAdapter, SizeInfo
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from lora_trainer.lora.target import LoraTarget
+
+# the trainer's noise schedule (DDPM scaled-linear, 1000 steps); the sampler must use the same one
+NUM_TRAIN_TIMESTEPS = 1000
+BETA_START, BETA_END = 0.00085, 0.012
+
+
+def alphas_cumprod(dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """Cumulative alpha products of the scaled-linear DDPM schedule."""
+    betas = torch.linspace(BETA_START ** 0.5, BETA_END ** 0.5, NUM_TRAIN_TIMESTEPS, dtype=torch.float64) ** 2
+    return torch.cumprod(1.0 - betas, dim=0).to(dtype)
+
+
+class DiffusersAdapter(ModelAdapter):
+    """SD-family model made of diffusers/transformers modules.
+
+    `text_encoders`/`tokenizers`: one each for SD1/SD2, two for SDXL (CLIP-L, then OpenCLIP-G with
+    projection). `clip_skip` counts from the end (1 = last layer). `max_token_length` 75/150/225
+    encodes long captions in 77-token chunks, concatenated (as A1111 does).
+    """
+
+    def __init__(self, unet: Any, vae: Any, text_encoders: list[Any], tokenizers: list[Any],
+                 info: AdapterInfo, *, clip_skip: int = 1, max_token_length: int = 75):
+        if info.arch == "sdxl" and len(text_encoders) != 2:
+            raise ValueError("SDXL needs two text encoders (CLIP-L and OpenCLIP-G)")
+        if info.arch != "sdxl" and len(text_encoders) != 1:
+            raise ValueError(f"{info.arch} needs exactly one text encoder")
+        self.unet, self.vae = unet, vae
+        self.text_encoders, self.tokenizers = list(text_encoders), list(tokenizers)
+        self.info = info
+        self.clip_skip = max(1, int(clip_skip or 1))
+        self.max_token_length = max(75, int(max_token_length or 75))
+        self._saved: dict[str, Any] | None = None
+
+    # ---- basic facts -------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.unet.parameters()).dtype
+
+    @property
+    def latent_scale(self) -> float:
+        """The VAE's own scaling factor (the tiny model's differs from the real SD value)."""
+        return float(getattr(self.vae.config, "scaling_factor", None) or super().latent_scale)
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        """Every torch part by name: `unet`, `vae`, `text_encoder`, (`text_encoder_2`)."""
+        parts = {"unet": self.unet, "vae": self.vae}
+        for i, te in enumerate(self.text_encoders):
+            parts["text_encoder" if i == 0 else f"text_encoder_{i + 1}"] = te
+        return parts
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None,
+           *, vae_dtype: torch.dtype | None = None) -> DiffusersAdapter:
+        """Move parts; the VAE may keep its own dtype (SDXL's VAE overflows in fp16)."""
+        for name, mod in self.modules().items():
+            mod.to(device=device, dtype=(vae_dtype or dtype) if name == "vae" else dtype)
+        return self
+
+    # ---- LoRA targets ------------------------------------------------------------------------
+    def lora_targets(self, *, unet: bool, text_encoder: bool, conv: bool) -> list[LoraTarget]:
+        from lora_trainer.models.targets import diffusers_lora_targets
+
+        return diffusers_lora_targets(self, unet=unet, text_encoder=text_encoder, conv=conv)
+
+    # ---- encoding ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Latent mean (deterministic, so cached and live latents agree) times the latent scale."""
+        vae_dtype = next(self.vae.parameters()).dtype
+        dist = self.vae.encode(pixels.to(self.device, vae_dtype)).latent_dist
+        return dist.mean * self.latent_scale
+
+    def _token_chunks(self, tokenizer: Any, captions: list[str]) -> torch.Tensor:
+        """Token ids [B, n_chunks, 77]: each chunk is BOS + 75 tokens + EOS/pad."""
+        n_chunks = (self.max_token_length + 74) // 75
+        body = 75 * n_chunks
+        enc = tokenizer(captions, add_special_tokens=False, truncation=True, max_length=body,
+                        padding=False)
+        bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+        out = torch.full((len(captions), n_chunks, 77), pad, dtype=torch.long)
+        for b, ids in enumerate(enc["input_ids"]):
+            for c in range(n_chunks):
+                part = ids[c * 75:(c + 1) * 75]
+                row = [bos, *part, eos]
+                out[b, c, :len(row)] = torch.tensor(row, dtype=torch.long)
+        if n_chunks > 1:  # drop trailing chunks that are empty for every caption
+            used = max(1, max((len(ids) + 74) // 75 for ids in enc["input_ids"]) if captions else 1)
+            out = out[:, :used]
+        return out
+
+    def _run_te(self, te: Any, ids: torch.Tensor, layer_from_end: int, final_norm: bool
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Hidden states of one encoder (chunks concatenated) and the first chunk's pooled output."""
+        b, n, length = ids.shape
+        out = te(ids.reshape(b * n, length).to(te.device), output_hidden_states=True)
+        if layer_from_end == 1 and final_norm:
+            hidden = out.last_hidden_state
+        else:
+            hidden = out.hidden_states[-layer_from_end]
+            if final_norm:
+                hidden = _final_layer_norm(te)(hidden)
+        hidden = hidden.reshape(b, n * length, hidden.shape[-1])
+        pooled = getattr(out, "text_embeds", None)
+        if pooled is not None:
+            pooled = pooled.reshape(b, n, -1)[:, 0]
+        return hidden, pooled
+
+    def encode_text(self, captions: list[str]) -> dict[str, torch.Tensor]:
+        if self.info.arch != "sdxl":
+            ids = self._token_chunks(self.tokenizers[0], captions)
+            hidden, _ = self._run_te(self.text_encoders[0], ids, self.clip_skip, final_norm=True)
+            return {"crossattn": hidden}
+        # SDXL: penultimate layer of both encoders (clip_skip 1 -> hidden_states[-2]), no final norm
+        layer = self.clip_skip + 1
+        h1, _ = self._run_te(self.text_encoders[0], self._token_chunks(self.tokenizers[0], captions),
+                             layer, final_norm=False)
+        h2, pooled = self._run_te(self.text_encoders[1], self._token_chunks(self.tokenizers[1], captions),
+                                  layer, final_norm=False)
+        return {"crossattn": torch.cat([h1, h2.to(h1.device)], dim=-1), "pooled": pooled}
+
+    # ---- UNet ----------------------------------------------------------------------------------
+    def time_ids(self, sizes: list[SizeInfo] | None, batch: int, latent_hw: tuple[int, int]) -> torch.Tensor:
+        """SDXL add_time_ids [B, 6]: original (h, w), crop (top, left), target (h, w)."""
+        f = self.vae_scale_factor
+        default = (latent_hw[0] * f, latent_hw[1] * f)
+        rows = []
+        for i in range(batch):
+            s = sizes[i] if sizes else SizeInfo(original=default)
+            target = s.target if s.target and s.target != (0, 0) else default
+            orig = s.original if s.original and s.original != (0, 0) else target
+            rows.append([*orig, *s.crop_top_left, *target])
+        return torch.tensor(rows, dtype=torch.float32)
+
+    def predict(self, noisy_latents: torch.Tensor, timesteps: torch.Tensor,
+                cond: dict[str, torch.Tensor], sizes: list[SizeInfo] | None = None) -> torch.Tensor:
+        dev, dt = self.device, self.dtype
+        extra: dict[str, Any] = {}
+        if self.info.arch == "sdxl":
+            ids = self.time_ids(sizes, noisy_latents.shape[0], tuple(noisy_latents.shape[-2:]))
+            extra["added_cond_kwargs"] = {"text_embeds": cond["pooled"].to(dev, dt),
+                                          "time_ids": ids.to(dev, dt)}
+        return self.unet(noisy_latents.to(dev, dt), timesteps.to(dev),
+                         encoder_hidden_states=cond["crossattn"].to(dev, dt), **extra).sample
+
+    def set_gradient_checkpointing(self, enabled: bool) -> None:
+        if enabled:
+            self.unet.enable_gradient_checkpointing()
+        else:
+            self.unet.disable_gradient_checkpointing()
+        for te in self.text_encoders:
+            if enabled:
+                te.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                te.gradient_checkpointing_disable()
+
+    def set_attention(self, kind: str) -> None:
+        """"sdpa" (torch scaled_dot_product_attention, the default) or "default" (plain matmul)."""
+        from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+        self.unet.set_attn_processor(AttnProcessor2_0() if kind == "sdpa" else AttnProcessor())
+
+    # ---- prepare / restore -------------------------------------------------------------------
+    def _snapshot(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"training": {}, "grad": {}}
+        for name, mod in self.modules().items():
+            state["training"][name] = [(m, m.training) for m in mod.modules()]
+            state["grad"][name] = [(p, p.requires_grad) for p in mod.parameters()]
+        return state
+
+    def prepare_for_training(self) -> None:
+        """Freeze every base weight; VAE in eval, UNet and text encoders in train mode."""
+        if self._saved is None:
+            self._saved = self._snapshot()
+        for name, mod in self.modules().items():
+            mod.requires_grad_(False)
+            mod.train(name != "vae")
+
+    def restore(self) -> None:
+        saved, self._saved = self._saved, None
+        if saved is None:
+            return
+        for pairs in saved["training"].values():
+            for m, flag in pairs:
+                m.training = flag
+        for pairs in saved["grad"].values():
+            for p, flag in pairs:
+                p.requires_grad_(flag)
+
+    @contextlib.contextmanager
+    def _eval_mode(self) -> Iterator[None]:
+        """Eval mode for sampling (no LoRA dropout), then every module's flag as it was."""
+        flags = [(m, m.training) for mod in self.modules().values() for m in mod.modules()]
+        try:
+            for mod in self.modules().values():
+                mod.eval()
+            yield
+        finally:
+            for m, flag in flags:
+                m.training = flag
+
+    # ---- sampling ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, prompt: str, *, negative_prompt: str = "", seed: int = 0, steps: int = 20,
+                 width: int = 512, height: int = 512, guidance_scale: float = 7.0) -> Image.Image:
+        """DDIM (eta 0) with classifier-free guidance; the same seed gives the same image."""
+        from PIL import Image
+
+        f = self.vae_scale_factor
+        h, w = max(f, int(height) // f * f), max(f, int(width) // f * f)
+        with self._eval_mode():
+            cond = self.encode_text([negative_prompt, prompt])
+            gen = torch.Generator("cpu").manual_seed(int(seed))
+            ch = self.unet.config.in_channels
+            x = torch.randn((1, ch, h // f, w // f), generator=gen, dtype=torch.float32)
+            x = x.to(self.device)
+            acp = alphas_cumprod(torch.float64)
+            steps = max(1, min(int(steps), NUM_TRAIN_TIMESTEPS))
+            ratio = NUM_TRAIN_TIMESTEPS // steps
+            ts = [int(t) for t in (torch.arange(steps - 1, -1, -1) * ratio + 1).clamp(max=999)]
+            sizes = [SizeInfo(original=(h, w), target=(h, w))] * 2
+            for i, t in enumerate(ts):
+                a_t = float(acp[t])
+                a_prev = float(acp[ts[i + 1]]) if i + 1 < len(ts) else 1.0
+                out = self.predict(torch.cat([x, x]), torch.tensor([t, t]), cond, sizes).float()
+                uncond, text = out.chunk(2)
+                out = uncond + guidance_scale * (text - uncond)
+                if self.info.prediction_type == "v_prediction":
+                    x0 = a_t ** 0.5 * x - (1 - a_t) ** 0.5 * out
+                    eps = a_t ** 0.5 * out + (1 - a_t) ** 0.5 * x
+                else:
+                    eps = out
+                    x0 = (x - (1 - a_t) ** 0.5 * eps) / a_t ** 0.5
+                x = a_prev ** 0.5 * x0 + (1 - a_prev) ** 0.5 * eps
+            vae_dtype = next(self.vae.parameters()).dtype
+            img = self.vae.decode((x / self.latent_scale).to(vae_dtype)).sample.float()
+        arr = ((img[0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+        return Image.fromarray(arr, "RGB")
+
+    # ---- metadata ----------------------------------------------------------------------------
+    def metadata(self) -> dict[str, str]:
+        v = self.info.prediction_type == "v_prediction"
+        version = BASE_MODEL_VERSION[self.info.arch] + ("_v" if v and self.info.arch == "sd2" else "")
+        md = {"ss_sd_model_name": self.info.model_name, "ss_v2": str(self.info.arch == "sd2"),
+              "ss_base_model_version": version, "ss_v_parameterization": str(v),
+              "ss_clip_skip": str(self.clip_skip), "modelspec.prediction_type": "v" if v else "epsilon"}
+        return md
+
+
+def _final_layer_norm(te: Any) -> torch.nn.Module:
+    """The encoder's final LayerNorm (transformers 5 has no `text_model` level, 4 has one)."""
+    inner = getattr(te, "text_model", te)
+    return inner.final_layer_norm

@@ -1,0 +1,355 @@
+"""`load_adapter(cfg)`: the base model named by `base_model`, loaded offline as a DiffusersAdapter.
+
+Why offline with shipped configs: users point at a single `.safetensors` checkpoint from
+models/Stable-diffusion; loading it must not reach the Hub for configs (no network, or a mirror
+that is blocked). The architecture is read from the state dict's keys, the diffusers configs for it
+ship in `models/configs/<arch>/`, diffusers' own LDM->diffusers converters do the key mapping, and
+the CLIP tokenizer (vocab.json + merges.txt, the same for every SD model) is looked up locally.
+Accepted `base_model` values:
+- `builtin:tiny-sd1` / `builtin:tiny-sdxl`: the built-in tiny models;
+- a diffusers folder (with model_index.json);
+- a single-file `.safetensors` checkpoint (SD1.x, SD2.x incl. v-prediction, SDXL base);
+- `.ckpt`/`.pt`/`.pth`: read with `torch.load(weights_only=True)` only (no pickled code runs);
+- a Hub repo id already in the local HF cache (`org/name`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from lora_trainer.errors import ModelLoadError
+from lora_trainer.models.base import AdapterInfo
+from lora_trainer.models.detect import Detected, detect_checkpoint
+
+CONFIG_ROOT = os.path.join(os.path.dirname(__file__), "configs")  # tests may point this elsewhere
+BUILTIN_PREFIX = "builtin:"
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+
+# where a tokenizer can be found in the HF cache (repo id, folder inside it), per text encoder
+HUB_TOKENIZERS = {
+    "sd1": [[("openai/clip-vit-large-patch14", ""), ("runwayml/stable-diffusion-v1-5", "tokenizer"),
+             ("stable-diffusion-v1-5/stable-diffusion-v1-5", "tokenizer")]],
+    "sd2": [[("stabilityai/stable-diffusion-2-1", "tokenizer"), ("stabilityai/stable-diffusion-2-1-base", "tokenizer"),
+             ("openai/clip-vit-large-patch14", "")]],
+    "sdxl": [[("stabilityai/stable-diffusion-xl-base-1.0", "tokenizer"), ("openai/clip-vit-large-patch14", "")],
+             [("stabilityai/stable-diffusion-xl-base-1.0", "tokenizer_2"),
+              ("laion/CLIP-ViT-bigG-14-laion2B-39B-b160k", ""), ("openai/clip-vit-large-patch14", "")]],
+}
+# open_clip encoders pad with "!" (id 0), CLIP-L with <|endoftext|>
+PAD_TOKENS = {"sd1": ["<|endoftext|>"], "sd2": ["!"], "sdxl": ["<|endoftext|>", "!"]}
+
+
+def _get(cfg: Any, name: str, default: Any = None) -> Any:
+    if isinstance(cfg, dict):
+        return cfg.get(name, default)
+    return getattr(cfg, name, default)
+
+
+def resolve_device(name: str | None) -> Any:
+    """"auto" -> cuda, then mps, then cpu; anything else is passed to torch.device."""
+    import torch
+
+    if not name or name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    return torch.device(name)
+
+
+def weight_dtype(mixed_precision: str | None, device: Any) -> Any:
+    """Frozen base weights in half precision on accelerators when mixed precision is on, else fp32."""
+    import torch
+
+    if device.type == "cpu" or mixed_precision in (None, "", "no"):
+        return torch.float32
+    return torch.bfloat16 if mixed_precision == "bf16" else torch.float16
+
+
+def load_adapter(cfg: Any):  # -> DiffusersAdapter
+    """The adapter for `cfg.base_model`, on `cfg.device`, with base weights in the training dtype."""
+    base = str(_get(cfg, "base_model") or "").strip()
+    if not base:
+        raise ModelLoadError("config 'base_model' is empty: give a .safetensors checkpoint, a diffusers folder "
+                             "or builtin:tiny-sd1")
+    clip_skip = int(_get(cfg, "clip_skip", 1) or 1)
+    max_tokens = int(_get(cfg, "max_token_length", 75) or 75)
+    if base.startswith(BUILTIN_PREFIX):
+        from lora_trainer.models.tiny import build_tiny_adapter
+
+        adapter = build_tiny_adapter(base[len(BUILTIN_PREFIX):].removeprefix("tiny-"), clip_skip=clip_skip,
+                                     max_token_length=max_tokens)
+        _check_model_type(cfg, adapter.arch, base)
+    else:
+        adapter = _load_path(cfg, base, clip_skip, max_tokens)
+    device = resolve_device(_get(cfg, "device", "auto"))
+    import torch
+
+    adapter.to(device, weight_dtype(_get(cfg, "mixed_precision", "no"), device), vae_dtype=torch.float32)
+    adapter.set_attention(_get(cfg, "attention", "sdpa") or "sdpa")
+    return adapter
+
+
+def _check_model_type(cfg: Any, detected: str, where: str) -> None:
+    wanted = _get(cfg, "model_type", "auto") or "auto"
+    if wanted != "auto" and wanted != detected:
+        raise ModelLoadError(f"config 'model_type' is {wanted!r} but {where} is an {detected} model; "
+                             f"set model_type: auto (or {detected})")
+
+
+def _load_path(cfg: Any, base: str, clip_skip: int, max_tokens: int):  # -> DiffusersAdapter
+    path = os.path.expanduser(base)
+    if os.path.isdir(path):
+        if os.path.exists(os.path.join(path, "model_index.json")):
+            return load_diffusers_folder(cfg, path, clip_skip, max_tokens)
+        raise ModelLoadError(f"base_model folder {path} has no model_index.json: give a diffusers model folder "
+                             "or the checkpoint file itself (.safetensors)")
+    if os.path.isfile(path):
+        return load_single_file(cfg, path, clip_skip, max_tokens)
+    if "/" in base and not os.path.isabs(base) and base.count("/") == 1 and not base.startswith("."):
+        cached = _hub_snapshot(base, _get(cfg, "model_cache_dir"))
+        if cached:
+            return load_diffusers_folder(cfg, cached, clip_skip, max_tokens)
+    raise ModelLoadError(f"base_model not found: {base} (no such file or folder, and not in the local "
+                         "Hugging Face cache). Put the checkpoint in models/Stable-diffusion/ and give its "
+                         "path, or use builtin:tiny-sd1 to try the trainer")
+
+
+def _hub_snapshot(repo_id: str, cache_dir: str | None) -> str | None:
+    """Local snapshot folder of a Hub repo (offline), or None."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(repo_id, cache_dir=cache_dir, local_files_only=True)
+    except Exception:  # noqa: BLE001 - any failure means "not cached"
+        return None
+
+
+# ---- diffusers folders -----------------------------------------------------------------------------
+def load_diffusers_folder(cfg: Any, path: str, clip_skip: int = 1, max_tokens: int = 75):  # -> DiffusersAdapter
+    """A diffusers pipeline folder: unet/, vae/, text_encoder[_2]/, tokenizer[_2]/, scheduler/."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    from lora_trainer.models.diffusers_sd import DiffusersAdapter
+
+    with open(os.path.join(path, "model_index.json"), encoding="utf-8") as f:
+        index = json.load(f)
+    missing = [p for p in ("unet", "vae", "text_encoder", "tokenizer") if not os.path.isdir(os.path.join(path, p))]
+    if missing:
+        raise ModelLoadError(f"diffusers folder {path} lacks {', '.join(missing)}/ — copy the whole model folder")
+    try:
+        unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", local_files_only=True)
+        vae_path = _get(cfg, "vae_path")
+        vae = _load_vae(vae_path) if vae_path else AutoencoderKL.from_pretrained(path, subfolder="vae",
+                                                                                 local_files_only=True)
+        tes = [CLIPTextModel.from_pretrained(path, subfolder="text_encoder", local_files_only=True)]
+        if "text_encoder_2" in index:
+            tes.append(CLIPTextModelWithProjection.from_pretrained(path, subfolder="text_encoder_2",
+                                                                    local_files_only=True))
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"cannot load diffusers folder {path}: {e}") from e
+    arch = "sdxl" if len(tes) == 2 else ("sd2" if unet.config.cross_attention_dim == 1024 else "sd1")
+    _check_model_type(cfg, arch, path)
+    tokenizers = [_tokenizer_from(os.path.join(path, sub), PAD_TOKENS[arch][i])
+                  for i, sub in enumerate(["tokenizer", "tokenizer_2"][:len(tes)])]
+    if any(t is None for t in tokenizers):
+        raise ModelLoadError(f"diffusers folder {path}: tokenizer folder lacks vocab.json + merges.txt")
+    pred = "epsilon"
+    sched = os.path.join(path, "scheduler", "scheduler_config.json")
+    if os.path.exists(sched):
+        with open(sched, encoding="utf-8") as f:
+            pred = json.load(f).get("prediction_type", "epsilon") or "epsilon"
+    pred = _prediction_override(cfg, pred)
+    info = AdapterInfo(arch=arch, prediction_type=pred, model_name=os.path.basename(os.path.normpath(path)))
+    return DiffusersAdapter(unet, vae, tes, tokenizers, info, clip_skip=clip_skip, max_token_length=max_tokens)
+
+
+def _prediction_override(cfg: Any, detected: str) -> str:
+    v = _get(cfg, "v_parameterization")
+    if v is None:
+        return detected
+    return "v_prediction" if v else "epsilon"
+
+
+def _load_vae(vae_path: str):  # -> AutoencoderKL
+    """`vae_path`: a diffusers VAE folder or a single-file VAE (.safetensors, LDM or diffusers keys)."""
+    from diffusers import AutoencoderKL
+
+    if os.path.isdir(vae_path):
+        return AutoencoderKL.from_pretrained(vae_path, local_files_only=True)
+    if not os.path.isfile(vae_path):
+        raise ModelLoadError(f"config 'vae_path': file not found: {vae_path}")
+    sd = read_state_dict(vae_path)
+    if not any(k.startswith("first_stage_model.") for k in sd):
+        sd = {("first_stage_model." + k if not k.startswith("first_stage_model.") else k): v for k, v in sd.items()}
+    arch = "sdxl" if "xl" in os.path.basename(vae_path).lower() else "sd1"
+    return AutoencoderKL.from_single_file(sd, config=os.path.join(CONFIG_ROOT, arch), subfolder="vae",
+                                          local_files_only=True)
+
+
+# ---- single files ----------------------------------------------------------------------------------
+def read_state_dict(path: str) -> dict[str, Any]:
+    """Tensors of a .safetensors file, or of a pickle checkpoint read with weights_only=True."""
+    low = path.lower()
+    if low.endswith(".safetensors"):
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(path)
+        except (SafetensorError, OSError, ValueError) as e:
+            raise ModelLoadError(f"{path} is not a readable .safetensors file ({e}); re-download it") from e
+    if low.endswith(PICKLE_SUFFIXES):
+        import torch
+
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - unpickling refused or broken file
+            raise ModelLoadError(
+                f"{path} is a pickle checkpoint that cannot be read safely (torch.load weights_only=True "
+                f"refused it: {str(e).splitlines()[0][:200]}). Convert it to .safetensors on a machine "
+                "you trust, e.g. `python -c \"import torch, safetensors.torch as s; "
+                "sd=torch.load('model.ckpt', map_location='cpu', weights_only=False); "
+                "sd=sd.get('state_dict', sd); s.save_file({k: v.contiguous() for k, v in sd.items() "
+                "if hasattr(v, 'contiguous')}, 'model.safetensors')\"`, or download the .safetensors "
+                "version of the model") from e
+        if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+            obj = obj["state_dict"]
+        if not isinstance(obj, dict):
+            raise ModelLoadError(f"{path} does not hold a state dict")
+        return {k: v for k, v in obj.items() if hasattr(v, "shape")}
+    raise ModelLoadError(f"base_model {path}: unknown file type; use a .safetensors checkpoint")
+
+
+def read_metadata(path: str) -> dict[str, str]:
+    """The safetensors header's __metadata__ (empty for other files)."""
+    if not path.lower().endswith(".safetensors"):
+        return {}
+    from safetensors import safe_open
+
+    try:
+        with safe_open(path, "pt") as f:
+            return dict(f.metadata() or {})
+    except Exception:  # noqa: BLE001 - unreadable header: read_state_dict reports it
+        return {}
+
+
+def load_single_file(cfg: Any, path: str, clip_skip: int = 1, max_tokens: int = 75):  # -> DiffusersAdapter
+    """An original-layout (LDM/SGM) checkpoint file, converted with the shipped configs."""
+    from lora_trainer.models.diffusers_sd import DiffusersAdapter
+
+    sd = read_state_dict(path)
+    det = detect_checkpoint(sd, read_metadata(path), path)
+    _check_model_type(cfg, det.arch, path)
+    tokenizers = find_tokenizers(det.arch, path, _get(cfg, "tokenizer_path"), _get(cfg, "model_cache_dir"))
+    unet, vae, tes = convert_single_file(sd, det)
+    if _get(cfg, "vae_path"):
+        vae = _load_vae(_get(cfg, "vae_path"))
+    pred = _prediction_override(cfg, det.prediction_type)
+    if pred == "epsilon" and det.arch == "sd2" and not det.prediction_evidence and \
+            _get(cfg, "v_parameterization") is None:
+        from lora_trainer.models.detect import sd2_unet_predicts_v
+
+        pred = "v_prediction" if sd2_unet_predicts_v(unet) else "epsilon"
+    info = AdapterInfo(arch=det.arch, prediction_type=pred, model_name=os.path.basename(path),
+                       extra={"prediction_evidence": det.prediction_evidence or "unet test"
+                              if det.arch == "sd2" else det.prediction_evidence})
+    return DiffusersAdapter(unet, vae, tes, tokenizers, info, clip_skip=clip_skip, max_token_length=max_tokens)
+
+
+def convert_single_file(sd: dict[str, Any], det: Detected) -> tuple[Any, Any, list[Any]]:
+    """(unet, vae, text_encoders) from an LDM-layout state dict, via diffusers' converters."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers.loaders.single_file_utils import create_diffusers_clip_model_from_ldm
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    cfg_dir = os.path.join(CONFIG_ROOT, det.arch)
+    if not os.path.isdir(cfg_dir):
+        raise ModelLoadError(f"no shipped config for {det.arch} in {cfg_dir}; reinstall the extension")
+    try:
+        unet = UNet2DConditionModel.from_single_file(sd, config=cfg_dir, subfolder="unet", local_files_only=True)
+        vae = AutoencoderKL.from_single_file(sd, config=cfg_dir, subfolder="vae", local_files_only=True)
+        tes = [create_diffusers_clip_model_from_ldm(CLIPTextModel, sd, subfolder="text_encoder", config=cfg_dir,
+                                                    local_files_only=True)]
+        if det.arch == "sdxl":
+            tes.append(create_diffusers_clip_model_from_ldm(CLIPTextModelWithProjection, sd,
+                                                            subfolder="text_encoder_2", config=cfg_dir,
+                                                            local_files_only=True))
+    except (ValueError, KeyError, RuntimeError, OSError) as e:
+        raise ModelLoadError(f"cannot convert the {det.arch} checkpoint {det.source}: {e}. Is it a complete "
+                             "model (UNet + VAE + text encoder), not a LoRA, VAE or pruned UNet-only file?") from e
+    for name, mod in (("unet", unet), ("vae", vae), *((f"text_encoder {i + 1}", t) for i, t in enumerate(tes))):
+        meta = [n for n, p in [*mod.named_parameters(), *mod.named_buffers()] if p.is_meta]
+        if meta:
+            raise ModelLoadError(f"checkpoint {det.source} lacks {name} weights ({meta[0]}, ... {len(meta)} "
+                                 "tensors); use a complete model file")
+        mod.eval()
+    return unet, vae, tes
+
+
+# ---- tokenizers ------------------------------------------------------------------------------------
+def _tokenizer_from(folder: str, pad_token: str):  # -> CLIPTokenizer | None
+    if not (os.path.isfile(os.path.join(folder, "vocab.json")) and os.path.isfile(os.path.join(folder, "merges.txt"))):
+        return None
+    from transformers import CLIPTokenizer
+
+    tok = CLIPTokenizer.from_pretrained(folder, local_files_only=True)
+    if pad_token in tok.get_vocab():
+        tok.pad_token = pad_token
+    return tok
+
+
+def _hub_file_dir(repo_id: str, sub: str, cache_dir: str | None) -> str | None:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        name = f"{sub}/vocab.json" if sub else "vocab.json"
+        found = try_to_load_from_cache(repo_id, name, cache_dir=cache_dir)
+        merges = try_to_load_from_cache(repo_id, name.replace("vocab.json", "merges.txt"), cache_dir=cache_dir)
+        if isinstance(found, str) and isinstance(merges, str) and os.path.dirname(found) == os.path.dirname(merges):
+            return os.path.dirname(found)
+    except Exception:  # noqa: BLE001 - cache not there
+        return None
+    return None
+
+
+def find_tokenizers(arch: str, checkpoint: str, tokenizer_path: str | None, cache_dir: str | None) -> list[Any]:
+    """One CLIP tokenizer per text encoder, from (in order) `tokenizer_path`, the checkpoint's folder
+    (`tokenizer/`, `tokenizer_2/`), then the local HF cache. Raises ModelLoadError saying where to put
+    which files when none is found."""
+    subs = ["tokenizer", "tokenizer_2"][:2 if arch == "sdxl" else 1]
+    out = []
+    for i, sub in enumerate(subs):
+        candidates = []
+        if tokenizer_path:
+            candidates += [os.path.join(tokenizer_path, sub), tokenizer_path]
+        here = os.path.dirname(os.path.abspath(checkpoint))
+        stem = os.path.splitext(os.path.basename(checkpoint))[0]
+        candidates += [os.path.join(here, stem, sub), os.path.join(here, sub)]
+        tok = None
+        for c in candidates:
+            tok = _tokenizer_from(c, PAD_TOKENS[arch][i])
+            if tok is not None:
+                break
+        if tok is None:
+            for repo, folder in HUB_TOKENIZERS[arch][i]:
+                found = _hub_file_dir(repo, folder, cache_dir)
+                if found and (tok := _tokenizer_from(found, PAD_TOKENS[arch][i])) is not None:
+                    break
+        if tok is None:
+            if tokenizer_path and not os.path.isdir(tokenizer_path):
+                raise ModelLoadError(f"config 'tokenizer_path': folder not found: {tokenizer_path}")
+            src = HUB_TOKENIZERS[arch][i][0]
+            origin = f"{src[0]}" + (f" ({src[1]}/)" if src[1] else "")
+            raise ModelLoadError(
+                f"no CLIP tokenizer found for {os.path.basename(checkpoint)} ({arch}, text encoder {i + 1}). "
+                f"Put {sub}/vocab.json + {sub}/merges.txt from {origin} next to the checkpoint "
+                f"({os.path.join(os.path.dirname(os.path.abspath(checkpoint)), sub)}/), or set tokenizer_path "
+                "to a folder holding vocab.json + merges.txt (any CLIP tokenizer works: SD1, SD2 and SDXL "
+                "share one vocabulary)")
+        out.append(tok)
+    return out

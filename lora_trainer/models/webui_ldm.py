@@ -1,0 +1,245 @@
+"""The WebUI's loaded SD1/SD2 model (ldm `LatentDiffusion`) as a ModelAdapter, trained in place.
+
+No copy and no reload: LoRA wraps the host's own UNet and text-encoder modules, encoding goes
+through the host's VAE and text encoder, and `restore()` leaves the object exactly as it found it
+(checked with a `ModelSnapshot`). Works on the bare `ldm` model (tests) and on A1111's hijacked one
+(`cond_stage_model.wrapped`). Host services (lock, optimisations, builtin-Lora unmerge) come in as a
+`WebUIServices`; nothing here imports `modules.*`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from lora_trainer.hosts.guard import ModelSnapshot
+from lora_trainer.models.base import AdapterInfo, ModelAdapter, SizeInfo
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from lora_trainer.hosts.webui import WebUIServices
+    from lora_trainer.lora.target import LoraTarget
+
+log = logging.getLogger("lora_trainer.webui")
+
+CHECKPOINT_BLOCKS = ("BasicTransformerBlock", "ResBlock")
+
+
+def _checkpoint_name(sd_model: Any) -> tuple[str, str]:
+    """(name, short hash) of the host's checkpoint, as A1111 records them on the model."""
+    info = getattr(sd_model, "sd_checkpoint_info", None)
+    name = getattr(info, "name_for_extra", None) or getattr(info, "model_name", None) or ""
+    if not name and getattr(info, "filename", None):
+        name = os.path.splitext(os.path.basename(info.filename))[0]
+    return name or type(sd_model).__name__, str(getattr(sd_model, "sd_model_hash", "") or "")
+
+
+class WebUILdmAdapter(ModelAdapter):
+    """A1111 SD1.x / SD2.x (`ldm.models.diffusion.ddpm.LatentDiffusion`)."""
+
+    def __init__(self, sd_model: Any, services: WebUIServices | None = None, *, verify_hash: bool = False):
+        from lora_trainer.hosts.webui import WebUIServices
+
+        self.sd_model = sd_model
+        self.services = services or WebUIServices(sd_model_getter=lambda: sd_model)
+        self.verify_hash = verify_hash
+        self.unet = sd_model.model.diffusion_model
+        cond = sd_model.cond_stage_model
+        self.te_root = getattr(cond, "wrapped", cond)   # A1111 wraps the ldm embedder
+        self.open_clip = hasattr(self.te_root, "model") and hasattr(self.te_root.model, "transformer") \
+            and not hasattr(self.te_root, "transformer")
+        arch = "sd2" if self.open_clip or getattr(sd_model, "is_sd2", False) else "sd1"
+        pred = "v_prediction" if getattr(sd_model, "parameterization", "eps") == "v" else "epsilon"
+        name, short_hash = _checkpoint_name(sd_model)
+        self.info = AdapterInfo(arch=arch, prediction_type=pred, model_name=name, model_hash=short_hash,
+                                extra={"host": "webui"})
+        self.services.check_trainable()
+        self._snapshot: ModelSnapshot | None = None
+        self._undone_optimizations = False
+        self._checkpointed: list[torch.nn.Module] = []
+        self.restore_problems: list[str] = []
+
+    # ---- basics
+    @property
+    def device(self) -> torch.device:
+        if self.services.device is not None:
+            return torch.device(self.services.device)
+        return next(self.unet.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.unet.parameters()).dtype
+
+    def _te_dtype(self) -> torch.dtype:
+        return next(self.te_root.parameters()).dtype
+
+    def metadata(self) -> dict[str, str]:
+        meta = {"ss_sd_model_name": self.info.model_name, "ss_v2": str(self.arch == "sd2")}
+        if self.info.model_hash:
+            meta["ss_sd_model_hash"] = self.info.model_hash
+        return meta
+
+    # ---- targets
+    def _te_layers_used(self) -> int | None:
+        """open_clip with layer="penultimate" never runs its last block: no LoRA there (kohya's
+        SD2 text encoder has the last layer removed too)."""
+        idx = getattr(self.te_root, "layer_idx", 0)
+        if self.open_clip and idx:
+            return len(self.te_root.model.transformer.resblocks) - int(idx)
+        return None
+
+    def lora_targets(self, *, unet: bool, text_encoder: bool, conv: bool) -> list[LoraTarget]:
+        from lora_trainer.lora import discovery
+
+        out: list[LoraTarget] = []
+        if unet:
+            out += discovery.ldm_unet_targets(self.unet, self.arch, conv)
+        if text_encoder:
+            if self.open_clip:
+                used = self._te_layers_used()
+                for t in discovery.open_clip_targets(self.te_root.model.transformer, prefix="lora_te"):
+                    layer = int(t.name.split("_layers_")[1].split("_")[0])
+                    if used is None or layer < used:
+                        out.append(t)
+            else:
+                out += discovery.text_encoder_targets(self.te_root.transformer, prefix="lora_te")
+        return out
+
+    # ---- compute
+    def _autocast(self) -> Any:
+        if self.services.autocast is not None and self.dtype != torch.float32:
+            return self.services.autocast()
+        return contextlib.nullcontext()
+
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        vae = self.sd_model.first_stage_model
+        vae_dtype = next(vae.parameters()).dtype
+        with torch.no_grad(), self._autocast():
+            posterior = self.sd_model.encode_first_stage(pixels.to(self.device, vae_dtype))
+            z = self.sd_model.get_first_stage_encoding(posterior)
+        return z.float()
+
+    def encode_text(self, captions: list[str]) -> dict[str, torch.Tensor]:
+        with self._autocast():
+            c = self.sd_model.get_learned_conditioning(list(captions))
+        if isinstance(c, dict):  # never for LatentDiffusion; guards a mis-detected SDXL
+            raise TypeError("expected a tensor conditioning from an SD1/SD2 model")
+        return {"crossattn": c}
+
+    def predict(self, noisy_latents: torch.Tensor, timesteps: torch.Tensor,
+                cond: dict[str, torch.Tensor], sizes: list[SizeInfo] | None = None) -> torch.Tensor:
+        dtype = self.dtype
+        with self._autocast():
+            out = self.sd_model.apply_model(noisy_latents.to(self.device, dtype), timesteps.to(self.device),
+                                            cond["crossattn"].to(self.device, dtype))
+        return out
+
+    # ---- gradient checkpointing (torch's non-reentrant one: ldm's own ignores LoRA parameters)
+    def set_gradient_checkpointing(self, enabled: bool) -> None:
+        self._remove_checkpointing()
+        if not enabled:
+            return
+        from torch.utils.checkpoint import checkpoint
+
+        for mod in self.unet.modules():
+            if type(mod).__name__ not in CHECKPOINT_BLOCKS or "forward" in mod.__dict__:
+                continue
+            orig = mod.forward
+
+            def wrapped(*args: Any, _orig: Callable[..., Any] = orig, **kwargs: Any) -> Any:
+                if not torch.is_grad_enabled():
+                    return _orig(*args, **kwargs)
+                return checkpoint(_orig, *args, use_reentrant=False, **kwargs)
+
+            mod.forward = wrapped
+            self._checkpointed.append(mod)
+
+    def _remove_checkpointing(self) -> None:
+        for mod in self._checkpointed:
+            mod.__dict__.pop("forward", None)
+        self._checkpointed = []
+
+    # ---- prepare / restore
+    def prepare_for_training(self) -> None:
+        svc = self.services
+        svc.check_trainable()
+        if svc.unmerge_networks is not None:
+            n = svc.unmerge_networks(self.sd_model)
+            if n:
+                log.info("removed LoRA weights merged by the builtin Lora extension from %d modules", n)
+        self._snapshot = ModelSnapshot.take(self.sd_model, with_hash=self.verify_hash)
+        if svc.undo_optimizations is not None and not svc.option("training_xattention_optimizations", False):
+            svc.undo_optimizations()
+            self._undone_optimizations = True
+        for p in self.sd_model.parameters():
+            p.requires_grad_(False)
+
+    def restore(self) -> None:
+        self._remove_checkpointing()
+        svc = self.services
+        try:
+            if self._undone_optimizations and svc.apply_optimizations is not None:
+                svc.apply_optimizations()
+        finally:
+            self._undone_optimizations = False
+            if self._snapshot is not None:
+                moved = self._snapshot.differences(self.sd_model, check_hash=False)
+                self._snapshot.restore(self.sd_model)
+                if moved and svc.lowvram_reset is not None and svc.medvram(self.arch == "sdxl"):
+                    svc.lowvram_reset()
+                self.restore_problems = self._snapshot.differences(self.sd_model)
+                if self.restore_problems:
+                    log.error("the model differs from before training: %s", "; ".join(self.restore_problems[:10]))
+
+    def verify(self) -> list[str]:
+        """What differs from the model as it was before training (empty: identical)."""
+        return self._snapshot.differences(self.sd_model) if self._snapshot else []
+
+    # ---- samples
+    def generate(self, prompt: str, *, negative_prompt: str = "", seed: int = 0, steps: int = 20,
+                 width: int = 512, height: int = 512, guidance_scale: float = 7.0) -> Image.Image:
+        if self.services.txt2img is not None:
+            return self.services.txt2img(prompt=prompt, negative_prompt=negative_prompt, seed=seed, steps=steps,
+                                         width=width, height=height, cfg_scale=guidance_scale)
+        return ddim_sample(self, prompt, negative_prompt, seed, steps, width, height, guidance_scale)
+
+
+@torch.no_grad()
+def ddim_sample(adapter: ModelAdapter, prompt: str, negative_prompt: str, seed: int, steps: int,
+                width: int, height: int, guidance: float, decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                ) -> Image.Image:
+    """A plain deterministic DDIM on the trainer's schedule (samples outside the WebUI's pipeline)."""
+    from PIL import Image
+
+    from lora_trainer.train.noise import NoiseSchedule
+
+    ac = NoiseSchedule().alphas_cumprod
+    g = torch.Generator().manual_seed(int(seed))
+    x = torch.randn((1, 4, height // 8, width // 8), generator=g).to(adapter.device)
+    cond = adapter.encode_text([prompt])
+    uncond = adapter.encode_text([negative_prompt]) if guidance != 1.0 else None
+    ts = torch.linspace(999, 0, max(1, steps)).round().long().tolist()
+    for i, t in enumerate(ts):
+        tt = torch.tensor([t], device=adapter.device)
+        out = adapter.predict(x, tt, cond).float()
+        if uncond is not None:
+            out = adapter.predict(x, tt, uncond).float() * (1 - guidance) + out * guidance
+        a_t = float(ac[t])
+        a_prev = float(ac[ts[i + 1]]) if i + 1 < len(ts) else 1.0
+        if adapter.info.prediction_type == "v_prediction":
+            x0 = a_t ** 0.5 * x - (1 - a_t) ** 0.5 * out
+            eps = (1 - a_t) ** 0.5 * x + a_t ** 0.5 * out
+        else:
+            eps = out
+            x0 = (x - (1 - a_t) ** 0.5 * eps) / a_t ** 0.5
+        x = a_prev ** 0.5 * x0 + (1 - a_prev) ** 0.5 * eps
+    model = adapter.sd_model
+    img = (decode or model.decode_first_stage)(x.to(adapter.dtype) / 1.0).float()
+    arr = ((img[0].clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray(arr)

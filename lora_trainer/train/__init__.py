@@ -1,0 +1,19 @@
+"""The training loop (pure torch): noise/loss, optimizers, checkpoints and resume, events.
+
+Models come in only through `lora_trainer.models.base.ModelAdapter`, so the same loop trains on a
+diffusers model, on the WebUI's own LDM modules or on Forge's.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from lora_trainer.train.loop import TrainResult
+
+
+def train(cfg: Any, **kwargs: Any) -> TrainResult:
+    """Lazy entry point so `import lora_trainer.train` stays light."""
+    from lora_trainer.train.loop import train as _train
+
+    return _train(cfg, **kwargs)

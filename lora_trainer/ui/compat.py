@@ -1,0 +1,63 @@
+"""One place for the differences between gradio 3.41 (A1111), 4.40 (Forge) and current gradio."""
+
+from __future__ import annotations
+
+import inspect
+from functools import cache
+from typing import Any
+
+import gradio as gr
+
+GRADIO_MAJOR = int(gr.__version__.split(".")[0])
+
+
+@cache
+def _accepted(cls: type) -> frozenset[str] | None:
+    try:
+        params = inspect.signature(cls.__init__).parameters
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()) and cls is not gr.Blocks:
+        return None
+    return frozenset(params)
+
+
+def make(cls: type, **kwargs: Any) -> Any:
+    """Build a component, dropping keyword arguments this gradio version does not know
+    (e.g. Gallery `columns`/`height`, Textbox `show_copy_button`, Button `size`)."""
+    if cls is gr.File and GRADIO_MAJOR < 4 and kwargs.get("type") == "filepath":
+        kwargs["type"] = "file"  # gradio 3.41 has no "filepath"; its "file" object has .name
+    accepted = _accepted(cls)
+    if accepted is not None:
+        kwargs = {k: v for k, v in kwargs.items() if k in accepted}
+    return cls(**kwargs)
+
+
+def update(**kwargs: Any) -> Any:
+    """`gr.update` (exists in every supported version; `gr.X.update` does not)."""
+    return gr.update(**kwargs)
+
+
+def on(event: Any, fn: Any, *, inputs: Any = None, outputs: Any = None, js: str | None = None,
+       **kwargs: Any) -> Any:
+    """Attach a listener; `js` is passed as `_js=` on gradio 3 and `js=` later."""
+    params = inspect.signature(event).parameters
+    if js is not None:
+        kwargs["_js" if "_js" in params else "js"] = js
+    if "show_progress" in kwargs and GRADIO_MAJOR < 4:
+        kwargs["show_progress"] = kwargs["show_progress"] != "hidden"
+    kwargs = {k: v for k, v in kwargs.items() if k in params}
+    return event(fn, inputs=inputs, outputs=outputs, **kwargs)
+
+
+def blocks(**kwargs: Any) -> Any:
+    """gr.Blocks without the arguments newer gradio moved to launch() (css, theme)."""
+    if GRADIO_MAJOR >= 6:
+        kwargs.pop("css", None)
+        kwargs.pop("theme", None)
+    return gr.Blocks(**kwargs)
+
+
+def dataframe_value(rows: list[list[Any]], headers: list[str]) -> dict[str, Any] | Any:
+    """A table value every version accepts."""
+    return {"data": rows or [[""] * len(headers)], "headers": headers}
