@@ -32,7 +32,7 @@ def demo_config(root: str, steps: int = DEMO_STEPS) -> dict[str, Any]:
         "lora_rank": 8, "lora_alpha": 8, "train_text_encoder": False,
         "batch_size": 4, "max_train_steps": steps, "learning_rate": 2e-3, "lr_scheduler": "cosine",
         "lr_warmup_steps": 5, "optimizer": "adamw", "seed": 42, "save_steps": steps // 2, "save_last_n": 2,
-        "save_precision": "fp32", "sample_prompts": list(PROMPTS[:2]), "sample_every_n_steps": steps // 2,
+        "save_precision": "fp32", "sample_prompts": list(PROMPTS[:2]), "sample_every_n_steps": 0,
         "sample_steps": 20, "sample_guidance": 4.0, "description": "Demo LoRA of the synthetic zqx concept",
     }
 

@@ -14,7 +14,7 @@ PY=$VENV/bin/python
 PINS=(torch==2.14.1 torchvision==0.29.1 gradio==3.41.2 transformers==4.30.2 accelerate==0.21.0
       safetensors==0.4.2 pytorch_lightning==1.9.4 open-clip-torch==2.20.0 omegaconf==2.2.3
       einops==0.4.1 numpy==1.26.2 Pillow==9.5.0 kornia==0.6.7 fastapi==0.94.0 httpx==0.24.1
-      setuptools==80.9.0 PyYAML pytest)
+      setuptools==80.9.0 scipy PyYAML pytest)
 SDKIT=stable-diffusion-sdkit==2.1.5
 STAMP=$VENV/.stamp-a1111-$(printf '%s\n' "${PINS[@]}" "$SDKIT" | sha1sum | cut -c1-10)
 [ -f "$STAMP" ] && exit 0

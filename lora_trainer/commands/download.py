@@ -35,6 +35,7 @@ def register(subparsers) -> None:
     p.add_argument("--mirror", action="append", default=[], help="another link to the same file (repeatable)")
     p.add_argument("--header", action="append", default=[], metavar="'K: V'", help="extra request header")
     p.add_argument("--proxy", help="http://, socks5:// or socks5h:// proxy (default: environment)")
+    p.add_argument("--ca-file", help="extra CA certificates (PEM) to trust for https")
     p.add_argument("--token", help="API token for Civitai / HuggingFace links")
     p.add_argument("--civitai-token", help="Civitai API token (default: env CIVITAI_TOKEN)")
     p.add_argument("--hf-token", help="HuggingFace token (default: env HF_TOKEN)")
@@ -74,7 +75,7 @@ def build(args):
         root=Path(args.to), route=not args.flat, connections=max(1, args.connections), headers=headers,
         proxy=args.proxy, civitai_token=args.civitai_token or args.token, hf_token=args.hf_token or args.token,
         max_bytes=args.max_size, allow_pickle=args.allow_pickle, unpack_zip=not args.no_unzip,
-        block_private=args.block_private, retries=args.retries, read_timeout=args.timeout)
+        block_private=args.block_private, retries=args.retries, read_timeout=args.timeout, ca_file=args.ca_file)
     opts.folders.update({k: getattr(args, f"dir_{k}") for k in ("lora", "checkpoint", "vae", "embedding")})
     requests = []
     for src in args.sources:

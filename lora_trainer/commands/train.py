@@ -87,7 +87,9 @@ class CliRenderer:
         if self.bar is None:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, file=self.stream, unit="step", dynamic_ncols=True, initial=0)
+            tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+            self.bar = tqdm(total=total, file=self.stream, unit="step", dynamic_ncols=True, initial=0,
+                            mininterval=0.2 if tty else 5.0)
         if total and self.bar.total != total:
             self.bar.total = total
         step = int(d.get("step", 0))

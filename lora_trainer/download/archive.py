@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import stat
 import zipfile
 from collections.abc import Iterator
@@ -59,13 +58,6 @@ def extract_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, dest: Path) -> No
             if written > limit:
                 raise UnsafeError(f"refused the archive: member '{info.filename}' is larger than it declares")
             out.write(chunk)
-
-
-def check_free(folder: Path, need: int, keep: int) -> None:
-    free = shutil.disk_usage(folder).free
-    if free - need < keep:
-        raise SpaceError(f"not enough free space in {folder}: need {need >> 20} MiB more, "
-                         f"have {free >> 20} MiB; free some space or choose another folder with --to")
 
 
 def open_zip(path: Path) -> zipfile.ZipFile:

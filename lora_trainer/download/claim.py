@@ -26,12 +26,14 @@ class PartClaim:
 
     def release(self) -> None:
         """Unlock; an empty part file without a resume record (nothing fetched yet) is removed."""
-        if self.fd >= 0:
-            try:
-                empty = os.fstat(self.fd).st_size == 0
-                if empty and not self.path.with_name(self.path.name + ".json").exists():
-                    self.path.unlink(missing_ok=True)
-            finally:
+        try:
+            empty = (os.fstat(self.fd) if self.fd >= 0 else os.stat(self.path)).st_size == 0
+            if empty and not self.path.with_name(self.path.name + ".json").exists():
+                self.path.unlink(missing_ok=True)
+        except FileNotFoundError:
+            pass
+        finally:
+            if self.fd >= 0:
                 os.close(self.fd)
                 self.fd = -1
         with _lock:
@@ -44,7 +46,10 @@ def _try(path: Path) -> PartClaim | None:
         if key in _active:
             return None
         fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o644)
-        if fcntl is not None:
+        if fcntl is None:  # Windows: an open file cannot be renamed, so hold nothing open
+            os.close(fd)
+            fd = -1
+        else:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:

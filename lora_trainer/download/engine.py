@@ -14,6 +14,7 @@ import os
 import random
 import re
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -26,6 +27,7 @@ from lora_trainer.download.errors import (
     NetworkError,
     RemoteChangedError,
 )
+from lora_trainer.download.fileio import open_rw, read_at, sync_data, write_at
 from lora_trainer.download.http import Client, Opened, RetryableHTTPError, Slot, raise_for_status
 from lora_trainer.download.options import DownloadOptions
 from lora_trainer.download.segments import Scheduler, Segment
@@ -33,7 +35,8 @@ from lora_trainer.download.state import PartState, Remote, state_path_for
 
 CHUNK = 256 << 10
 RAMP_WINDOW = 0.1  # seconds the first stream runs alone
-FAST_SINGLE = 48 << 20  # bytes/s: one stream this fast gains little from more connections
+FAST_SINGLE = 48 << 20
+FLUSH_EVERY = 64 << 20  # bytes hashed between background flushes  # bytes/s: one stream this fast gains little from more connections
 SNIFF = 64 << 10
 _CRANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
 NET_ERRORS = (OSError, http.client.HTTPException)
@@ -71,6 +74,11 @@ def probe(client: Client, url: str, opts: DownloadOptions, slot: Slot) -> tuple[
             if attempt > opts.retries:
                 raise
             time.sleep(_delay(opts, attempt, exc.retry_after))
+        except ssl.SSLCertVerificationError as exc:  # retrying will not make it trusted
+            slot.close()
+            raise NetworkError(
+                f"{url}: the server's TLS certificate is not trusted ({exc.verify_message}); if you trust "
+                "this server, pass its CA certificate with --ca-file") from exc
         except NET_ERRORS as exc:
             slot.close()
             attempt += 1
@@ -123,8 +131,7 @@ class Transfer:
 
     # -- public ------------------------------------------------------------------------------
     def run(self) -> None:
-        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_BINARY", 0)
-        self.fd = os.open(self.part, flags, 0o644)
+        self.fd = open_rw(self.part)
         try:
             if self.remote.size is not None and os.fstat(self.fd).st_size != self.remote.size:
                 os.ftruncate(self.fd, self.remote.size)  # sparse; pwrite fills it
@@ -212,12 +219,16 @@ class Transfer:
     def _hash_behind(self) -> None:
         """SHA-256 of the finished prefix while the rest still downloads (the page cache holds it),
         so verification at the end only hashes the tail."""
+        flushed = self._hashed
         while not self._hash_stop.wait(0.05):
             self._hash_upto(self.sched.prefix())
+            if self._hashed - flushed >= FLUSH_EVERY:  # write back as we go: the final fsync stays short
+                flushed = self._hashed
+                sync_data(self.fd)
 
     def _hash_upto(self, limit: int) -> None:
         while self._hashed < limit:
-            data = os.pread(self.fd, min(4 << 20, limit - self._hashed), self._hashed)
+            data = read_at(self.fd, min(4 << 20, limit - self._hashed), self._hashed)
             if not data:
                 break
             self._hasher.update(data)
@@ -232,14 +243,14 @@ class Transfer:
     def _save_state(self, sync: bool = True) -> None:
         """Data first (fdatasync), then the record that claims it: a crash never over-claims."""
         if sync:
-            with contextlib.suppress(OSError):
-                os.fdatasync(self.fd) if hasattr(os, "fdatasync") else os.fsync(self.fd)
+            sync_data(self.fd)
         PartState(self.source_url, self.remote, self.sched.pending()).save(self.state_path)
 
     def _worker(self, wid: int) -> None:
         slot = Slot()
         self._slots.append(slot)
         buf = bytearray(CHUNK)
+        fd = open_rw(self.part)  # its own descriptor (Windows has no pwrite: seek+write per thread)
         try:
             while not self._abort.is_set():
                 carried = self._carry.pop(wid, None)
@@ -251,15 +262,16 @@ class Transfer:
                         return
                     self._abort.wait(0.1)  # stay around: a segment may stall and need taking over
                     continue
-                ok = self._fetch(wid, seg, slot, buf)
+                ok = self._fetch(wid, seg, slot, buf, fd)
                 if not ok:
                     self.sched.release(seg)
                     return
         finally:
             slot.close()
+            os.close(fd)
             self._wake.set()
 
-    def _fetch(self, wid: int, seg: Segment, slot: Slot, buf: bytearray) -> bool:
+    def _fetch(self, wid: int, seg: Segment, slot: Slot, buf: bytearray, fd: int) -> bool:
         """Fill seg; False when this connection gives up (the segment goes back to the pool)."""
         failures = 0
         use_source = False
@@ -269,7 +281,7 @@ class Transfer:
             try:
                 opened = self._open(wid, seg, slot, use_source)
                 use_source = False
-                finished = self._stream(wid, seg, opened, buf)
+                finished = self._stream(wid, seg, opened, buf, fd)
                 if finished is True:
                     return True
                 if finished is False:  # the stream ended early without error (no Content-Length)
@@ -356,6 +368,9 @@ class Transfer:
             if m.group(3) != "*" and r.size is not None and int(m.group(3)) != r.size:
                 changed = True
         elif resp.status == 200:
+            if "text/html" in (resp.getheader("Content-Type") or "").lower() and "html" not in r.content_type.lower():
+                raise LinkExpiredError("the link answered with a web page (HTML) instead of the file: it has "
+                                       "expired or needs a login; paste a fresh direct link")
             length = resp.getheader("Content-Length")
             if length and length.isdigit() and r.size is not None and int(length) != r.size:
                 changed = True
@@ -365,14 +380,13 @@ class Transfer:
             raise RemoteChangedError(
                 "the file on the server changed during the download (size/ETag/Last-Modified differ)")
 
-    def _stream(self, wid: int, seg: Segment, opened: Opened, buf: bytearray) -> bool | None:
+    def _stream(self, wid: int, seg: Segment, opened: Opened, buf: bytearray, fd: int) -> bool | None:
         """Copy the body into the part file. True: segment complete; False: clean EOF before end."""
         resp = opened.resp
         if not opened.checked:  # the probe's and carried streams were checked when they were opened
             self._check_identity(opened, seg)
             opened.checked = True
         view = memoryview(buf)
-        fd = self.fd
         cap = self.opts.max_bytes
         while not self._abort.is_set():
             want = CHUNK if seg.end is None else min(CHUNK, seg.end - seg.cursor)
@@ -387,7 +401,7 @@ class Transfer:
                 return False
             n = self.sched.allowed(seg, n)
             if n:
-                os.pwrite(fd, view[:n], seg.cursor)
+                write_at(fd, view[:n], seg.cursor)
                 self.sched.commit(seg, wid, n)
             if cap is not None and seg.cursor > cap:
                 from lora_trainer.download.errors import SpaceError

@@ -13,7 +13,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from lora_trainer.download import archive
 from lora_trainer.download.claim import PartClaim, claim_part
 from lora_trainer.download.classify import classify_header
 from lora_trainer.download.engine import NET_ERRORS, SNIFF, Transfer, probe
@@ -30,9 +29,9 @@ from lora_trainer.download.errors import (
     VerificationError,
 )
 from lora_trainer.download.http import Client, Slot
-from lora_trainer.download.naming import choose_name, name_from_url, sanitize
+from lora_trainer.download.naming import choose_name
 from lora_trainer.download.options import DownloadOptions
-from lora_trainer.download.place import place
+from lora_trainer.download.place import check_free, place
 from lora_trainer.download.safety import check_url
 from lora_trainer.download.sidecar import fetch_preview, write_sidecar
 from lora_trainer.download.sources import SourceInfo, civitai_info
@@ -180,9 +179,8 @@ def _transfer(ctx: _Ctx, url: str) -> tuple[Path, Remote, tuple[str | None, str]
         remote, opened, head = _probe_head(ctx, url, slot)
         try:
             if part is None:
-                ctx.name = choose_name(ctx.req.name, remote.disposition, url)
-                if ctx.name == "download" and name_from_url(remote.url):
-                    ctx.name = sanitize(name_from_url(remote.url))
+                hints = (ctx.info.primary_name,) if ctx.info is not None and ctx.info.primary_name else ()
+                ctx.name = choose_name(ctx.req.name, remote.disposition, [url, remote.url], hints)
                 if ctx.name.lower().endswith(PICKLE_EXTS) and not opts.allow_pickle:
                     raise PickleRefusedError(
                         f"refused {ctx.name}: pickle files (.ckpt/.pt/.bin) can run code when loaded; "
@@ -199,7 +197,7 @@ def _transfer(ctx: _Ctx, url: str) -> tuple[Path, Remote, tuple[str | None, str]
             pending = _resume_plan(ctx, part, remote, url, expected[0] is not None)
             have = 0 if pending is None else (remote.size or 0) - sum((e or 0) - s for s, e in pending)
             if remote.size is not None:
-                archive.check_free(Path(opts.root), remote.size - have, opts.min_free_bytes)
+                check_free(Path(opts.root), remote.size - have, opts.min_free_bytes)
             fresh = pending is None
             with open(part, "r+b" if part.exists() else "wb") as f:
                 f.write(head)
@@ -242,9 +240,9 @@ def _probe_head(ctx: _Ctx, url: str, slot: Slot):
 def _resume_plan(ctx: _Ctx, part: Path, remote: Remote, url: str, sha_known: bool) -> list | None:
     """Pending ranges from the state file when the remote file is the same one; else start clean."""
     state = PartState.load(state_path_for(part))
-    if state is not None and part.exists() and state.remote.same_file(remote, sha_known) \
+    if state is not None and part.exists() and state.remote.same_file(remote, sha_known, state.source != url) \
             and part.stat().st_size == remote.size and remote.ranges:
-        ctx.log("info", f"{part.name}: resuming, same remote file (size and ETag/Last-Modified match)")
+        ctx.log("info", f"{part.name}: resuming, the remote file is the same one")
         return [[s, e] for s, e in state.pending]
     if state is not None or (part.exists() and part.stat().st_size > 0):
         why = "the remote file changed" if state is not None else "no resume record"
@@ -317,12 +315,14 @@ def _pickle_kind(name: str) -> str:
 
 
 def _unpack(ctx: _Ctx, part: Path, url: str) -> tuple[list[FileResult], list[str]]:
+    from lora_trainer.download import archive  # zipfile only when there is an archive
+
     opts = ctx.opts
     files: list[FileResult] = []
     skipped: list[str] = []
     with archive.open_zip(part) as zf:
         members = list(archive.safe_members(zf, opts.max_unpacked_bytes, opts.allow_pickle))
-        archive.check_free(Path(opts.root), sum(i.file_size for i, _ in members), opts.min_free_bytes)
+        check_free(Path(opts.root), sum(i.file_size for i, _ in members), opts.min_free_bytes)
         wanted = {i.filename for i, _ in members}
         skipped = [i.filename for i in zf.infolist() if not i.is_dir() and i.filename not in wanted]
         for info, name in members:

@@ -15,7 +15,6 @@ import json
 import re
 import ssl
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from urllib.parse import unquote, urljoin, urlsplit
 
@@ -100,6 +99,8 @@ class Client:
         """TLS context, built on first https use (loading the CA store costs ~0.1 s)."""
         if self._ssl is None:
             ctx = ssl.create_default_context()
+            if self.opts.ca_file:
+                ctx.load_verify_locations(self.opts.ca_file)
             if not self.opts.verify_tls:
                 ctx.check_hostname = False
                 ctx.verify_mode = ssl.CERT_NONE
@@ -110,6 +111,8 @@ class Client:
     def _proxy_for(self, scheme: str, host: str) -> str | None:
         if self.opts.proxy is not None:
             return self.opts.proxy or None  # "" means: no proxy, ignore the environment
+        import urllib.request  # only for the environment's proxy settings
+
         proxies = urllib.request.getproxies()
         if not proxies or urllib.request.proxy_bypass(host):
             return None
@@ -157,11 +160,14 @@ class Client:
         if pscheme not in ("http", "https"):
             raise BadRequestError(f"proxy '{proxy}': use http://, https://, socks5:// or socks5h://")
         pport = p.port or (443 if pscheme == "https" else 8080)
+        if https and pscheme == "https":  # TLS to the proxy, and TLS to the origin inside it
+            from lora_trainer.download.tlstunnel import open_tunnel
+
+            conn = http.client.HTTPConnection(host, port, timeout=timeout)
+            conn._create_connection = lambda addr, _t=None, _s=None: open_tunnel(  # type: ignore[attr-defined]
+                p.hostname, pport, host, port, self._ctx, auth, opts.connect_timeout, opts.read_timeout)
+            return conn, False
         if https:
-            if pscheme == "https":
-                raise BadRequestError(
-                    f"proxy '{proxy}': https:// links through a TLS (https://) proxy are not supported; "
-                    "use the proxy's http:// address (the CONNECT tunnel is still end-to-end TLS)")
             conn = http.client.HTTPSConnection(p.hostname, pport, timeout=timeout, context=self._ctx)
             conn.set_tunnel(host, port, headers={"Proxy-Authorization": auth} if auth else None)
             absolute = False

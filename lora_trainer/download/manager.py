@@ -110,6 +110,9 @@ class DownloadManager:
             request = DownloadRequest(request.urls, name or request.name, sha256 or request.sha256, request.headers)
         request.validate()
         with self._lock:
+            for old in self._items.values():  # the same request already waiting (e.g. a restarted CLI run)
+                if old.request == request and old.to == to and old.state in (QUEUED, RUNNING):
+                    return old.id
             item = QueueItem(f"dl-{int(time.time() * 1000) % 10**9}-{next(self._ids)}", request, to=to)
             self._items[item.id] = item
             self._save()

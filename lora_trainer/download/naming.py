@@ -85,19 +85,19 @@ def sanitize(name: str | None, fallback: str = "download") -> str:
     return (stem or fallback) + suffix
 
 
-def choose_name(user_name: str | None, disposition: str | None, url: str, fallback_ext: str = "") -> str:
-    """User-given name (extension added from the server's name when missing) > Content-Disposition > URL."""
-    server = parse_content_disposition(disposition) or name_from_url(url)
-    server_name = sanitize(server) if server else None
+def choose_name(user_name: str | None, disposition: str | None, urls: list[str], hints: tuple[str, ...] = ()) -> str:
+    """User-given name (extension added from the server's name when missing) > Content-Disposition >
+    a source's own file name (`hints`, e.g. Civitai's API) > the URLs (original link first, then the
+    redirect target), preferring names that have an extension."""
+    candidates = [parse_content_disposition(disposition), *hints, *(name_from_url(u) for u in urls)]
+    names = [sanitize(c) for c in candidates if c]
+    server_name = next((n for n in names if "." in n), names[0] if names else None)
     if user_name:
         name = sanitize(user_name)
         if "." not in name and server_name and "." in server_name:
             name += "." + server_name.rsplit(".", 1)[1]
         return name
-    name = server_name or "download"
-    if "." not in name and fallback_ext:
-        name += fallback_ext
-    return name
+    return server_name or "download"
 
 
 def free_name(folder: Path, name: str) -> Path:

@@ -54,6 +54,7 @@ class DownloadOptions:
     write_sidecar: bool = True
     fetch_preview: bool = True
     verify_tls: bool = True
+    ca_file: str | None = None  # extra CA bundle (company proxies, self-hosted mirrors)
     user_agent: str = "lora-trainer-downloader/0.1"
     progress_interval: float = 0.25
 

@@ -7,6 +7,7 @@ import os
 import shutil
 from pathlib import Path
 
+from lora_trainer.download.errors import SpaceError
 from lora_trainer.download.naming import free_name
 from lora_trainer.download.verify import sha256_file
 
@@ -29,3 +30,11 @@ def place(tmp: Path, folder: Path, name: str, sha256: str) -> tuple[Path, bool]:
         with contextlib.suppress(OSError):
             tmp.unlink()
     return target, False
+
+
+def check_free(folder: Path, need: int, keep: int) -> None:
+    """Refuse before downloading (or unpacking) what would not fit, keeping `keep` bytes free."""
+    free = shutil.disk_usage(folder).free
+    if free - need < keep:
+        raise SpaceError(f"not enough free space in {folder}: need {need >> 20} MiB more, "
+                         f"have {free >> 20} MiB; free some space or choose another folder with --to")

@@ -23,6 +23,7 @@ _BASE_TO_SD = {"sd 1": "SD1", "sd 2": "SD2", "sdxl": "SDXL", "pony": "SDXL", "il
 class SourceInfo:
     sha256_by_name: dict[str, str] = field(default_factory=dict)
     primary_sha256: str | None = None
+    primary_name: str | None = None
     preview_url: str | None = None
     trained_words: list[str] = field(default_factory=list)
     sd_version: str = ""
@@ -56,8 +57,9 @@ def civitai_info(client: Client, url: str, opts: DownloadOptions) -> SourceInfo 
         sha = ((f.get("hashes") or {}).get("SHA256") or "").lower()
         if sha:
             info.sha256_by_name[f.get("name", "")] = sha
-            if f.get("primary") or info.primary_sha256 is None:
-                info.primary_sha256 = sha
+        if f.get("primary") or info.primary_name is None:
+            info.primary_sha256 = sha or info.primary_sha256
+            info.primary_name = f.get("name") or info.primary_name
     images = [i for i in data.get("images") or [] if i.get("url") and i.get("type", "image") == "image"]
     info.preview_url = images[0]["url"] if images else None
     info.trained_words = [w for w in data.get("trainedWords") or [] if isinstance(w, str)]

@@ -21,10 +21,13 @@ class Remote:
     disposition: str | None = None
     linked_sha256: str | None = None
 
-    def same_file(self, other: Remote, sha_known: bool = False) -> bool:
-        """Same size and same validators. Without any validator only a known SHA-256 makes reuse safe."""
+    def same_file(self, other: Remote, sha_known: bool = False, other_server: bool = False) -> bool:
+        """Same size and same validators. Without any validator only a known SHA-256 makes reuse safe;
+        a mirror (other_server) has its own ETags, so there the known SHA-256 alone decides."""
         if self.size is None or self.size != other.size:
             return False
+        if other_server and sha_known:
+            return True
         checked = False
         for a, b in ((self.etag, other.etag), (self.last_modified, other.last_modified)):
             if a and b:

@@ -96,6 +96,9 @@ def _atomic_copy(src: str, dst: str) -> None:
     os.close(fd)
     try:
         shutil.copyfile(src, tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; the WebUI's other files are world-readable
         os.replace(tmp, dst)
     except BaseException:
         if os.path.exists(tmp):
@@ -140,10 +143,10 @@ def training_target(host: Host, cfg: Any):
         output = getattr(result, "output_path", None)
         if output and os.path.isfile(output):
             published = publish(host, output)
-            emit.emit("log", level="info", message=f"saved to {published}; use <lora:{cfg.output_name}:"
-                      f"{getattr(cfg, 'preferred_weight', 0.8)}> in a prompt")
-            emit.emit("published", path=published, name=cfg.output_name,
-                      prompt=f"<lora:{cfg.output_name}:{getattr(cfg, 'preferred_weight', 0.8)}>")
+            stem = os.path.splitext(os.path.basename(published))[0]  # a stopped run keeps its -<step> name
+            prompt = f"<lora:{stem}:{getattr(cfg, 'preferred_weight', 0.8)}>"
+            emit.emit("log", level="info", message=f"saved to {published}; use {prompt} in a prompt")
+            emit.emit("published", path=published, name=stem, prompt=prompt)
             if hasattr(result, "published_path"):
                 result.published_path = published
         return result

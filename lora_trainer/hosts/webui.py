@@ -75,8 +75,16 @@ def _unmerge_builtin_lora(sd_model: Any) -> int:
     """Undo LoRAs the builtin Lora extension merged into the weights (it keeps a CPU backup per
     module and re-merges on the next forward while `loaded_networks` is non-empty)."""
     import networks  # the builtin extension's module (extensions-builtin/Lora)
+    import torch
 
     networks.loaded_networks.clear()
+    restored = 0
+    with torch.no_grad():  # the restore copies into parameters in place
+        restored = _restore_backups(networks, sd_model)
+    return restored
+
+
+def _restore_backups(networks: Any, sd_model: Any) -> int:
     restored = 0
     for module in sd_model.modules():
         if getattr(module, "network_weights_backup", None) is not None or \

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from lora_trainer.llm.encode import IGNORE
 
-Example = tuple[list[int], list[int]]
+Example = tuple[Any, Any]  # (input ids, labels): int sequences or int32 numpy arrays
 
 
 def micro_batches(n_examples: int, batch_size: int, seed: int, epoch: int, rank: int = 0,
@@ -38,8 +38,8 @@ def collate(examples: Sequence[Example], pad_id: int, device: Any = "cpu") -> di
     labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
     mask = torch.zeros((len(examples), width), dtype=torch.long)
     for row, (x, y) in enumerate(examples):
-        ids[row, :len(x)] = torch.tensor(x)
-        labels[row, :len(y)] = torch.tensor(y)
+        ids[row, :len(x)] = torch.as_tensor(x, dtype=torch.long)
+        labels[row, :len(y)] = torch.as_tensor(y, dtype=torch.long)
         mask[row, :len(x)] = 1
     return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
 

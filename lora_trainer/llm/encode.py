@@ -1,8 +1,8 @@
 """Turning validated records into token ids and loss labels.
 
-Loss masking works on text segments: each record becomes a list of (text, trainable) pieces, each
-piece is tokenised on its own and the pieces are joined, so the label of every token is known
-without fragile offset arithmetic. Prompt pieces get label -100 (ignored by the loss).
+Loss masking works on text segments: each record becomes a list of (text, trainable) pieces. The
+joined text is tokenised once, exactly as at inference, and each token's label follows the segment
+its characters fall in (fast tokenizers' offsets). Prompt tokens get label -100 (ignored by the loss).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ NAMED_TEMPLATES = {"chatml": CHATML}
 class Encoded:
     """Examples ready for batching, plus counts worth telling the user."""
 
-    examples: list[tuple[list[int], list[int]]]
+    examples: list[tuple[Any, Any]]  # (input ids, labels) as int32 numpy arrays
     truncated: int = 0
     skipped: list[str] = field(default_factory=list)
     tokens: int = 0
@@ -129,15 +129,40 @@ def format_instruction(instruction: str, inp: str = "") -> str:
     return ALPACA_PROMPT.format(instruction=instruction)
 
 
+def _tokenize_segments(tokenizer: Any, segments: list[tuple[str, bool]]) -> tuple[list[int], list[int]]:
+    """Tokenise the joined text once (the ids inference will see) and label by character spans.
+
+    A token is learned when its last character lies in a trainable segment. Tokenizers without
+    offsets (slow ones) fall back to tokenising each segment on its own."""
+    if getattr(tokenizer, "is_fast", False):
+        text = "".join(t for t, _ in segments)
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        trainable = [False] * (len(text) + 1)
+        cursor = 0
+        for piece, learn in segments:
+            if learn:
+                trainable[cursor:cursor + len(piece)] = [True] * len(piece)
+            cursor += len(piece)
+        ids = list(enc["input_ids"])
+        labels = [i if end > start and trainable[end - 1] else IGNORE
+                  for i, (start, end) in zip(ids, enc["offset_mapping"], strict=True)]
+        return ids, labels
+    ids, labels = [], []
+    for piece, learn in segments:
+        piece_ids = list(tokenizer(piece, add_special_tokens=False)["input_ids"])
+        ids += piece_ids
+        labels += piece_ids if learn else [IGNORE] * len(piece_ids)
+    return ids, labels
+
+
 def encode_record(record: Record, tokenizer: Any) -> tuple[list[int], list[int]]:
     """Token ids and labels (-100 where no loss) for one record; plain text/instruction end with EOS."""
     segments, leading = record_segments(record, tokenizer)
     ids: list[int] = _leading_special_ids(tokenizer) if leading else []
     labels: list[int] = [IGNORE] * len(ids)
-    for text, trainable in segments:
-        piece = list(tokenizer(text, add_special_tokens=False)["input_ids"])
-        ids += piece
-        labels += piece if trainable else [IGNORE] * len(piece)
+    body_ids, body_labels = _tokenize_segments(tokenizer, segments)
+    ids += body_ids
+    labels += body_labels
     eos = tokenizer.eos_token_id
     if leading and eos is not None and (not ids or ids[-1] != eos):
         ids.append(eos)
@@ -147,17 +172,20 @@ def encode_record(record: Record, tokenizer: Any) -> tuple[list[int], list[int]]
 
 def encode_records(records: Sequence[Record], tokenizer: Any, max_seq_length: int,
                    packing: bool = False) -> Encoded:
-    """Encode all records; with packing, join them into one stream cut into max_seq_length blocks."""
+    """Encode all records; with packing, join them into one stream cut into max_seq_length blocks.
+
+    Examples are kept as int32 numpy arrays (4 bytes a token, not a Python int object each), so a
+    few hundred million training tokens fit in memory."""
+    import numpy as np
+
     if max_seq_length < 8:
         raise ConfigError("max_seq_length", f"{max_seq_length} is too short; use 256-4096 tokens")
     out = Encoded(examples=[])
-    stream_ids: list[int] = []
-    stream_labels: list[int] = []
+    stream: list[tuple[Any, Any]] = []
     for rec in records:
         ids, labels = encode_record(rec, tokenizer)
         if packing:
-            stream_ids += ids
-            stream_labels += labels
+            stream.append((np.asarray(ids, dtype=np.int32), np.asarray(labels, dtype=np.int32)))
             continue
         if len(ids) > max_seq_length:
             out.truncated += 1
@@ -165,16 +193,17 @@ def encode_records(records: Sequence[Record], tokenizer: Any, max_seq_length: in
         if all(lab == IGNORE for lab in labels[1:]):
             out.skipped.append(f"{rec.source} line {rec.line}: prompt fills max_seq_length, nothing to learn")
             continue
-        out.examples.append((ids, labels))
-    if packing:
-        for start in range(0, len(stream_ids), max_seq_length):
-            ids = stream_ids[start:start + max_seq_length]
-            labels = stream_labels[start:start + max_seq_length]
-            if len(ids) > 1 and any(lab != IGNORE for lab in labels[1:]):
-                out.examples.append((ids, labels))
+        out.examples.append((np.asarray(ids, dtype=np.int32), np.asarray(labels, dtype=np.int32)))
+    if packing and stream:
+        all_ids = np.concatenate([i for i, _ in stream])
+        all_labels = np.concatenate([lab for _, lab in stream])
+        for start in range(0, len(all_ids), max_seq_length):
+            ids, labels = all_ids[start:start + max_seq_length], all_labels[start:start + max_seq_length]
+            if len(ids) > 1 and bool((labels[1:] != IGNORE).any()):
+                out.examples.append((ids.copy(), labels.copy()))
     if not out.examples:
         raise DatasetError("train_data_dir: no example has any response tokens within max_seq_length "
                            f"({max_seq_length}); raise max_seq_length or shorten the prompts")
-    out.tokens = sum(len(ids) for ids, _ in out.examples)
-    out.trainable_tokens = sum(sum(1 for lab in labels[1:] if lab != IGNORE) for _, labels in out.examples)
+    out.tokens = int(sum(len(ids) for ids, _ in out.examples))
+    out.trainable_tokens = int(sum((labels[1:] != IGNORE).sum() for _, labels in out.examples))
     return out

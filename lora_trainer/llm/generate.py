@@ -63,7 +63,7 @@ def generate_text(model: Any, tokenizer: Any, prompt: str, *, max_new_tokens: in
     enc = {k: v.to(device) for k, v in enc.items()}
     torch.manual_seed(seed)
     sampling = temperature > 0
-    kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": sampling,
+    kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": sampling, "use_cache": True,
                               "pad_token_id": tokenizer.pad_token_id if tokenizer.pad_token_id is not None
                               else tokenizer.eos_token_id}
     if sampling:

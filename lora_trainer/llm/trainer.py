@@ -67,7 +67,8 @@ def prepare_data(cfg: Any, dist: DistContext | None = None) -> tuple[Any, Any, d
     else:
         epochs = int(cfg.epochs)
         total_steps = steps_per_epoch * epochs
-    plan = {"task_type": "text-generation", "base_model": source, "records": len(records),
+    kinds = {k: sum(1 for r in records if r.kind == k) for k in sorted({r.kind for r in records})}
+    plan = {"task_type": "text-generation", "base_model": source, "records": len(records), "record_kinds": kinds,
             "examples": len(encoded.examples), "tokens": encoded.tokens, "trainable_tokens": encoded.trainable_tokens,
             "truncated": encoded.truncated, "skipped": len(encoded.skipped), "max_seq_length": int(cfg.max_seq_length),
             "packing": bool(getattr(cfg, "packing", False)), "steps_per_epoch": steps_per_epoch,
@@ -284,6 +285,8 @@ class LLMTrainer:
         max_norm = float(getattr(cfg, "max_grad_norm", 0) or 0)
         save_steps = int(getattr(cfg, "save_steps", 0) or 0)
         save_epochs = int(getattr(cfg, "save_every_n_epochs", 0) or 0)
+        sample_steps = int(getattr(cfg, "sample_every_n_steps", 0) or 0)
+        sample_epochs = int(getattr(cfg, "sample_every_n_epochs", 0) or 0)
         losses: list[float] = []
         last_loss: float | None = None
         epoch, pos = start_epoch, start_pos
@@ -321,12 +324,41 @@ class LLMTrainer:
                 self._progress(step, total_steps, epoch, total_epochs, losses, t0, step0)
                 if save_steps and step % save_steps == 0 and step < total_steps:
                     self._periodic_save(step, epoch, pos)
+                if sample_steps and step % sample_steps == 0:
+                    self._sample(step)
                 if stop:
                     return self._stopped(step, epoch, pos, last_loss)
-            if pos >= n_micro and step < total_steps and save_epochs and (epoch + 1) % save_epochs == 0:
-                self._periodic_save(step, epoch, pos)
+            if pos >= n_micro and step < total_steps:
+                if save_epochs and (epoch + 1) % save_epochs == 0:
+                    self._periodic_save(step, epoch, pos)
+                if sample_epochs and (epoch + 1) % sample_epochs == 0:
+                    self._sample(step)
         epochs_done = min(total_epochs, max(1, math.ceil(step / int(self.plan["steps_per_epoch"]))))
         return self._finish(step, epochs_done, last_loss, epoch, pos)
+
+    def _sample(self, step: int) -> None:
+        """Text samples for `sample_prompts` (greedy), logged and written to samples/<name>-<step>.txt."""
+        prompts = self.cfg.sample_prompt_list() if hasattr(self.cfg, "sample_prompt_list") else []
+        if not self.dist.is_main or not prompts:
+            return
+        from lora_trainer.llm.generate import generate_text
+
+        chat = any(k != "text" for k in self.plan.get("record_kinds", {}))
+        self.model.eval()
+        try:
+            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                outs = [generate_text(self.model, self.tokenizer, p, max_new_tokens=48, chat=chat) for p in prompts]
+        finally:
+            self.model.train()
+        path = os.path.join(self.out_dir, "samples", f"{self.name}-{step:06d}.txt")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        text = "".join(f"### {p}\n{o}\n\n" for p, o in zip(prompts, outs, strict=True))
+        tmp = path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+        for p, o in zip(prompts, outs, strict=True):
+            self.log(f"sample @ step {step}: {p!r} → {o!r}")
 
     def _stopped(self, step: int, epoch: int, pos: int, loss: float | None) -> TrainResult:
         state = None

@@ -427,5 +427,11 @@ class LoRANetwork(nn.Module):
             w.copy_(saved)
         self._merged = []
 
+    def names_without_grad(self) -> list[str]:
+        """Trainable modules that got no gradient in the last backward: a host wrapper (e.g. ldm's own
+        gradient checkpointing, which differentiates only the block's parameters) cut them off."""
+        return [n for n, m in self.loras.items()
+                if m.lora_up.weight.requires_grad and m.lora_up.weight.grad is None]
+
     def num_trainable(self) -> int:
         return sum(p.numel() for p in self.parameters())

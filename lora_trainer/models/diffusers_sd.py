@@ -85,7 +85,12 @@ class DiffusersAdapter(ModelAdapter):
            *, vae_dtype: torch.dtype | None = None) -> DiffusersAdapter:
         """Move parts; the VAE may keep its own dtype (SDXL's VAE overflows in fp16)."""
         for name, mod in self.modules().items():
-            mod.to(device=device, dtype=(vae_dtype or dtype) if name == "vae" else dtype)
+            want = (vae_dtype or dtype) if name == "vae" else dtype
+            p = next(mod.parameters())
+            if want is not None and p.dtype != want:
+                mod.to(dtype=want)
+            if device is not None and p.device != torch.device(device):
+                mod.to(device=device)
         return self
 
     # ---- LoRA targets ------------------------------------------------------------------------
@@ -180,11 +185,14 @@ class DiffusersAdapter(ModelAdapter):
             self.unet.enable_gradient_checkpointing()
         else:
             self.unet.disable_gradient_checkpointing()
-        for te in self.text_encoders:
-            if enabled:
-                te.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        for te in self.text_encoders:  # transformers 5 renamed the methods ("activation_...")
+            kwargs = {"use_reentrant": False}
+            if enabled and hasattr(te, "activation_checkpointing_enable"):
+                te.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+            elif enabled:
+                te.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
             else:
-                te.gradient_checkpointing_disable()
+                (getattr(te, "activation_checkpointing_disable", None) or te.gradient_checkpointing_disable)()
 
     def set_attention(self, kind: str) -> None:
         """"sdpa" (torch scaled_dot_product_attention, the default) or "default" (plain matmul)."""

@@ -143,16 +143,16 @@ def load_diffusers_folder(cfg: Any, path: str, clip_skip: int = 1, max_tokens: i
         raise ModelLoadError(f"diffusers folder {path} lacks {', '.join(missing)}/ — copy the whole model folder")
     try:
         unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", local_files_only=True)
-        vae_path = _get(cfg, "vae_path")
-        vae = _load_vae(vae_path) if vae_path else AutoencoderKL.from_pretrained(path, subfolder="vae",
-                                                                                 local_files_only=True)
         tes = [CLIPTextModel.from_pretrained(path, subfolder="text_encoder", local_files_only=True)]
         if "text_encoder_2" in index:
             tes.append(CLIPTextModelWithProjection.from_pretrained(path, subfolder="text_encoder_2",
                                                                     local_files_only=True))
+        arch = "sdxl" if len(tes) == 2 else ("sd2" if unet.config.cross_attention_dim == 1024 else "sd1")
+        vae_path = _get(cfg, "vae_path")
+        vae = _load_vae(vae_path, arch) if vae_path else AutoencoderKL.from_pretrained(path, subfolder="vae",
+                                                                                       local_files_only=True)
     except (OSError, ValueError) as e:
         raise ModelLoadError(f"cannot load diffusers folder {path}: {e}") from e
-    arch = "sdxl" if len(tes) == 2 else ("sd2" if unet.config.cross_attention_dim == 1024 else "sd1")
     _check_model_type(cfg, arch, path)
     tokenizers = [_tokenizer_from(os.path.join(path, sub), PAD_TOKENS[arch][i])
                   for i, sub in enumerate(["tokenizer", "tokenizer_2"][:len(tes)])]
@@ -175,8 +175,9 @@ def _prediction_override(cfg: Any, detected: str) -> str:
     return "v_prediction" if v else "epsilon"
 
 
-def _load_vae(vae_path: str):  # -> AutoencoderKL
-    """`vae_path`: a diffusers VAE folder or a single-file VAE (.safetensors, LDM or diffusers keys)."""
+def _load_vae(vae_path: str, arch: str):  # -> AutoencoderKL
+    """`vae_path`: a diffusers VAE folder or a single-file VAE (.safetensors, LDM or diffusers keys),
+    with `arch`'s VAE config (SD1/SD2 and SDXL VAEs share a shape but not a latent scale)."""
     from diffusers import AutoencoderKL
 
     if os.path.isdir(vae_path):
@@ -184,11 +185,20 @@ def _load_vae(vae_path: str):  # -> AutoencoderKL
     if not os.path.isfile(vae_path):
         raise ModelLoadError(f"config 'vae_path': file not found: {vae_path}")
     sd = read_state_dict(vae_path)
+    if any(k.startswith("encoder.down_blocks.") for k in sd):  # already diffusers keys
+        vae = AutoencoderKL.from_config(AutoencoderKL.load_config(os.path.join(CONFIG_ROOT, arch, "vae")))
+        missing, _ = vae.load_state_dict(sd, strict=False)
+        if missing:
+            raise ModelLoadError(f"config 'vae_path': {vae_path} lacks {len(missing)} VAE weights "
+                                 f"({missing[0]}, ...); is it an {arch} VAE?")
+        return vae.eval()
     if not any(k.startswith("first_stage_model.") for k in sd):
-        sd = {("first_stage_model." + k if not k.startswith("first_stage_model.") else k): v for k, v in sd.items()}
-    arch = "sdxl" if "xl" in os.path.basename(vae_path).lower() else "sd1"
-    return AutoencoderKL.from_single_file(sd, config=os.path.join(CONFIG_ROOT, arch), subfolder="vae",
-                                          local_files_only=True)
+        sd = {"first_stage_model." + k: v for k, v in sd.items()}
+    try:
+        return AutoencoderKL.from_single_file(sd, config=os.path.join(CONFIG_ROOT, arch), subfolder="vae",
+                                              local_files_only=True).eval()
+    except (ValueError, KeyError, RuntimeError) as e:
+        raise ModelLoadError(f"config 'vae_path': {vae_path} is not a usable {arch} VAE ({e})") from e
 
 
 # ---- single files ----------------------------------------------------------------------------------
@@ -248,16 +258,16 @@ def load_single_file(cfg: Any, path: str, clip_skip: int = 1, max_tokens: int = 
     tokenizers = find_tokenizers(det.arch, path, _get(cfg, "tokenizer_path"), _get(cfg, "model_cache_dir"))
     unet, vae, tes = convert_single_file(sd, det)
     if _get(cfg, "vae_path"):
-        vae = _load_vae(_get(cfg, "vae_path"))
-    pred = _prediction_override(cfg, det.prediction_type)
-    if pred == "epsilon" and det.arch == "sd2" and not det.prediction_evidence and \
-            _get(cfg, "v_parameterization") is None:
+        vae = _load_vae(_get(cfg, "vae_path"), det.arch)
+    pred, evidence = det.prediction_type, det.prediction_evidence
+    if _get(cfg, "v_parameterization") is not None:
+        pred, evidence = _prediction_override(cfg, pred), "config"
+    elif det.arch == "sd2" and not evidence:
         from lora_trainer.models.detect import sd2_unet_predicts_v
 
-        pred = "v_prediction" if sd2_unet_predicts_v(unet) else "epsilon"
+        pred, evidence = ("v_prediction" if sd2_unet_predicts_v(unet) else "epsilon"), "unet test"
     info = AdapterInfo(arch=det.arch, prediction_type=pred, model_name=os.path.basename(path),
-                       extra={"prediction_evidence": det.prediction_evidence or "unet test"
-                              if det.arch == "sd2" else det.prediction_evidence})
+                       extra={"prediction_evidence": evidence or "default"})
     return DiffusersAdapter(unet, vae, tes, tokenizers, info, clip_skip=clip_skip, max_token_length=max_tokens)
 
 

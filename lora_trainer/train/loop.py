@@ -320,7 +320,8 @@ class Trainer:
         path = ckpt.state_path(self.out_dir, self.name, step)
         ckpt.save_state(path, lora_state=self.network.kohya_state_dict(torch.float32), optimizer=self.optimizer,
                         scheduler=self.scheduler, scaler=self.scaler, step=step, epoch=epoch, position=pos,
-                        config=config_as_dict(self.cfg), extra={"output_name": self.name})
+                        config=config_as_dict(self.cfg),
+                        extra={"output_name": self.name, "world_size": self.dist.world_size})
         self.emit("checkpoint", step=step, path=path, kind="state")
         self.last_state = path
         return path
@@ -422,7 +423,7 @@ class Trainer:
                 dist.all_reduce_grads(params)
                 if max_norm > 0:
                     self.scaler.unscale_(self.optimizer)
-                    torch.nn.utils.clip_grad_norm_(params, max_norm)
+                    torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
                 self.scheduler.step()
@@ -496,6 +497,10 @@ class Trainer:
         if changed:
             self.log("resuming with changed settings (" + ", ".join(changed) + "); the result will differ "
                      "from an uninterrupted run", "warning")
+        saved_world = int(state.get("world_size", 1) or 1)
+        if saved_world != self.dist.world_size:
+            self.log(f"the state was saved by {saved_world} process(es) and this run has {self.dist.world_size}: "
+                     "data order differs from an uninterrupted run", "warning")
         report = self.network.load_kohya_state_dict(state["lora"])
         missing = getattr(report, "missing", None) if not isinstance(report, dict) else report.get("missing")
         if missing:

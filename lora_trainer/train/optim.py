@@ -60,6 +60,10 @@ def build_optimizer(param_groups: list[dict[str, Any]], cfg: Any) -> torch.optim
         raise ConfigError("train_unet", "nothing to train: both train_unet and train_text_encoder are off "
                                         "(or the model has no LoRA targets)")
     kwargs: dict[str, Any] = {"lr": lr, "weight_decay": wd, **extra}
+    if name in ("adamw", "sgd"):
+        # hundreds of small LoRA tensors: one multi-tensor kernel per op instead of one per tensor
+        # (torch picks this itself on CUDA only; on CPU it is ~3x faster for a LoRA's optimizer step)
+        kwargs.setdefault("foreach", True)
     if name == "adamw":
         return torch.optim.AdamW(groups, **kwargs)
     if name == "sgd":

@@ -14,8 +14,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import files_under, lora_bytes, st_bytes, vae_bytes
-from server import Raw, Redirect, Resource
+from dlhelpers import files_under, lora_bytes, st_bytes, vae_bytes
+from dlserver import Raw, Redirect, Resource
 
 from lora_trainer.cli import main as cli_main
 from lora_trainer.download import DownloadManager, DownloadRequest, download, parse_text
@@ -221,6 +221,7 @@ def test_queue_concurrency_cancel_persist(srv, opts, tmp_path):
     events = []
     mgr = DownloadManager(opts, concurrency=2, state_file=qfile, sinks=(events.append,))
     ids = [mgr.add(DownloadRequest([srv.url(f"/q{i}.safetensors")])) for i in range(3)]
+    assert mgr.add(srv.url("/q0.safetensors")) == ids[0]  # already queued: not twice
     mgr.start()
     time.sleep(0.3)
     states = [i["state"] for i in mgr.items()]
@@ -255,6 +256,7 @@ def test_cli_exit_codes(srv, tmp_path, capsys):
     assert cli_main([*base, "--flat", str(lst)]) == 0 and (tmp_path / "renamed.safetensors").exists()
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL is POSIX")
 def test_killed_process_resumes(srv, tmp_path):
     """SIGKILL a real `python -m lora_trainer download` mid-file; the same command finishes the rest."""
     data = lora_bytes(3 << 20)
@@ -288,7 +290,7 @@ def test_killed_process_resumes(srv, tmp_path):
 
 
 def test_socks5h_proxy_resolves_remotely(srv, opts):
-    from proxies import Socks5Proxy
+    from dlproxies import Socks5Proxy
 
     proxy = Socks5Proxy(user="u", password="p w")
     try:
@@ -303,7 +305,7 @@ def test_socks5h_proxy_resolves_remotely(srv, opts):
 
 
 def test_http_proxy_with_auth(srv, opts):
-    from proxies import HttpProxy
+    from dlproxies import HttpProxy
 
     proxy = HttpProxy()
     try:
@@ -358,10 +360,6 @@ def test_tokens_only_for_their_hosts(monkeypatch):
     assert o.token_for("www.hf.co") == "hf_env"
 
 
-def test_https_link_through_tls_proxy_is_a_clear_error(opts):
-    opts.proxy = "https://127.0.0.1:9"
-    with pytest.raises(BadRequestError, match="TLS"):
-        download(DownloadRequest(["https://example.invalid/x.safetensors"]), opts)
 
 
 def test_manager_for_host(srv, tmp_path):
@@ -419,3 +417,95 @@ def test_same_name_from_two_links_at_once(srv, opts):
     assert sorted(p for p in files_under(opts.root) if p.endswith(".safetensors")) == [
         "Lora/m (1).safetensors", "Lora/m.safetensors"]
     mgr.shutdown()
+
+
+def test_block_private_checks_every_redirect_hop(srv, opts, monkeypatch):
+    """127.0.0.1 plays the public server, 127.0.0.2 the internal one: the redirect hop is refused."""
+    from dlserver import TestServer
+
+    import lora_trainer.download.safety as safety
+
+    monkeypatch.setattr(safety, "is_blocked_ip", lambda ip: ip == "127.0.0.2")
+    try:
+        internal_server = TestServer("127.0.0.2")
+    except OSError:
+        pytest.skip("127.0.0.2 is not a loopback address here (macOS)")
+    with internal_server as internal:
+        internal.routes["/secret.safetensors"] = Resource(data=lora_bytes(1000))
+        srv.routes["/public.safetensors"] = Redirect(internal.url("/secret.safetensors"))
+        opts.block_private = True
+        with pytest.raises(UnsafeError, match="127.0.0.2"):
+            download(DownloadRequest([srv.url("/public.safetensors")]), opts)
+        assert internal.log == []  # never connected
+        opts.block_private = False
+        assert download(DownloadRequest([srv.url("/public.safetensors")]), opts).files
+
+
+@pytest.fixture
+def tls_files(tmp_path):
+    import shutil as _shutil
+
+    if not _shutil.which("openssl"):
+        pytest.skip("openssl not installed")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    return str(cert), str(key)
+
+
+def test_https_direct_and_through_connect_proxy(opts, tls_files):
+    from dlproxies import HttpProxy
+    from dlserver import TestServer
+
+    from lora_trainer.download.errors import NetworkError
+
+    data = lora_bytes(1 << 20)
+    with TestServer(tls=tls_files) as tls_srv:
+        tls_srv.routes["/s.safetensors"] = Resource(data=data, rate=2 << 20)
+        url = f"https://localhost:{tls_srv.port}/s.safetensors"
+        with pytest.raises(NetworkError, match="certificate is not trusted.*--ca-file"):  # unknown CA refused
+            download(DownloadRequest([url]), opts)
+        opts.ca_file = tls_files[0]
+        assert download(DownloadRequest([url]), opts).files[0].sha256 == sha(data)
+        proxy = HttpProxy()
+        try:
+            opts.proxy = f"http://127.0.0.1:{proxy.port}"
+            res = download(DownloadRequest([url], name="via_proxy"), opts)
+            assert res.files[0].sha256 == sha(data)
+            assert proxy.seen and all(m == "CONNECT" and t == f"localhost:{tls_srv.port}" for m, t, _ in proxy.seen)
+        finally:
+            proxy.close()
+
+
+def test_names_without_content_disposition(srv, opts):
+    """No Content-Disposition: Civitai's API file name, else a URL name with an extension (original, then target)."""
+    data = lora_bytes(20_000)
+    opts.civitai_hosts = ("127.0.0.1",)
+    srv.routes["/api/download/models/7"] = Redirect("/blob/0a1b2c")
+    srv.routes["/blob/0a1b2c"] = Resource(data=data)
+    api = {"files": [{"name": "from_api.safetensors", "primary": True, "hashes": {"SHA256": sha(data)}}]}
+    srv.routes["/api/v1/model-versions/7"] = Raw(200, json.dumps(api).encode(), "application/json")
+    assert Path(download(DownloadRequest([srv.url("/api/download/models/7")]), opts).path).name == "from_api.safetensors"
+    srv.routes["/get/42"] = Redirect("/store/real%20name.safetensors?sig=1")
+    srv.routes["/store/real%20name.safetensors"] = Resource(data=lora_bytes(20_000))
+    assert Path(download(DownloadRequest([srv.url("/get/42")]), opts).path).name == "real name.safetensors"
+
+
+def test_https_link_through_https_proxy(opts, tls_files):
+    """TLS to the proxy, CONNECT, TLS to the origin inside it (both verified against our CA)."""
+    from dlproxies import HttpProxy
+    from dlserver import TestServer
+
+    data = lora_bytes(1 << 20)
+    with TestServer(tls=tls_files) as tls_srv:
+        tls_srv.routes["/t.safetensors"] = Resource(data=data, rate=4 << 20, drops=[None, 200_000])
+        proxy = HttpProxy(tls=tls_files)
+        try:
+            opts.ca_file = tls_files[0]
+            opts.proxy = f"https://user:pw@localhost:{proxy.port}"
+            res = download(DownloadRequest([f"https://localhost:{tls_srv.port}/t.safetensors"]), opts)
+            assert res.files[0].sha256 == sha(data)
+            assert proxy.seen and all(m == "CONNECT" and a == "Basic dXNlcjpwdw==" for m, _, a in proxy.seen)
+        finally:
+            proxy.close()

@@ -110,3 +110,25 @@ def test_prompt_longer_than_limit_is_skipped_and_all_skipped_is_an_error():
     ok = encode_records([long, Record(TEXT, "f", 5, text="n1 n2")], tok, max_seq_length=16)
     assert len(ok.examples) == 1 and "f line 4" in ok.skipped[0]
     json.dumps(ok.skipped)
+
+
+def test_ids_match_whole_text_tokenisation_with_a_sentencepiece_style_tokenizer():
+    """Metaspace (SentencePiece-like) tokenizers encode a piece differently alone ("▁Bon") than after
+    a newline; training must use the ids inference sees, with the mask following the response text."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    core = Tokenizer(models.BPE(unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split("\n", behavior="isolated"),
+                                                  pre_tokenizers.Metaspace(prepend_scheme="first")])
+    core.decoder = decoders.Metaspace(prepend_scheme="first")
+    corpus = ["### Instruction:\nTranslate\n\n### Response:\nBonjour le monde", "Bonjour", "le monde"] * 20
+    core.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=120, special_tokens=["<unk>", "<s>", "</s>"]))
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    rec = Record(INSTRUCTION, "f", 1, instruction="Translate", output="Bonjour le monde")
+    ids, labels = encode_record(rec, tok)
+    prompt = "### Instruction:\nTranslate\n\n### Response:\n"
+    assert ids[:-1] == tok(prompt + rec.output, add_special_tokens=False)["input_ids"]
+    assert tok(rec.output, add_special_tokens=False)["input_ids"] != ids[-1 - len(tok(rec.output)["input_ids"]):-1]
+    learned = tok.decode([i for i, lab in zip(ids, labels, strict=True) if lab != IGNORE])
+    assert learned == "Bonjour le monde</s>"

@@ -164,13 +164,18 @@ def test_bad_data_line_stops_before_the_model_loads(tiny_llama, tmp_path):
 
 def test_instruction_data_trains_only_on_responses(tiny_llama, tmp_path):
     rows = [{"instruction": f"count from n{i}", "output": f"n{i + 1} n{i + 2}"} for i in range(16)]
-    cfg = llm_config(tmp_path, tiny_llama, write_jsonl(tmp_path / "i.jsonl", rows), epochs=1, batch_size=4)
+    cfg = llm_config(tmp_path, tiny_llama, write_jsonl(tmp_path / "i.jsonl", rows), epochs=1, batch_size=4,
+                     sample_prompts=["count from n3"], sample_every_n_steps=2)
     events = []
     result = train_llm(cfg, emit=events.append)
     plan = next(e.data for e in events if e.type == "plan")
     # per record: "n_a n_b </s>" carry loss, the templated prompt does not
     assert plan["trainable_tokens"] == 16 * 3 and plan["tokens"] > 3 * plan["trainable_tokens"]
-    assert result.steps == 4
+    assert result.steps == 4 and plan["record_kinds"] == {"instruction": 16}
+    # text samples through the chat template every 2 steps, logged and written
+    samples = [e.data["message"] for e in events if e.type == "log" and "sample @ step" in e.data["message"]]
+    assert len(samples) == 2 and "'count from n3'" in samples[0]
+    assert (tmp_path / "out" / "samples" / "out-000004.txt").read_text().startswith("### count from n3\n")
 
 
 def test_network_weights_continues_from_an_adapter(tiny_llama, counting_data, trained, tmp_path):
@@ -210,3 +215,14 @@ def test_ctrl_c_saves_a_resumable_state(tiny_llama, counting_data, tmp_path, mon
     monkeypatch.setattr(batches, "summed_loss", real)
     resumed = train_llm(llm_config(tmp_path, tiny_llama, counting_data[0], resume_from_checkpoint="latest"))
     assert resumed.steps == 12 and not resumed.stopped
+
+
+def test_plan_counts_steps_without_loading_the_model(tiny_llama, counting_data, tmp_path):
+    from lora_trainer.llm import plan_llm
+
+    plan = plan_llm(llm_config(tmp_path, tiny_llama, counting_data[0], batch_size=5, gradient_accumulation_steps=2,
+                               epochs=3, packing=True))
+    assert plan["packing"] and plan["examples"] == -(-plan["tokens"] // 32)
+    assert plan["batches_per_epoch"] == -(-plan["examples"] // 5)
+    assert plan["total_steps"] == 3 * -(-plan["batches_per_epoch"] // 2) and plan["effective_batch_size"] == 10
+    assert not (tmp_path / "out").exists()

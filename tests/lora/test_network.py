@@ -233,7 +233,7 @@ def test_fp16_base_keeps_fp32_lora_and_trains():
     finally:
         net.detach()
     assert all(p.grad is not None for p in net.parameters())
-    assert lin.weight.grad is None
+    assert lin.weight.grad is None and net.names_without_grad() == []
 
 
 def test_dropout_only_in_training():

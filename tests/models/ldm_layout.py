@@ -12,8 +12,11 @@ from typing import Any
 
 import torch
 
-from lora_trainer.lora.naming import SD_UP_BLOCKS_WITH_ATTENTION, SDXL_UP_BLOCKS_WITH_ATTENTION, \
-    diffusers_to_ldm_unet_path
+from lora_trainer.lora.naming import (
+    SD_UP_BLOCKS_WITH_ATTENTION,
+    SDXL_UP_BLOCKS_WITH_ATTENTION,
+    diffusers_to_ldm_unet_path,
+)
 
 
 def unet_to_ldm(unet: torch.nn.Module, arch: str, prefix: str = "model.diffusion_model.") -> dict[str, Any]:

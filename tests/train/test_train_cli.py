@@ -80,3 +80,38 @@ def test_example_configs_load():
     assert nested.lora_rank == 16 and nested.lr_scheduler == "cosine" and nested.trigger_word == "mychar"
     for name in sorted(os.listdir(os.path.join(ex, "presets"))):
         load_config(os.path.join(ex, "presets", name), check_paths=False)
+
+
+def test_seed_config_verbatim(tmp_path, capsys):
+    """DESIGN.md §5's seed YAML, unchanged, in a folder laid out as it expects (metadata.csv dataset)."""
+    import shutil
+
+    import torch
+    from safetensors.torch import save_file
+
+    from lora_trainer import synthetic
+    from lora_trainer.cli import main
+
+    shutil.copy(os.path.join(REPO, "examples", "seed_style.yaml"), tmp_path / "my.yaml")
+    data = tmp_path / "data" / "style_train"
+    data.mkdir(parents=True)
+    rows = ["filename,prompt"]
+    for i, s in enumerate(synthetic.concept_set(synthetic.TARGET_CONCEPT, 8, seed=3)):
+        s.image.save(data / f"img{i}.png")
+        rows.append(f'img{i}.png,"{s.caption}"')
+    (data / "metadata.csv").write_text("\n".join(rows) + "\n")
+    ckpt = tmp_path / "models" / "Stable-diffusion"
+    ckpt.mkdir(parents=True)
+    # an SD1-shaped header is all a dry run reads (it never loads the weights)
+    save_file({"model.diffusion_model.input_blocks.1.1.proj_in.weight": torch.zeros(1),
+               "cond_stage_model.transformer.text_model.final_layer_norm.weight": torch.zeros(1)},
+              str(ckpt / "v1-5-pruned.safetensors"))
+    cfg = str(tmp_path / "my.yaml")
+    assert main(["train", "--config", cfg, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "images: 8" in out and "10 epochs" in out
+    # the same file trains (on the built-in tiny model, at its size, for two steps)
+    assert main(["train", "--config", cfg, "--set", "base_model=builtin:tiny-sd1", "--set", "resolution=64",
+                 "--set", "max_train_steps=2", "--set", "save_steps=1"]) == 0
+    files = list_files(str(tmp_path / "output" / "my_style_lora"))
+    assert "my_style_lora.safetensors" in files and "my_style_lora-000001.safetensors" in files

@@ -181,8 +181,12 @@ def test_bf16_checkpointing_min_snr_noise_offset_te_training(tiny_adapter, conce
     cfg = make_config(concept_dir, str(tmp_path / "opts"), max_train_steps=2, mixed_precision="bf16",
                       gradient_checkpointing=True, min_snr_gamma=5, noise_offset=0.05, train_text_encoder=True,
                       shuffle_caption=True, keep_tokens=1, caption_dropout_rate=0.2, flip_aug=True,
-                      optimizer="lion", lr_scheduler="linear", lr_warmup_steps=1, conv_dim=2, conv_alpha=1)
+                      optimizer="lion", lr_scheduler="linear", lr_warmup_steps=1, conv_dim=2, conv_alpha=1,
+                      cache_latents_to_disk=True)
     result = train(cfg, adapter=tiny_adapter)
+    from lora_trainer.data import default_latent_cache_dir
+
+    assert os.listdir(default_latent_cache_dir(concept_dir)), "latents were not cached to disk"
     sd = load_file(result.output_path)
     assert any(k.startswith("lora_te_") for k in sd) and any("resnets" in k for k in sd)
     assert result.final_loss is not None and result.final_loss == result.final_loss

@@ -64,6 +64,7 @@ class Signed:
     target: str
     ttl: float = 1.0
     issued: int = 0
+    expired: Raw | None = None  # what an expired URL answers (default: 403 XML like S3)
 
 
 @dataclass
@@ -88,9 +89,11 @@ class _Handler(BaseHTTPRequestHandler):
         if parts.path.startswith("/cdn/"):
             target = parts.path[len("/cdn"):]
             expires = float(parse_qs(parts.query).get("expires", ["0"])[0])
+            signer = next((r for r in self.server.routes.values() if isinstance(r, Signed) and r.target == target),
+                          None)
             if time.time() > expires:
-                return self._raw(Raw(403, b"<Error><Code>AccessDenied</Code>Request has expired</Error>",
-                                     "application/xml"))
+                return self._raw(signer.expired if signer and signer.expired else Raw(
+                    403, b"<Error><Code>AccessDenied</Code>Request has expired</Error>", "application/xml"))
             route = self.server.routes.get(target)
         if route is None:
             return self._raw(Raw(404, b"not found", "text/plain"))
@@ -230,8 +233,16 @@ class TestServer:
 
     __test__ = False
 
-    def __init__(self) -> None:
-        self.httpd = _Server(("127.0.0.1", 0), _Handler)
+    def __init__(self, host: str = "127.0.0.1", tls: tuple[str, str] | None = None) -> None:
+        self.host = host
+        self.scheme = "https" if tls else "http"
+        self.httpd = _Server((host, 0), _Handler)
+        if tls:  # (certfile, keyfile)
+            import ssl
+
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(*tls)
+            self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
         self.httpd.routes = {}
         self.httpd.log = []
         self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05},
@@ -250,7 +261,7 @@ class TestServer:
         return self.httpd.server_address[1]
 
     def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
+        return f"{self.scheme}://{self.host}:{self.port}{path}"
 
     def __enter__(self) -> TestServer:
         self.thread.start()

@@ -108,9 +108,21 @@ class Socks5Proxy(_Base):
 
 
 class HttpProxy(_Base):
-    """Forward proxy: absolute-form requests and CONNECT; records request lines and Proxy-Authorization."""
+    """Forward proxy: absolute-form requests and CONNECT; records request lines and Proxy-Authorization.
+    With tls=(cert, key) clients talk TLS to the proxy itself (an https:// proxy)."""
+
+    def __init__(self, tls: tuple[str, str] | None = None):
+        self.ctx = None
+        if tls:
+            import ssl
+
+            self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            self.ctx.load_cert_chain(*tls)
+        super().__init__()
 
     def handle(self, conn: socket.socket) -> None:
+        if self.ctx is not None:
+            conn = self.ctx.wrap_socket(conn, server_side=True)
         head = b""
         while b"\r\n\r\n" not in head:
             chunk = conn.recv(4096)

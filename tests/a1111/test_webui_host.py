@@ -1,0 +1,134 @@
+"""The WebUI host around the adapter: queue lock held for the run, shared.state progress and Stop,
+publish into the Lora folder with sidecars, Lora list refreshed, access rule — on the real ldm model."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import pytest
+from safetensors.torch import load_file
+
+from lora_trainer.hosts.base import AccessDenied
+from lora_trainer.hosts.guard import state_dict_hash
+from lora_trainer.hosts.runs import start_training, uploads_dir
+from lora_trainer.hosts.webui import WebUIHost
+from lora_trainer.jobs import JobRegistry
+
+
+def config(dataset, **kw):
+    raw = {"train_data_dir": dataset, "output_name": "hosted", "resolution": 64, "enable_bucket": False,
+           "batch_size": 2, "max_train_steps": 12, "learning_rate": 1e-3, "lora_rank": 4, "lora_alpha": 4,
+           "save_state": False}
+    raw.update(kw)
+    return raw
+
+
+def test_run_holds_the_lock_reports_to_state_and_publishes(tiny_sd1, services_factory, dataset, tmp_path):
+    svc = services_factory(tiny_sd1)
+    host = WebUIHost(svc, root=str(tmp_path))
+    hash0 = state_dict_hash(tiny_sd1)
+    jobs = JobRegistry()
+    svc.queue_lock.acquire()  # a txt2img is running: the training must wait for it
+    job = start_training(host, config(dataset), jobs=jobs)
+    time.sleep(0.5)
+    assert job.alive and job.last("progress") is None, "training started while the WebUI was busy"
+    svc.queue_lock.release()
+    seen_locked = []
+    while job.alive:
+        seen_locked.append(svc.queue_lock.locked())
+        time.sleep(0.05)
+    assert job.state == "done", job.error
+    assert any(seen_locked), "the queue lock was not held during the run"
+    assert not svc.queue_lock.locked()
+    state = svc.state
+    assert state.began == 1 and state.ended == 1
+    assert state.job_no == 12 and state.job_count == 12 and "LoRA training" in state.textinfo
+    lora_dir = host.lora_dir()
+    assert os.path.isfile(os.path.join(lora_dir, "hosted.safetensors"))
+    assert os.path.isfile(os.path.join(lora_dir, "hosted.json"))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(os.path.join(lora_dir, "hosted.safetensors")).st_mode & 0o777 == 0o666 & ~umask
+    assert svc.extra["calls"]["refresh"] == 1
+    assert job.last("published").data["prompt"] == "<lora:hosted:0.8>"
+    assert len(load_file(os.path.join(lora_dir, "hosted.safetensors"))) > 0
+    assert state_dict_hash(tiny_sd1) == hash0
+
+
+def test_webui_interrupt_button_stops_the_run(tiny_sd1, services_factory, dataset, tmp_path):
+    svc = services_factory(tiny_sd1)
+    host = WebUIHost(svc, root=str(tmp_path))
+    hash0 = state_dict_hash(tiny_sd1)
+    job = start_training(host, config(dataset, max_train_steps=200, output_name="stopped"), jobs=JobRegistry())
+
+    def press_interrupt():
+        while job.alive and (job.last("progress") is None or job.last("progress").data["step"] < 2):
+            time.sleep(0.05)
+        svc.state.interrupted = True  # what the WebUI's Interrupt button does
+
+    threading.Thread(target=press_interrupt, daemon=True).start()
+    job.join(120)
+    assert job.state == "stopped", (job.state, job.error)
+    assert job.result.stopped and job.result.steps < 200
+    assert state_dict_hash(tiny_sd1) == hash0
+
+
+def test_public_webui_refuses_server_paths_but_takes_uploads(tiny_sd1, services_factory, dataset, tmp_path):
+    import shutil
+
+    svc = services_factory(tiny_sd1, cmd={"disable_extension_access": True})
+    host = WebUIHost(svc, root=str(tmp_path))
+    with pytest.raises(AccessDenied, match="enable-insecure-extension-access"):
+        start_training(host, config(dataset), jobs=JobRegistry())
+    with pytest.raises(AccessDenied, match="downloads are disabled"):
+        host.check_download()
+    uploaded = os.path.join(uploads_dir(host), "up1")
+    shutil.copytree(dataset, uploaded)
+    job = start_training(host, config(uploaded, max_train_steps=2, output_name="uploaded"), jobs=JobRegistry())
+    job.join(120)
+    assert job.state == "done", job.error
+
+
+def test_lora_merged_by_the_builtin_extension_is_removed_first(tiny_sd1, monkeypatch):
+    """A1111's Lora extension merges `<lora:...>` into weights in place and keeps a CPU backup on the
+    module; its restore copies into parameters that require grad (A1111 leaves requires_grad on)."""
+    import sys
+    import types
+
+    import torch
+
+    from lora_trainer.hosts.webui import _unmerge_builtin_lora
+
+    def restore(module):  # like the extension: an in-place copy, no no_grad of its own
+        module.weight.copy_(module.network_weights_backup)
+
+    def reset(module):
+        module.network_current_names = ()
+        module.network_weights_backup = None
+        module.network_bias_backup = None
+
+    fake = types.SimpleNamespace(loaded_networks=["somelora"], network_restore_weights_from_backup=restore,
+                                 network_reset_cached_weight=reset)
+    monkeypatch.setitem(sys.modules, "networks", fake)
+    clean = state_dict_hash(tiny_sd1)
+    target = tiny_sd1.model.diffusion_model.input_blocks[1][1].transformer_blocks[0].attn1.to_q
+    grads = [p.requires_grad for p in tiny_sd1.parameters()]
+    try:
+        for p in tiny_sd1.parameters():
+            p.requires_grad_(True)
+        target.network_weights_backup = target.weight.detach().cpu().clone()
+        target.network_bias_backup = None
+        target.network_current_names = (("somelora", 1.0, 1.0, None),)
+        with torch.no_grad():
+            target.weight += 0.5  # merged
+        assert state_dict_hash(tiny_sd1) != clean
+        assert _unmerge_builtin_lora(tiny_sd1) == 1
+        assert fake.loaded_networks == [] and target.network_weights_backup is None
+        assert state_dict_hash(tiny_sd1) == clean
+    finally:
+        for p, g in zip(tiny_sd1.parameters(), grads, strict=True):
+            p.requires_grad_(g)
+        for attr in ("network_weights_backup", "network_bias_backup", "network_current_names"):
+            target.__dict__.pop(attr, None)
