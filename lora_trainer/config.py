@@ -115,8 +115,9 @@ class TrainConfig:
     conv_alpha: float | None = _f("network", None, "Alpha for conv layers; empty = conv_dim.", gt=0)
     train_unet: bool = _f("network", True, "Train LoRA on the UNet.")
     train_text_encoder: bool = _f("network", True, "Train LoRA on the text encoder(s).")
-    network_weights: str | None = _f("network", None, "Start from an existing LoRA file (continue training).",
-                                     aliases=("init_weights", "lora_weights"), path="file")
+    network_weights: str | None = _f("network", None, "Start from an existing LoRA file (continue training); "
+                                     "for text-generation a PEFT adapter folder or its adapter_model.safetensors.",
+                                     aliases=("init_weights", "lora_weights"), path="any")
     # training
     batch_size: int = _f("training", 1, "Images per step (per GPU).", aliases=("train_batch_size",), min=1, max=1024)
     epochs: int = _f("training", 10, "Passes over the dataset (with repeats).",

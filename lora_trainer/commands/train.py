@@ -154,6 +154,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _dry_run(cfg: Any, renderer: CliRenderer) -> int:
+    for note in getattr(cfg, "notes", None) or []:
+        print(f"note: {note}", file=sys.stderr)
     if getattr(cfg, "task_type", "text-to-image") == "text-generation":
         from lora_trainer import llm
 

@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import http.client
 import os
+import queue
 import random
 import re
 import socket
@@ -33,10 +34,15 @@ from lora_trainer.download.options import DownloadOptions
 from lora_trainer.download.segments import Scheduler, Segment
 from lora_trainer.download.state import PartState, Remote, state_path_for
 
-CHUNK = 256 << 10
+BUF = 1 << 20  # largest read: one readinto, one pwrite, one hash update per MiB on a fast stream
+MIN_CHUNK = 64 << 10  # first and smallest read: a slow stream still commits several times a second
+FAST_READ, SLOW_READ = 0.02, 0.2  # seconds per read: below, double the read size; above, halve it
+FLUSH_EVERY = 32 << 20  # bytes written between background flushes: the disk writes while the network
+# reads, so the fdatasync before the rename finds little left (measured: 16/32/64 MiB alike, none slower)
+SAVE_EVERY = 1.0  # seconds between resume records on a slow download
+HASH_BEHIND = 16  # buffers (MiB) an in-order stream may have waiting for the hasher before it stops handing over
 RAMP_WINDOW = 0.1  # seconds the first stream runs alone
-FAST_SINGLE = 48 << 20
-FLUSH_EVERY = 64 << 20  # bytes hashed between background flushes  # bytes/s: one stream this fast gains little from more connections
+FAST_SINGLE = 48 << 20  # bytes/s: one stream this fast gains little from more connections
 SNIFF = 64 << 10
 _CRANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
 NET_ERRORS = (OSError, http.client.HTTPException)
@@ -124,9 +130,20 @@ class Transfer:
         self._carry: dict[int, tuple[Segment, Opened]] = {}  # worker → next segment its open stream continues into
         self._carried: dict[int, Opened] = {}
         self._wake = threading.Event()  # a worker finished: the monitor looks at once
-        self._hash_stop = threading.Event()
+        # in-order hashing: bytes below _fed are hashed or queued for the hasher, in file order.
+        # A stream writing exactly at _fed hands its buffer over (no read-back); anything else is
+        # claimed as a range once the contiguous prefix passes it and read back from the page cache.
         self._hasher = hashlib.sha256()
         self._hashed = 0
+        self._hash_q: queue.SimpleQueue = queue.SimpleQueue()
+        self._hash_lock = threading.Lock()
+        self._fed = 0
+        self._pool: list[bytearray] = []  # spare buffers the hasher gave back
+        self._queued = 0  # buffers waiting for the hasher
+        self._hash_bad = False
+        self._dirty = 0  # bytes written since the last flush (approximate: workers add without a lock)
+        self._flush_now = threading.Event()
+        self._flush_stop = False
         self.sha256: str | None = None
 
     # -- public ------------------------------------------------------------------------------
@@ -143,17 +160,23 @@ class Transfer:
             threads = [self._spawn(i) for i in range(1 if ramp else self.workers)]
             hasher = threading.Thread(target=self._hash_behind, daemon=True, name="dl-hash")
             hasher.start()
+            flusher = threading.Thread(target=self._flush_behind, daemon=True, name="dl-flush")
+            flusher.start()
             self._monitor(threads, ramp)
             self._wake_stuck()
             for t in threads:
                 t.join(timeout=5)
-            self._hash_stop.set()
+            self._flush_stop = True
+            self._flush_now.set()
+            flusher.join()
+            self._hash_q.put(None)  # after everything queued so far
             hasher.join()
             if self.first is not None and self.first_slot is not None:
                 self.first_slot.close()  # nobody needed byte 0 (resumed transfer)
             if self.remote.size is None:
                 os.ftruncate(self.fd, self.sched.done_bytes(None))
-            self._save_state(sync=not self.sched.finished())  # complete: the fsync below covers it
+            if not self.sched.finished():  # complete: the last record under-claims, which is safe
+                self._save_state()
             if self.fatal:
                 raise self.fatal
             if self.stop is not None and self.stop.requested:
@@ -164,7 +187,7 @@ class Transfer:
                     f"download failed after {self.opts.retries} retries per connection: {err}; "
                     "run the same command again to resume") from err
             # flush to disk and hash the unhashed tail at the same time (both release the GIL)
-            syncer = threading.Thread(target=os.fsync, args=(self.fd,), daemon=True)
+            syncer = threading.Thread(target=sync_data, args=(self.fd,), daemon=True)
             syncer.start()
             self.sha256 = self._hash_finish()
             syncer.join()
@@ -178,7 +201,7 @@ class Transfer:
         return t
 
     def _monitor(self, threads: list[threading.Thread], ramp: bool = False) -> None:
-        started = last_save = time.monotonic()
+        started = time.monotonic()
         samples: list[tuple[float, int]] = [(started, self.sched.done_bytes(self.remote.size))]
         while any(t.is_alive() for t in threads) and not (self.remote.size is not None and self.sched.finished()):
             if self.stop is not None and self.stop.requested:
@@ -201,9 +224,6 @@ class Transfer:
                     threads += [self._spawn(i) for i in range(1, self.workers)]
             if self.on_progress:
                 self.on_progress(done, self.remote.size, speed)
-            if now - last_save >= 1.0:
-                self._save_state()
-                last_save = now
         if self.on_progress:
             self.on_progress(self.sched.done_bytes(self.remote.size), self.remote.size, 0.0)
 
@@ -217,14 +237,56 @@ class Transfer:
                     sock.shutdown(socket.SHUT_RDWR)
 
     def _hash_behind(self) -> None:
-        """SHA-256 of the finished prefix while the rest still downloads (the page cache holds it),
-        so verification at the end only hashes the tail."""
-        flushed = self._hashed
-        while not self._hash_stop.wait(0.05):
-            self._hash_upto(self.sched.prefix())
-            if self._hashed - flushed >= FLUSH_EVERY:  # write back as we go: the final fsync stays short
-                flushed = self._hashed
-                sync_data(self.fd)
+        """SHA-256 in file order while the download runs: buffers handed over by an in-order stream,
+        else ranges of the finished prefix read back from the page cache. Ends at the None marker."""
+        while True:
+            try:
+                item = self._hash_q.get_nowait()
+            except queue.Empty:
+                if self._claim_prefix():
+                    continue
+                try:
+                    item = self._hash_q.get(timeout=0.05)
+                except queue.Empty:
+                    continue
+            if item is None:
+                return
+            offset, buf, n = item
+            if offset != self._hashed:  # cannot happen; fall back to hashing the whole file at the end
+                self._hash_bad = True
+            if buf is None:
+                self._hash_upto(n)
+            else:
+                self._hasher.update(memoryview(buf)[:n])
+                self._hashed += n
+                with self._hash_lock:
+                    self._queued -= 1
+                    self._pool.append(buf)
+
+    def _claim_prefix(self) -> bool:
+        """Queue the finished prefix beyond what is already hashed or queued (bytes written out of order)."""
+        with self._hash_lock:
+            limit = self.sched.prefix()
+            if self.remote.size is not None:
+                limit = min(limit, self.remote.size)
+            if self._fed < limit < 1 << 62:
+                self._hash_q.put((self._fed, None, limit))
+                self._fed = limit
+                return True
+            return False
+
+    def _feed(self, offset: int, buf: bytearray, n: int) -> bytearray:
+        """After writing buf[:n] at offset: hand the buffer to the hasher if it is the next bytes in
+        order (returns a spare one to read on into), else keep it."""
+        if offset != self._fed:
+            return buf
+        with self._hash_lock:
+            if offset != self._fed or self._queued >= HASH_BEHIND:
+                return buf
+            self._hash_q.put((offset, buf, n))
+            self._fed = offset + n
+            self._queued += 1
+            return self._pool.pop() if self._pool else bytearray(BUF)
 
     def _hash_upto(self, limit: int) -> None:
         while self._hashed < limit:
@@ -235,21 +297,33 @@ class Transfer:
             self._hashed += len(data)
 
     def _hash_finish(self) -> str | None:
-        if self.sched.restarted:  # a single stream started over: bytes hashed earlier may be stale
+        if self.sched.restarted or self._hash_bad:  # a single stream started over: hashed bytes may be stale
             return None
         self._hash_upto(os.fstat(self.fd).st_size)
         return self._hasher.hexdigest()
 
+    def _flush_behind(self) -> None:
+        """Flush and record progress every FLUSH_EVERY bytes or SAVE_EVERY seconds, off the data path."""
+        while True:
+            self._flush_now.wait(SAVE_EVERY)
+            self._flush_now.clear()
+            if self._flush_stop:
+                return
+            self._dirty = 0
+            self._save_state()
+
     def _save_state(self, sync: bool = True) -> None:
-        """Data first (fdatasync), then the record that claims it: a crash never over-claims."""
+        """Data first (fdatasync), then the record that claims it: a crash never over-claims. The
+        pending ranges are taken before the sync, so bytes committed during it are not claimed."""
+        pending = self.sched.pending()
         if sync:
             sync_data(self.fd)
-        PartState(self.source_url, self.remote, self.sched.pending()).save(self.state_path)
+        PartState(self.source_url, self.remote, pending).save(self.state_path)
 
     def _worker(self, wid: int) -> None:
         slot = Slot()
         self._slots.append(slot)
-        buf = bytearray(CHUNK)
+        buf = [bytearray(BUF)]  # the stream may swap it for a spare one (see _feed)
         fd = open_rw(self.part)  # its own descriptor (Windows has no pwrite: seek+write per thread)
         try:
             while not self._abort.is_set():
@@ -271,7 +345,7 @@ class Transfer:
             os.close(fd)
             self._wake.set()
 
-    def _fetch(self, wid: int, seg: Segment, slot: Slot, buf: bytearray, fd: int) -> bool:
+    def _fetch(self, wid: int, seg: Segment, slot: Slot, buf: list[bytearray], fd: int) -> bool:
         """Fill seg; False when this connection gives up (the segment goes back to the pool)."""
         failures = 0
         use_source = False
@@ -380,19 +454,28 @@ class Transfer:
             raise RemoteChangedError(
                 "the file on the server changed during the download (size/ETag/Last-Modified differ)")
 
-    def _stream(self, wid: int, seg: Segment, opened: Opened, buf: bytearray, fd: int) -> bool | None:
+    def _stream(self, wid: int, seg: Segment, opened: Opened, buf: list[bytearray], fd: int) -> bool | None:
         """Copy the body into the part file. True: segment complete; False: clean EOF before end."""
         resp = opened.resp
         if not opened.checked:  # the probe's and carried streams were checked when they were opened
             self._check_identity(opened, seg)
             opened.checked = True
-        view = memoryview(buf)
+        view = memoryview(buf[0])
         cap = self.opts.max_bytes
+        chunk = MIN_CHUNK
         while not self._abort.is_set():
-            want = CHUNK if seg.end is None else min(CHUNK, seg.end - seg.cursor)
+            want = chunk if seg.end is None else min(chunk, seg.end - seg.cursor)
             if want <= 0:
                 break
+            t = time.monotonic()
             n = resp.readinto(view[:want])
+            # big reads on fast streams (fewer calls per byte), small ones on slow streams (they
+            # still commit, show progress and look alive to the stall check several times a second)
+            t = time.monotonic() - t
+            if t < FAST_READ and chunk < BUF:
+                chunk *= 2
+            elif t > SLOW_READ and chunk > MIN_CHUNK:
+                chunk //= 2
             if not n:
                 if seg.end is None:
                     with self.sched.lock:
@@ -401,8 +484,16 @@ class Transfer:
                 return False
             n = self.sched.allowed(seg, n)
             if n:
-                write_at(fd, view[:n], seg.cursor)
+                at = seg.cursor
+                write_at(fd, view[:n], at)
                 self.sched.commit(seg, wid, n)
+                self._dirty += n
+                if self._dirty >= FLUSH_EVERY:
+                    self._flush_now.set()
+                spare = self._feed(at, buf[0], n)
+                if spare is not buf[0]:
+                    buf[0] = spare
+                    view = memoryview(spare)
             if cap is not None and seg.cursor > cap:
                 from lora_trainer.download.errors import SpaceError
 

@@ -75,6 +75,9 @@ class Host:
         return ""
 
     # ---- running jobs
+    def check_can_train(self) -> None:
+        """Raise a UserError now (before a job starts) when this host cannot train at all."""
+
     def make_adapter(self, cfg: Any) -> ModelAdapter | None:
         """The model to train; None lets the engine load `cfg.base_model` itself."""
         return None

@@ -115,3 +115,18 @@ def retry_download(host: Host, job: Job, *, jobs: JobRegistry = default_registry
         raise UserError(f"{job.id} is not a download started here")
     host.check_download()
     return _start(host, req, opts, jobs)
+
+
+_managers: dict[int, Any] = {}
+_managers_lock = __import__("threading").Lock()
+
+
+def manager(host: Host) -> Any:
+    """The host's one download queue (persisted in its work dir, resumed on first use)."""
+    from lora_trainer.download.manager import DownloadManager
+
+    with _managers_lock:
+        mgr = _managers.get(id(host))
+        if mgr is None:
+            mgr = _managers[id(host)] = DownloadManager.for_host(host).start()
+        return mgr

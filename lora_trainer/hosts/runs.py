@@ -135,6 +135,9 @@ def training_target(host: Host, cfg: Any):
             if sink is not None:
                 emit.add(sink)
             adapter = host.make_adapter(cfg)
+            if adapter is not None and cfg.base_model:
+                emit.emit("log", level="warning", message=f"base_model '{cfg.base_model}' ignored: training the "
+                          f"checkpoint loaded in the WebUI ({host.loaded_model_name()})")
             result = train(cfg, adapter=adapter, emit=emit, stop=host.stop_flag(stop))
             problems = adapter.verify() if adapter is not None and hasattr(adapter, "verify") else []
             if problems:
@@ -163,6 +166,7 @@ def start_training(host: Host, config: Any, overrides: Iterable[str] = (), *,
     for job in jobs.list("train"):
         if job.alive:
             raise ConfigError("train", f"a training is already running ({job.id}: {job.title}); stop it or wait")
+    host.check_can_train()
     cfg = prepare_config(host, config, overrides)
     job = Job("train", training_target(host, cfg), title=cfg.output_name)
     job.config = cfg  # type: ignore[attr-defined]

@@ -44,7 +44,8 @@ class WebUIServices:
     refresh_loras: Callable[[], None] | None = None          # networks.list_available_networks
     device: Any = None                # devices.device
     autocast: Callable[[], Any] | None = None               # devices.autocast (half-precision hosts)
-    lowvram_reset: Callable[[], None] | None = None          # lowvram bookkeeping after devices were restored
+    lowvram_get: Callable[[], Any] | None = None             # lowvram.module_in_gpu (--medvram bookkeeping)
+    lowvram_set: Callable[[Any], None] | None = None
     txt2img: Callable[..., Any] | None = None                # sample images through the WebUI's own pipeline
     current_image: Callable[[Any], None] | None = None       # state.assign_current_image
     forge: bool = False
@@ -121,10 +122,13 @@ def webui_services() -> WebUIServices:
         except ImportError:
             return 0
 
-    def lowvram_reset() -> None:
-        with contextlib.suppress(Exception):
-            from modules import lowvram
-            lowvram.module_in_gpu = None
+    def lowvram_get() -> Any:
+        from modules import lowvram
+        return lowvram.module_in_gpu
+
+    def lowvram_set(module: Any) -> None:
+        from modules import lowvram
+        lowvram.module_in_gpu = module
 
     forge = hasattr(shared.sd_model, "forge_objects") or os.path.isdir(os.path.join(
         getattr(shared.cmd_opts, "data_dir", "") or ".", "backend"))
@@ -132,7 +136,7 @@ def webui_services() -> WebUIServices:
         sd_model_getter=lambda: shared.sd_model, state=shared.state, queue_lock=call_queue.queue_lock,
         cmd_opts=shared.cmd_opts, opts=shared.opts, undo_optimizations=undo, apply_optimizations=apply,
         unmerge_networks=unmerge, refresh_loras=refresh, device=devices.device, autocast=devices.autocast,
-        lowvram_reset=lowvram_reset, current_image=getattr(shared.state, "assign_current_image", None),
+        lowvram_get=lowvram_get, lowvram_set=lowvram_set, current_image=getattr(shared.state, "assign_current_image", None),
         forge=forge)
 
 
@@ -251,6 +255,14 @@ class WebUIHost(Host):
         return str(getattr(info, "title", None) or getattr(info, "name_for_extra", None) or type(model).__name__)
 
     # ---- the run
+    def check_can_train(self) -> None:
+        from lora_trainer.errors import ModelLoadError
+
+        self.services.check_trainable()
+        if self.services.sd_model is None:
+            raise ModelLoadError("no checkpoint is loaded in the WebUI: pick one at the top of the page, wait for "
+                                 "it to load, then start training again.")
+
     def make_adapter(self, cfg: Any) -> ModelAdapter:
         from lora_trainer.hosts.loaded_model import adapter_for
         return adapter_for(self.services)

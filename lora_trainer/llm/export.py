@@ -10,7 +10,7 @@ import copy
 import os
 from typing import Any
 
-from lora_trainer.train.checkpoint import _atomic_dir_write
+from lora_trainer.train.checkpoint import atomic_dir_write
 
 SAVE_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
@@ -41,7 +41,7 @@ def save_adapter(model: Any, tokenizer: Any, path: str, precision: str = "fp32",
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)  # keeps the chat template used in training with the adapter
 
-    _atomic_dir_write(path, write)
+    atomic_dir_write(path, write)
     return path
 
 
@@ -84,4 +84,4 @@ def _write_model(model: Any, tokenizer: Any, path: str) -> None:
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
 
-    _atomic_dir_write(path, write)
+    atomic_dir_write(path, write)

@@ -69,9 +69,13 @@ def write_tokenizer(folder: str, words: Iterable[str], model_max_length: int = 7
 
 
 def make_tokenizer(words: Iterable[str], model_max_length: int = 77):  # -> CLIPTokenizer
-    """A `transformers.CLIPTokenizer` over the words, built in memory (no files)."""
+    """A `transformers.CLIPTokenizer` over the words. Written to a temporary folder and loaded from
+    there: the files API is the one every transformers version (4.30 … 5.x) shares; the tokenizer
+    keeps everything in memory once loaded."""
+    import tempfile
+
     from transformers import CLIPTokenizer
 
-    vocab, merges = build_vocab(words)
-    pairs = [tuple(m.split(" ")) for m in merges]
-    return CLIPTokenizer(vocab=vocab, merges=pairs, model_max_length=model_max_length)
+    with tempfile.TemporaryDirectory() as folder:
+        write_tokenizer(folder, words, model_max_length)
+        return CLIPTokenizer.from_pretrained(folder)

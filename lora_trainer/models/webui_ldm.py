@@ -174,6 +174,10 @@ class WebUILdmAdapter(ModelAdapter):
             if n:
                 log.info("removed LoRA weights merged by the builtin Lora extension from %d modules", n)
         self._snapshot = ModelSnapshot.take(self.sd_model, with_hash=self.verify_hash)
+        # --medvram: the WebUI keeps one part on the GPU and tracks which; training moves parts
+        # around, so the devices are restored below and this record with them
+        self._medvram = svc.medvram(self.arch == "sdxl") and svc.lowvram_get is not None
+        self._gpu_part = svc.lowvram_get() if self._medvram else None
         if svc.undo_optimizations is not None and not svc.option("training_xattention_optimizations", False):
             svc.undo_optimizations()
             self._undone_optimizations = True
@@ -189,10 +193,9 @@ class WebUILdmAdapter(ModelAdapter):
         finally:
             self._undone_optimizations = False
             if self._snapshot is not None:
-                moved = self._snapshot.differences(self.sd_model, check_hash=False)
                 self._snapshot.restore(self.sd_model)
-                if moved and svc.lowvram_reset is not None and svc.medvram(self.arch == "sdxl"):
-                    svc.lowvram_reset()
+                if getattr(self, "_medvram", False) and svc.lowvram_set is not None:
+                    svc.lowvram_set(self._gpu_part)
                 self.restore_problems = self._snapshot.differences(self.sd_model)
                 if self.restore_problems:
                     log.error("the model differs from before training: %s", "; ".join(self.restore_problems[:10]))

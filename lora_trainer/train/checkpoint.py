@@ -181,22 +181,27 @@ def load_state(path: str) -> dict[str, Any]:
     return meta
 
 
-def prune(output_dir: str, name: str, keep: int | None) -> list[str]:
-    """Keep only the newest `keep` intermediate LoRA files and states; returns what was removed."""
-    if not keep or keep <= 0 or not os.path.isdir(output_dir):
+def prune(output_dir: str, name: str, keep: int | None, keep_states: int | None = None) -> list[str]:
+    """Keep only the newest `keep` intermediate LoRA files (all when None) and the newest `keep_states`
+    state folders (default: `keep`); returns what was removed."""
+    if not os.path.isdir(output_dir):
         return []
     removed: list[str] = []
-    pat = re.compile(rf"^{re.escape(name)}-(\d{{6,}})\.safetensors$")
-    files = sorted((int(m.group(1)), f) for f in os.listdir(output_dir) if (m := pat.match(f)))
-    for _, f in files[:-keep]:
-        full = os.path.join(output_dir, f)
-        for side in (full, full[: -len(".safetensors")] + ".json", full[: -len(".safetensors")] + ".preview.png"):
-            if os.path.exists(side):
-                os.remove(side)
-        removed.append(full)
-    for st in list_states(output_dir, name)[:-keep]:
-        shutil.rmtree(st, ignore_errors=True)
-        removed.append(st)
+    if keep and keep > 0:
+        pat = re.compile(rf"^{re.escape(name)}-(\d{{6,}})\.safetensors$")
+        files = sorted((int(m.group(1)), f) for f in os.listdir(output_dir) if (m := pat.match(f)))
+        for _, f in files[:-keep]:
+            full = os.path.join(output_dir, f)
+            stem = full[: -len(".safetensors")]
+            for side in (full, stem + ".json", stem + ".preview.png"):
+                if os.path.exists(side):
+                    os.remove(side)
+            removed.append(full)
+    keep_states = keep_states if keep_states is not None else keep
+    if keep_states and keep_states > 0:
+        for st in list_states(output_dir, name)[:-keep_states]:
+            shutil.rmtree(st, ignore_errors=True)
+            removed.append(st)
     return removed
 
 

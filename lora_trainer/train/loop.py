@@ -41,6 +41,9 @@ class TrainResult:
     samples: list[str] = dataclasses.field(default_factory=list)
 
 
+STATES_KEPT = 2  # resumable states kept when save_last_n is empty
+
+
 class TrainingDiverged(UserError):
     """The loss became NaN/Inf; the run stops and keeps its last good save."""
 
@@ -169,10 +172,6 @@ class Trainer:
         self.resume_path = ckpt.resolve_resume(resume, self.out_dir, self.name) if resume else None
         self.prompts = parse_prompts(cfg)
         self.emit("plan", **self.plan)
-        if self.dist.is_main:
-            from lora_trainer.train.tensorboard import make_tensorboard_sink
-
-            self._tb = make_tensorboard_sink(getattr(cfg, "logging_dir", None) or os.path.join(self.out_dir, "logs"))
         wants_cpu = str(getattr(cfg, "device", "auto") or "auto") in ("auto", "cpu") and not torch.cuda.is_available()
         if getattr(cfg, "mixed_precision", "no") == "fp16" and self.adapter is None and wants_cpu:
             raise ConfigError("mixed_precision", "fp16 needs a CUDA GPU and none is available; use 'bf16' or 'no'")
@@ -184,6 +183,11 @@ class Trainer:
         self.device = self.adapter.device
         self.adapter.prepare_for_training()
         try:
+            if self.dist.is_main:
+                from lora_trainer.train.tensorboard import make_tensorboard_sink
+
+                self._tb = make_tensorboard_sink(getattr(cfg, "logging_dir", None)
+                                                 or os.path.join(self.out_dir, "logs"))
             return self._train()
         finally:
             if self.network is not None:
@@ -220,7 +224,12 @@ class Trainer:
 
             sd, _ = load_lora_file(str(weights))
             report = self.network.load_kohya_state_dict(sd)
-            self.log(f"continuing from {weights}: {report}")
+            if not report.loaded:
+                raise ConfigError("network_weights", f"{weights} has no LoRA module of this model "
+                                                     "(another architecture, or trained on other parts?)")
+            self.log(f"continuing from {weights}: {len(report.loaded)} tensors loaded, "
+                     f"{len(report.missing)} missing (start fresh), {len(report.unexpected)} ignored",
+                     "warning" if report.missing or report.unexpected else "info")
         lr = float(cfg.learning_rate)
         groups = self.network.param_groups(float(getattr(cfg, "unet_lr", None) or lr),
                                            float(getattr(cfg, "text_encoder_lr", None) or lr))
@@ -332,8 +341,14 @@ class Trainer:
         self._save_lora(step, epoch, final=False)
         if getattr(self.cfg, "save_state", True):
             self._save_state(step, epoch, pos, n_micro)
-        for removed in ckpt.prune(self.out_dir, self.name, getattr(self.cfg, "save_last_n", None)):
+        for removed in self._prune():
             self.log(f"removed old save {os.path.basename(removed)}")
+
+    def _prune(self) -> list[str]:
+        # every LoRA file is kept unless save_last_n says otherwise; resumable states (optimizer included,
+        # ~3x the LoRA in size) keep the last save_last_n, or the last 2 when it is empty
+        keep = getattr(self.cfg, "save_last_n", None)
+        return ckpt.prune(self.out_dir, self.name, keep, keep_states=keep or STATES_KEPT)
 
     def _sample(self, step: int) -> None:
         if not self.dist.is_main or not self.prompts:
@@ -534,7 +549,7 @@ class Trainer:
             path = self._save_lora(step, epochs, final=True)
             if getattr(self.cfg, "save_state", True) and self._where is not None:
                 state = self._save_state(step, *self._where)
-            ckpt.prune(self.out_dir, self.name, getattr(self.cfg, "save_last_n", None))
+            self._prune()
         else:
             path = ckpt.lora_path(self.out_dir, self.name)
         self._write_trace(step)

@@ -36,9 +36,13 @@ def _kind(info: FieldInfo) -> str:
         return "choice"
     if t.startswith("bool"):
         return "bool"
-    if t in ("int", "int|None"):
+    # optional numbers are text boxes: a gr.Number can not be empty (browsers send 0 for None),
+    # and 0 is wrong for every optional number here (max_train_steps, unet_lr, conv_alpha, ...)
+    if t in ("int|None", "float|None"):
+        return "opt_int" if t.startswith("int") else "opt_float"
+    if t == "int":
         return "int"
-    if t in ("float", "float|None"):
+    if t == "float":
         return "float"
     if t.startswith("list") or t.startswith("dict"):
         return "yaml"
@@ -79,6 +83,8 @@ def build_fields(gr: Any, make: Any, names: list[str], hidden: tuple[str, ...] =
                         **common)
         elif kind in ("int", "float"):
             comp = make(gr.Number, value=value, info=info.help, precision=0 if kind == "int" else None, **common)
+        elif kind in ("opt_int", "opt_float"):
+            comp = make(gr.Textbox, value=value, info=info.help, placeholder="empty = not set", lines=1, **common)
         else:
             lines = 3 if kind == "yaml" or name == "sample_prompts" else 1
             comp = make(gr.Textbox, value=value, info=info.help, lines=lines, **common)
@@ -100,6 +106,15 @@ def _parse(value: Any, kind: str, name: str) -> Any:
         if value is None or value == "":
             return None
         return int(value) if kind == "int" and float(value).is_integer() else value
+    if kind in ("opt_int", "opt_float"):
+        text = "" if value is None else str(value).strip()
+        if not text:
+            return None
+        try:
+            number = float(text)
+        except ValueError:
+            return text  # load_config names the field and says what it expects
+        return int(number) if kind == "opt_int" and number.is_integer() else number
     text = "" if value is None else str(value).strip()
     if not text:
         return None

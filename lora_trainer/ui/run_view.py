@@ -44,7 +44,7 @@ class RunView:
                 self.log.append(self.phase)
             elif ev.type == "plan":
                 self.log.append("plan: " + ", ".join(f"{k}={v}" for k, v in d.items()
-                                                      if not isinstance(v, (dict, list))))
+                                                      if v is not None and not isinstance(v, (dict, list))))
             elif ev.type == "log":
                 self.log.append(f"[{d.get('level', 'info')}] {d.get('message', '')}")
             elif ev.type == "sample":
@@ -55,8 +55,11 @@ class RunView:
             elif ev.type == "checkpoint":
                 self.log.append(f"saved {d.get('kind', '')} {d.get('path', '')}")
             elif ev.type == "done":
-                self.output = str(d.get("output") or "")
+                self.output = self.output or str(d.get("output") or "")
                 self.phase = "done"
+            elif ev.type == "published":  # the final file copied into the host's Lora folder
+                self.output = str(d.get("path") or self.output)
+                self.log.append(f"published {self.output}")
             elif ev.type == "stopped":
                 self.stopped = str(d.get("message") or "stopped")
                 self.phase = "stopped"

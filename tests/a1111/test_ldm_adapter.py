@@ -67,6 +67,13 @@ def check_keys(model, path, expect_te: bool):
     assert unet and all(b.startswith(("lora_unet_down_blocks", "lora_unet_mid_block", "lora_unet_up_blocks"))
                         for b in unet), "SD1/SD2 UNet keys must use diffusers-style names"
     assert bool(te) == expect_te
+    # lora_up starts at zero: a module whose up is still zero never got a gradient (e.g. an open_clip
+    # out_proj, which nn.MultiheadAttention reads functionally instead of calling)
+    # (at 64 px the middle block is 1x1: self-attention over one token has no gradient for q and k)
+    one_token = ("lora_unet_mid_block_attentions_0_transformer_blocks_0_attn1_to_q",
+                 "lora_unet_mid_block_attentions_0_transformer_blocks_0_attn1_to_k")
+    untrained = sorted(b for b in bases if not sd[f"{b}.lora_up.weight"].abs().sum() and b not in one_token)
+    assert not untrained, f"{len(untrained)} modules never trained, e.g. {untrained[:3]}"
     return bases
 
 

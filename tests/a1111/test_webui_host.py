@@ -132,3 +132,33 @@ def test_lora_merged_by_the_builtin_extension_is_removed_first(tiny_sd1, monkeyp
             p.requires_grad_(g)
         for attr in ("network_weights_backup", "network_bias_backup", "network_current_names"):
             target.__dict__.pop(attr, None)
+
+
+def test_medvram_bookkeeping_is_put_back(tiny_sd1, services_factory, dataset, tmp_path):
+    """--medvram: the WebUI tracks which part sits on the GPU; after training the devices and that
+    record are what they were."""
+    from lora_trainer.config import load_config
+    from lora_trainer.events import StopFlag
+    from lora_trainer.models.webui_ldm import WebUILdmAdapter
+    from lora_trainer.train import train
+
+    part = tiny_sd1.model.diffusion_model
+    record = {"gpu": part, "sets": []}
+    svc = services_factory(tiny_sd1, cmd={"medvram": True}, lowvram_get=lambda: record["gpu"],
+                           lowvram_set=lambda m: record["sets"].append(m))
+    adapter = WebUILdmAdapter(tiny_sd1, svc)
+    cfg = load_config({"train_data_dir": dataset, "output_dir": str(tmp_path / "mv"), "output_name": "mv",
+                       "resolution": 64, "enable_bucket": False, "max_train_steps": 2, "save_state": False},
+                      require=("train_data_dir",))
+    train(cfg, adapter=adapter, emit=lambda e: None, stop=StopFlag())
+    assert record["sets"] == [part] and adapter.verify() == []
+
+
+def test_lowvram_is_refused_at_request_time(tiny_sd1, services_factory, dataset, tmp_path):
+    from lora_trainer.hosts.webui import HostRefused
+
+    host = WebUIHost(services_factory(tiny_sd1, cmd={"lowvram": True}), root=str(tmp_path))
+    jobs = JobRegistry()
+    with pytest.raises(HostRefused, match="--lowvram"):
+        start_training(host, config(dataset), jobs=jobs)
+    assert jobs.list() == []

@@ -41,20 +41,20 @@ def _check(pipe, models, targets, net, tmp_path, conv):
 
 @pytest.mark.parametrize("conv", [False, True])
 def test_sd1_file_loads_into_diffusers(tmp_path, conv):
-    from diffusers import StableDiffusionPipeline
+    from diffusers import DDPMScheduler, StableDiffusionPipeline
 
     unet, te = tiny_unet("sd1"), tiny_te()
     targets = unet_targets(unet, "sd1", conv=conv) + text_encoder_targets(te, "lora_te")
     net = LoRANetwork(targets, rank=4, alpha=2, conv_rank=2 if conv else 0, conv_alpha=1)
     randomize_lora(net)
-    pipe = StableDiffusionPipeline(vae=None, text_encoder=te, tokenizer=None, unet=unet, scheduler=None,
+    pipe = StableDiffusionPipeline(vae=None, text_encoder=te, tokenizer=None, unet=unet, scheduler=DDPMScheduler(),
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     _check(pipe, (unet, te), targets, net, tmp_path, conv)
 
 
 @pytest.mark.parametrize("conv", [False, True])
 def test_sdxl_file_loads_into_diffusers(tmp_path, conv):
-    from diffusers import StableDiffusionXLPipeline
+    from diffusers import DDPMScheduler, StableDiffusionXLPipeline
 
     unet, te1, te2 = tiny_unet("sdxl"), tiny_te(), tiny_te(projection=True)
     targets = (unet_targets(unet, "sdxl", conv=conv) + text_encoder_targets(te1, "lora_te1")
@@ -65,5 +65,5 @@ def test_sdxl_file_loads_into_diffusers(tmp_path, conv):
     net = LoRANetwork(targets, rank=4, alpha=8, conv_rank=3 if conv else 0, conv_alpha=3)
     randomize_lora(net, seed=3)
     pipe = StableDiffusionXLPipeline(vae=None, text_encoder=te1, text_encoder_2=te2, tokenizer=None,
-                                     tokenizer_2=None, unet=unet, scheduler=None)
+                                     tokenizer_2=None, unet=unet, scheduler=DDPMScheduler())
     _check(pipe, (unet, te1, te2), targets, net, tmp_path, conv)

@@ -44,7 +44,7 @@ def test_attach_detach_leaves_base_bit_identical():
         base_t = te(ids).last_hidden_state
         base_o = oc(toks)
     # a host hook already living on one instance must come back as the very same object
-    hooked = te.get_submodule("encoder.layers.0.mlp.fc1")
+    hooked = next(m for n, m in te.named_modules() if n.endswith("encoder.layers.0.mlp.fc1"))
     host_forward = hooked.forward.__func__.__get__(hooked)
     hooked.forward = host_forward
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import state_hash
+from models_helpers import state_hash
 
 from lora_trainer.models.base import SizeInfo
 
@@ -95,7 +95,7 @@ def _flags(adapter):
 
 @pytest.mark.parametrize("fail", [False, True])
 def test_prepare_restore_leaves_model_unchanged(fail):
-    from conftest import tiny_raw_adapter
+    from models_helpers import tiny_raw_adapter
 
     a = tiny_raw_adapter("sd1")
     a.text_encoders[0].train()

@@ -8,8 +8,8 @@ import pickle
 
 import pytest
 import torch
-from conftest import tiny_raw_adapter, write_tiny_configs
 from ldm_layout import adapter_to_ldm
+from models_helpers import tiny_raw_adapter, write_tiny_configs
 from safetensors.torch import load_file, save_file
 
 from lora_trainer.errors import ModelLoadError, UserError

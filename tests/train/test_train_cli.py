@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import yaml
-from conftest import list_files
+from train_helpers import list_files
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

@@ -19,8 +19,8 @@ def test_concept_gain_clearly_exceeds_control_gain(tiny_adapter, tmp_path):
         "the tiny model's pretrained weights are missing (tools/pretrain_tiny.py writes them); "
         "without them the measurement is meaningless")
     root = str(tmp_path)
-    write_demo_inputs(root, steps=40)
-    raw = demo_config(root, steps=40)
+    write_demo_inputs(root, steps=30)
+    raw = demo_config(root, steps=30)
     raw.update(sample_prompts=None, sample_every_n_steps=0, save_steps=0, save_state=False)
     cfg = load_config(raw)
     concept, control = held_out_sets()

@@ -44,6 +44,8 @@ def test_train_from_the_form(app_server, browser, artifacts, tmp_path):
     status = page.locator("#lt_status").inner_text()
     page.screenshot(path=os.path.join(artifacts, "trainer_done.png"), full_page=True)
     assert "Done" in status, status
+    card = page.locator("#lt_result_md").inner_text()
+    assert os.path.join("models", "Lora") in card, card
     lora = app_server["root"] / "models" / "Lora" / "ui_lora.safetensors"
     assert lora.exists()
     sidecar = lora.with_suffix(".json")
