@@ -6,7 +6,7 @@ STAMP := $(VENV)/.stamp-$(shell cat requirements/dev.txt pyproject.toml | sha1su
 A1111_VENV := .venv-a1111
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test test-main test-a1111 lint bench bench-download app clean
+.PHONY: venv demo test test-main test-a1111 test-forge lint bench bench-download app docs clean
 
 venv: $(STAMP)
 $(STAMP): requirements/dev.txt pyproject.toml
@@ -20,7 +20,7 @@ demo: venv
 	$(PY) -m lora_trainer.demo
 
 lint: venv
-	$(VENV)/bin/ruff check lora_trainer tests bench scripts install.py preload.py
+	$(VENV)/bin/ruff check lora_trainer tests bench scripts tools install.py preload.py
 
 test: venv lint test-main test-a1111
 
@@ -41,6 +41,9 @@ bench-download: venv
 
 app: venv
 	$(PY) -m lora_trainer app
+
+docs: venv
+	$(PY) tools/sync_docs.py
 
 clean:
 	rm -rf $(VENV) $(A1111_VENV) output .pytest_cache .ruff_cache
