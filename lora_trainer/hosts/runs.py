@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import tempfile
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from lora_trainer.atomic import atomic_copy
 from lora_trainer.errors import ConfigError
 from lora_trainer.jobs import Job, JobRegistry
 from lora_trainer.jobs import registry as default_registry
@@ -91,19 +90,7 @@ def uploads_dir(host: Host) -> str:
 
 
 def _atomic_copy(src: str, dst: str) -> None:
-    os.makedirs(os.path.dirname(dst), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(dst))
-    os.close(fd)
-    try:
-        shutil.copyfile(src, tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; the WebUI's other files are world-readable
-        os.replace(tmp, dst)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_copy(src, dst)
 
 
 def publish(host: Host, lora_file: str) -> str:

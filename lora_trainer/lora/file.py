@@ -7,12 +7,10 @@ infotext) and Civitai (AutoV3) identify the file without hashing it again.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import struct
-import tempfile
 from pathlib import Path
 from typing import IO, Any
 
@@ -20,6 +18,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save as st_save
 
+from lora_trainer.atomic import atomic_write_bytes  # noqa: F401 - re-exported for lora.metadata
 from lora_trainer.errors import UserError
 
 LORA_KEY_SUFFIXES = (".lora_down.weight", ".lora_up.weight", ".alpha")
@@ -80,22 +79,6 @@ def _prepare(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             raise ValueError(f"not a kohya LoRA key: {k!r}")
         out[k] = t.detach().to("cpu").contiguous()
     return out
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temp file in the same folder, fsync, then os.replace (readers never see half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def save_lora_file(path: str | os.PathLike[str], state_dict: dict[str, torch.Tensor],

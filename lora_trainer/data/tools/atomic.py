@@ -1,27 +1,13 @@
-"""Atomic file writes: a crash mid-write leaves either the old file or the new one, never half."""
+"""Caption-file writes go through the project's one atomic writer; `remove_file` undoes a new caption."""
 
 from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
-from pathlib import Path
 
+from lora_trainer.atomic import atomic_write_text
 
-def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> None:
-    """Write `text` to a temp file beside `path`, fsync it, then `os.replace` it into place."""
-    target = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding=encoding, newline="") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+__all__ = ["atomic_write_text", "remove_file"]
 
 
 def remove_file(path: str | os.PathLike) -> None:
