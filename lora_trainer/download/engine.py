@@ -40,7 +40,8 @@ FAST_READ, SLOW_READ = 0.02, 0.2  # seconds per read: below, double the read siz
 FLUSH_EVERY = 32 << 20  # bytes written between background flushes: the disk writes while the network
 # reads, so the fdatasync before the rename finds little left (measured: 16/32/64 MiB alike, none slower)
 SAVE_EVERY = 1.0  # seconds between resume records on a slow download
-HASH_BEHIND = 16  # buffers (MiB) an in-order stream may have waiting for the hasher before it stops handing over
+HASH_BEHIND = 16  # buffers (MiB) an in-order stream may have waiting for the hasher before it waits for it
+HASH_WAIT = 0.5  # seconds it waits at most (then it goes on and the hasher reads those bytes back later)
 RAMP_WINDOW = 0.1  # seconds the first stream runs alone
 FAST_SINGLE = 48 << 20  # bytes/s: one stream this fast gains little from more connections
 SNIFF = 64 << 10
@@ -137,6 +138,7 @@ class Transfer:
         self._hashed = 0
         self._hash_q: queue.SimpleQueue = queue.SimpleQueue()
         self._hash_lock = threading.Lock()
+        self._hash_free = threading.Condition(self._hash_lock)  # the hasher gave a buffer back
         self._fed = 0
         self._pool: list[bytearray] = []  # spare buffers the hasher gave back
         self._queued = 0  # buffers waiting for the hasher
@@ -262,6 +264,7 @@ class Transfer:
                 with self._hash_lock:
                     self._queued -= 1
                     self._pool.append(buf)
+                    self._hash_free.notify()
 
     def _claim_prefix(self) -> bool:
         """Queue the finished prefix beyond what is already hashed or queued (bytes written out of order)."""
@@ -281,6 +284,9 @@ class Transfer:
         if offset != self._fed:
             return buf
         with self._hash_lock:
+            if self._queued >= HASH_BEHIND and offset == self._fed:
+                # the hasher is behind: wait for it (backpressure) rather than read the bytes back later
+                self._hash_free.wait_for(lambda: self._queued < HASH_BEHIND, HASH_WAIT)
             if offset != self._fed or self._queued >= HASH_BEHIND:
                 return buf
             self._hash_q.put((offset, buf, n))

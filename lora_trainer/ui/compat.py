@@ -47,7 +47,34 @@ def on(event: Any, fn: Any, *, inputs: Any = None, outputs: Any = None, js: str 
     if "show_progress" in kwargs and GRADIO_MAJOR < 4:
         kwargs["show_progress"] = kwargs["show_progress"] != "hidden"
     kwargs = {k: v for k, v in kwargs.items() if k in params}
+    if GRADIO_MAJOR == 4 and inspect.isgeneratorfunction(fn) and outputs:
+        return _generator_with_table_refresh(event, fn, inputs, list(outputs), kwargs)
     return event(fn, inputs=inputs, outputs=outputs, **kwargs)
+
+
+def _generator_with_table_refresh(event: Any, fn: Any, inputs: Any, outputs: list[Any],
+                                  kwargs: dict[str, Any]) -> Any:
+    """gradio 4.17-4.44 (Forge: 4.40) shows only the first value a generator yields into a gr.Dataframe
+    (later yields arrive as diffs the table ignores; gradio issues 8160/8173). Keep the last yield in a
+    per-session State and send the tables once more, as a plain return, when the generator ends."""
+    tables = [i for i, o in enumerate(outputs) if isinstance(o, gr.Dataframe)]
+    if not tables:
+        return event(fn, inputs=inputs, outputs=outputs, **kwargs)
+    last = gr.State(None)
+    single = len(outputs) == 1
+
+    def run(*args: Any) -> Any:
+        for out in fn(*args):
+            values = [out] if single else list(out)
+            yield (*values, [values[i] for i in tables])
+
+    def resend(kept: list[Any] | None) -> Any:
+        values = kept or [update() for _ in tables]
+        return values[0] if len(values) == 1 else tuple(values)
+
+    dep = event(run, inputs=inputs, outputs=[*outputs, last], **kwargs)
+    dep.then(resend, inputs=[last], outputs=[outputs[i] for i in tables])
+    return dep
 
 
 def blocks(**kwargs: Any) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -35,7 +36,7 @@ FINAL_STATES = ("done", "failed", "cancelled")
 
 
 def queue_rows(items: list[dict[str, Any]]) -> list[list[Any]]:
-    """Queue table rows from the download manager's items (newest first)."""
+    """Queue rows from the download manager's items (newest first)."""
     rows = []
     for it in reversed(items):
         done, total = it.get("done_bytes") or 0, it.get("total_bytes")
@@ -48,7 +49,21 @@ def queue_rows(items: list[dict[str, Any]]) -> list[list[Any]]:
         rows.append([it.get("id", ""), it.get("name", ""), it.get("state", ""), pct,
                      f"{_size(it.get('speed_bps'))}/s" if running and it.get("speed_bps") else "",
                      f"{int(eta)} s" if running and isinstance(eta, (int, float)) else "", last])
-    return rows or [[""] * len(HEADERS)]
+    return rows
+
+
+def queue_html(items: list[dict[str, Any]]) -> str:
+    """The queue as an HTML table. HTML rather than gr.Dataframe: gradio 4.17-4.44 never re-renders
+    a Dataframe after a generator's first yield, so live progress would freeze on Forge."""
+    rows = queue_html(items)
+    if not rows:
+        return "<p class='ld-empty'>The queue is empty.</p>"
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in HEADERS)
+    body = []
+    for row in rows:
+        cells = "".join(f"<td>{html.escape(str(c))}</td>" for c in row)
+        body.append(f"<tr class='ld-{html.escape(str(row[2]))}'>{cells}</tr>")
+    return f"<table class='ld-queue'><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
 def build_downloader_tab(host: Host) -> gr.Blocks:
@@ -64,7 +79,7 @@ def build_downloader_tab(host: Host) -> gr.Blocks:
                                elem_id="ld_connections")
             start = make(gr.Button, value="Download", variant="primary", elem_id="ld_start")
         message = make(gr.Markdown, value="", elem_id="ld_message")
-        table = make(gr.Dataframe, headers=HEADERS, interactive=False, elem_id="ld_queue", wrap=True)
+        table = make(gr.HTML, value=queue_html([]), elem_id="ld_queue")
         with gr.Row():
             selected = make(gr.Textbox, label="Download id", elem_id="ld_selected")
             cancel = make(gr.Button, value="Cancel", elem_id="ld_cancel")
@@ -91,19 +106,19 @@ def build_downloader_tab(host: Host) -> gr.Blocks:
             while True:
                 items = mgr.items()
                 mine = [it for it in items if it.get("id") in ids]
-                yield f"{len(ids)} download(s) queued…", queue_rows(items)
+                yield f"{len(ids)} download(s) queued…", queue_html(items)
                 if all(it.get("state") in FINAL_STATES for it in mine):
                     break
                 time.sleep(POLL_S)
             failed = [it for it in mine if it.get("state") != "done"]
             yield (f"**{len(failed)} did not finish** — see the last column." if failed
-                   else "All downloads finished."), queue_rows(mgr.items())
+                   else "All downloads finished."), queue_html(mgr.items())
 
         def do_refresh():
             try:
-                return queue_rows(queue().items())
+                return queue_html(queue().items())
             except UserError:
-                return queue_rows([])
+                return queue_html([])
 
         def do_cancel(item_id: str):
             try:

@@ -39,6 +39,14 @@ def _check(pipe, models, targets, net, tmp_path, conv):
         assert any(t.kind == "conv" for t in targets)
 
 
+def _tiny_vae():
+    """diffusers 0.31 (Forge) reads vae.config in the pipelines' __init__; 0.42 accepts None."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(block_out_channels=(8,), down_block_types=("DownEncoderBlock2D",),
+                         up_block_types=("UpDecoderBlock2D",), latent_channels=4, norm_num_groups=8)
+
+
 @pytest.mark.parametrize("conv", [False, True])
 def test_sd1_file_loads_into_diffusers(tmp_path, conv):
     from diffusers import DDPMScheduler, StableDiffusionPipeline
@@ -47,7 +55,7 @@ def test_sd1_file_loads_into_diffusers(tmp_path, conv):
     targets = unet_targets(unet, "sd1", conv=conv) + text_encoder_targets(te, "lora_te")
     net = LoRANetwork(targets, rank=4, alpha=2, conv_rank=2 if conv else 0, conv_alpha=1)
     randomize_lora(net)
-    pipe = StableDiffusionPipeline(vae=None, text_encoder=te, tokenizer=None, unet=unet, scheduler=DDPMScheduler(),
+    pipe = StableDiffusionPipeline(vae=_tiny_vae(), text_encoder=te, tokenizer=None, unet=unet, scheduler=DDPMScheduler(),
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     _check(pipe, (unet, te), targets, net, tmp_path, conv)
 
@@ -64,6 +72,6 @@ def test_sdxl_file_loads_into_diffusers(tmp_path, conv):
     assert "lora_te2_text_model_encoder_layers_1_mlp_fc2" in names
     net = LoRANetwork(targets, rank=4, alpha=8, conv_rank=3 if conv else 0, conv_alpha=3)
     randomize_lora(net, seed=3)
-    pipe = StableDiffusionXLPipeline(vae=None, text_encoder=te1, text_encoder_2=te2, tokenizer=None,
+    pipe = StableDiffusionXLPipeline(vae=_tiny_vae(), text_encoder=te1, text_encoder_2=te2, tokenizer=None,
                                      tokenizer_2=None, unet=unet, scheduler=DDPMScheduler())
     _check(pipe, (unet, te1, te2), targets, net, tmp_path, conv)

@@ -13,7 +13,8 @@ import urllib.request
 import pytest
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARTIFACTS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "artifacts", "ui")
+ARTIFACTS = os.environ.get("LT_UI_ARTIFACTS") or os.path.join(
+    os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "artifacts", "ui")
 
 
 def free_port() -> int:

@@ -95,4 +95,5 @@ def test_downloader_tab_fetches_into_lora_folder(app_server, browser, artifacts,
     landed = app_server["root"] / "models" / "Lora" / "served_lora.safetensors"
     assert landed.exists()
     assert hashlib.sha256(landed.read_bytes()).hexdigest() == hashlib.sha256(source.read_bytes()).hexdigest()
-    assert "served_lora" in page.locator("#ld_queue").inner_text()
+    queue = page.locator("#ld_queue").inner_text()
+    assert "served_lora" in queue and "done" in queue, queue
