@@ -22,7 +22,7 @@ demo: venv
 lint: venv
 	$(VENV)/bin/ruff check lora_trainer tests bench scripts tools install.py preload.py
 
-test: venv lint test-main test-a1111
+test: venv lint test-main test-a1111 test-forge
 
 test-main: venv
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) tests --ignore=tests/a1111
@@ -32,6 +32,12 @@ test-a1111:
 	@if [ -d tests/a1111 ]; then bash tools/setup_a1111_env.sh $(A1111_VENV) && \
 	  $(A1111_VENV)/bin/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) tests/a1111; \
 	else echo "no A1111 tests"; fi
+
+# The UI on Forge's gradio 4.40 and the engine on its diffusers 0.31 / transformers 4.46.
+test-forge:
+	bash tools/setup_forge_env.sh .venv-forge && LT_UI_ARTIFACTS=artifacts/forge .venv-forge/bin/python -m pytest -q \
+	  -p no:cacheprovider $(PYTEST_ARGS) tests/ui tests/models tests/lora tests/train/test_train_loop.py \
+	  tests/train/test_train_noise_optim.py tests/train/test_train_cli.py
 
 bench: venv
 	$(PY) bench/train_bench.py
@@ -46,4 +52,4 @@ docs: venv
 	$(PY) tools/sync_docs.py
 
 clean:
-	rm -rf $(VENV) $(A1111_VENV) output .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(A1111_VENV) .venv-forge output .pytest_cache .ruff_cache

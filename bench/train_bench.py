@@ -6,6 +6,11 @@ batch, rank, steps, fp32, UNet-only LoRA, same tiny model saved as a diffusers f
 in this run and the ratios are printed; unset ones are skipped with a note.
 
     .venv/bin/python bench/train_bench.py [--steps 30] [--batch 4] [--threads 1] [--json out.json]
+        [--ref-python /path/to/refvenv/bin/python]
+
+The references need their own environment (torchvision, older diffusers/transformers): point
+`--ref-python` / `REF_PYTHON` at that venv's python; without it they run with this interpreter.
+Every trainer runs `steps + 3` steps and the rate is taken over the steps after the first 3.
 """
 
 from __future__ import annotations
@@ -27,6 +32,24 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RES = 64
 RANK = 8
 N_IMAGES = 16
+WARM = 3
+# kohya loads SD1 tokenizers from the hub id unless a same-named folder sits in --tokenizer_cache_dir.
+KOHYA_TOKENIZER_ID = "openai/clip-vit-large-patch14"
+# kohya's SD1 trainer rebuilds the UNet with SD1's hard-coded widths (320..1280, 32 norm groups), so the
+# tiny UNet cannot load there. This launcher only sets those module constants from the folder's
+# unet/config.json and then runs the unchanged script; no training code is altered.
+_KOHYA_SHIM = """
+import json, os, runpy, sys
+script = sys.argv[1]
+with open(os.path.join(os.environ["LORA_BENCH_MODEL"], "unet", "config.json"), encoding="utf-8") as f:
+    cfg = json.load(f)
+import library.original_unet as u
+ch = tuple(cfg["block_out_channels"])
+u.BLOCK_OUT_CHANNELS, u.TIMESTEP_INPUT_DIM, u.TIME_EMBED_DIM = ch, ch[0], ch[0] * 4
+u.NORM_GROUPS = u.TRANSFORMER_NORM_NUM_GROUPS = cfg["norm_num_groups"]
+sys.argv = sys.argv[1:]
+runpy.run_path(script, run_name="__main__")
+"""
 
 
 def _peak_rss_mib() -> float:
@@ -44,7 +67,21 @@ def _prepare(root: str) -> tuple[str, str]:
         for i, s in enumerate(samples):
             f.write(json.dumps({"file_name": f"{i:04d}.png", "text": s.caption}) + "\n")
     model = save_tiny_model(os.path.join(root, "tiny-sd1"), "sd1")
+    _prefix_text_encoder_keys(os.path.join(model, "text_encoder", "model.safetensors"))
+    shutil.copytree(os.path.join(model, "tokenizer"),
+                    os.path.join(root, "tokenizers", KOHYA_TOKENIZER_ID.replace("/", "_")))
     return os.path.join(root, "data"), model
+
+
+def _prefix_text_encoder_keys(path: str) -> None:
+    """transformers 5 saves CLIPTextModel keys without `text_model.`; 4.x (the references' pins) then
+    loads nothing and silently uses a random encoder. The prefixed layout loads in both."""
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(path)
+    fixed = {k if k.startswith("text_model.") else f"text_model.{k}": v for k, v in tensors.items()}
+    save_file(fixed, path + ".tmp", metadata={"format": "pt"})
+    os.replace(path + ".tmp", path)
 
 
 def bench_ours(root: str, data: str, steps: int, batch: int, device: str) -> dict[str, Any]:
@@ -59,7 +96,7 @@ def bench_ours(root: str, data: str, steps: int, batch: int, device: str) -> dic
     if device != "cpu":
         adapter.to(device)
         torch.cuda.reset_peak_memory_stats()
-    warm = 3
+    warm = WARM
     times: list[float] = []
 
     def on_event(event: Any) -> None:
@@ -83,59 +120,89 @@ def bench_ours(root: str, data: str, steps: int, batch: int, device: str) -> dic
     return out
 
 
-_RATE = re.compile(r"(\d+(?:\.\d+)?)(it/s|s/it)")
+_STEP = re.compile(r"(\d+)/(\d+) \[")
 
 
-def _rate_from_tqdm(text: str) -> float | None:
-    """Last tqdm rate in a reference trainer's output, as steps per second."""
-    found = _RATE.findall(text)
-    if not found:
+def _steady_rate(marks: list[tuple[float, int]], total: int) -> float | None:
+    """Steps/s after the warm-up steps, from (time first seen, step) pairs of the trainer's tqdm bar."""
+    after = [(t, n) for t, n in marks if n >= WARM]
+    if len(after) < 2 or after[-1][1] != total:
         return None
-    value, unit = found[-1]
-    return float(value) if unit == "it/s" else 1.0 / float(value)
+    (t0, n0), (t1, n1) = after[0], after[-1]
+    return (n1 - n0) / (t1 - t0) if t1 > t0 else None
 
 
-def _run_reference(name: str, cmd: list[str], cwd: str, steps: int, env: dict[str, str]) -> dict[str, Any]:
+def _run_reference(name: str, cmd: list[str], cwd: str, total: int, env: dict[str, str]) -> dict[str, Any]:
+    """Run one reference, timestamping each new tqdm step count as its output arrives."""
+    full = ["/usr/bin/time", "-v", *cmd] if os.path.exists("/usr/bin/time") else cmd
     t0 = time.perf_counter()
-    proc = subprocess.run(["/usr/bin/time", "-v", *cmd] if os.path.exists("/usr/bin/time") else cmd, cwd=cwd,
-                          capture_output=True, text=True, env={**os.environ, **env}, timeout=3600)
+    proc = subprocess.Popen(full, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1", **env})
+    assert proc.stdout is not None
+    chunks: list[str] = []
+    marks: list[tuple[float, int]] = []
+    pending = ""
+    while True:
+        data = os.read(proc.stdout.fileno(), 65536)
+        if not data:
+            break
+        now = time.perf_counter()
+        text = data.decode("utf-8", "replace")
+        chunks.append(text)
+        pending += text
+        for m in _STEP.finditer(pending):
+            n, of = int(m.group(1)), int(m.group(2))
+            if of == total and (not marks or n > marks[-1][1]):
+                marks.append((now, n))
+        pending = pending[-64:]
+    proc.wait()
     wall = time.perf_counter() - t0
-    text = proc.stdout + proc.stderr
+    text = "".join(chunks)
     if proc.returncode != 0:
         return {"trainer": name, "error": f"exit {proc.returncode}: " + text[-1500:]}
+    rate = _steady_rate(marks, total)
+    if rate is None:
+        return {"trainer": name, "error": "no step progress found in its output: " + text[-1500:]}
     rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", text)
-    return {"trainer": name, "steps_per_s": _rate_from_tqdm(text) or steps / wall, "wall_s": wall,
+    return {"trainer": name, "steps_per_s": rate, "wall_s": wall,
             "peak_rss_mib": int(rss.group(1)) / 1024 if rss else None}
 
 
-def bench_kohya(checkout: str, root: str, data: str, model: str, steps: int, batch: int, threads: int) -> dict[str, Any]:
-    """kohya sd-scripts train_network.py on the same job."""
-    cmd = [sys.executable, os.path.join(checkout, "train_network.py"), "--pretrained_model_name_or_path", model,
+def bench_kohya(checkout: str, root: str, data: str, model: str, steps: int, batch: int, threads: int,
+                python: str) -> dict[str, Any]:
+    """kohya sd-scripts train_network.py on the same job (through `_KOHYA_SHIM`, see there)."""
+    total = steps + WARM
+    cmd = [python, "-c", _KOHYA_SHIM, os.path.join(checkout, "train_network.py"),
+           "--pretrained_model_name_or_path", model, "--tokenizer_cache_dir", os.path.join(root, "tokenizers"),
            "--train_data_dir", data, "--resolution", f"{RES},{RES}", "--output_dir", os.path.join(root, "kohya"),
            "--output_name", "bench", "--network_module", "networks.lora", "--network_dim", str(RANK),
            "--network_alpha", str(RANK), "--network_train_unet_only", "--train_batch_size", str(batch),
-           "--max_train_steps", str(steps), "--learning_rate", "1e-4", "--optimizer_type", "AdamW",
-           "--mixed_precision", "no", "--save_precision", "float", "--cache_latents", "--sdpa",
-           "--caption_extension", ".txt", "--seed", "42", "--max_data_loader_n_workers", "0",
-           "--save_model_as", "safetensors"]
-    env = {"OMP_NUM_THREADS": str(threads), "PYTHONPATH": checkout}
-    return _run_reference("kohya sd-scripts", cmd, checkout, steps, env)
+           "--max_train_steps", str(total), "--learning_rate", "1e-4", "--optimizer_type", "AdamW",
+           "--lr_scheduler", "constant", "--mixed_precision", "no", "--save_precision", "float",
+           "--cache_latents", "--sdpa", "--caption_extension", ".txt", "--seed", "42",
+           "--max_data_loader_n_workers", "0", "--save_model_as", "safetensors"]
+    env = {"OMP_NUM_THREADS": str(threads), "PYTHONPATH": checkout, "LORA_BENCH_MODEL": model,
+           "HF_HUB_OFFLINE": "1"}
+    return _run_reference("kohya sd-scripts", cmd, checkout, total, env)
 
 
-def bench_diffusers(checkout: str, root: str, data: str, model: str, steps: int, batch: int,
-                    threads: int) -> dict[str, Any]:
+def bench_diffusers(checkout: str, root: str, data: str, model: str, steps: int, batch: int, threads: int,
+                    python: str) -> dict[str, Any]:
     """diffusers examples/text_to_image/train_text_to_image_lora.py on the same job."""
+    total = steps + WARM
     script = os.path.join(checkout, "examples", "text_to_image", "train_text_to_image_lora.py")
     if not os.path.isfile(script):
         script = os.path.join(checkout, "text_to_image", "train_text_to_image_lora.py")
     sub = os.path.join(data, "1_zqx")
-    cmd = [sys.executable, script, "--pretrained_model_name_or_path", model, "--train_data_dir", sub,
+    cmd = [python, script, "--pretrained_model_name_or_path", model, "--train_data_dir", sub,
            "--caption_column", "text", "--resolution", str(RES), "--train_batch_size", str(batch),
-           "--max_train_steps", str(steps), "--learning_rate", "1e-4", "--rank", str(RANK),
+           "--max_train_steps", str(total), "--learning_rate", "1e-4", "--rank", str(RANK),
            "--output_dir", os.path.join(root, "diffusers"), "--mixed_precision", "no", "--seed", "42",
-           "--dataloader_num_workers", "0", "--lr_scheduler", "constant", "--center_crop"]
-    env = {"OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    return _run_reference("diffusers example", cmd, os.path.dirname(script), steps, env)
+           "--dataloader_num_workers", "0", "--lr_scheduler", "constant", "--lr_warmup_steps", "0",
+           "--center_crop"]
+    env = {"OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "HF_DATASETS_CACHE": os.path.join(root, "hf-datasets")}
+    return _run_reference("diffusers example", cmd, os.path.dirname(script), total, env)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -144,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--threads", type=int, default=1, help="CPU threads (also for the reference trainers)")
     p.add_argument("--json", help="also write the results here")
+    p.add_argument("--ref-python", default=os.environ.get("REF_PYTHON") or sys.executable,
+                   help="python of the reference trainers' environment (default: $REF_PYTHON, else this one)")
     args = p.parse_args(argv)
 
     import torch
@@ -163,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"note: {var} is not set; skipping that reference trainer "
                       f"({var}=<path to its checkout> make bench to compare)")
                 continue
-            results.append(fn(checkout, root, data, model, args.steps, args.batch, args.threads))
+            results.append(fn(checkout, root, data, model, args.steps, args.batch, args.threads, args.ref_python))
     finally:
         shutil.rmtree(root, ignore_errors=True)
     ours = results[0]

@@ -36,12 +36,12 @@ from lora_trainer.download.state import PartState, Remote, state_path_for
 
 BUF = 1 << 20  # largest read: one readinto, one pwrite, one hash update per MiB on a fast stream
 MIN_CHUNK = 64 << 10  # first and smallest read: a slow stream still commits several times a second
-FAST_READ, SLOW_READ = 0.02, 0.2  # seconds per read: below, double the read size; above, halve it
+FAST_READ, SLOW_READ = 0.05, 0.2  # seconds per read: below, double the read size; above, halve it
 FLUSH_EVERY = 32 << 20  # bytes written between background flushes: the disk writes while the network
 # reads, so the fdatasync before the rename finds little left (measured: 16/32/64 MiB alike, none slower)
 SAVE_EVERY = 1.0  # seconds between resume records on a slow download
 HASH_BEHIND = 16  # buffers (MiB) an in-order stream may have waiting for the hasher before it waits for it
-HASH_WAIT = 0.5  # seconds it waits at most (then it goes on and the hasher reads those bytes back later)
+HASH_WAIT = 0.2  # seconds it waits at most (then it goes on and the hasher reads those bytes back later)
 RAMP_WINDOW = 0.1  # seconds the first stream runs alone
 FAST_SINGLE = 48 << 20  # bytes/s: one stream this fast gains little from more connections
 SNIFF = 64 << 10

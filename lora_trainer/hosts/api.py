@@ -93,10 +93,24 @@ class Api:
         return job_view(job)
 
     def start_downloads(self, body: dict[str, Any]) -> dict[str, Any]:
-        from lora_trainer.hosts.downloads import start_downloads
+        from lora_trainer.hosts import downloads
 
-        jobs = start_downloads(self.host, body, jobs=self.jobs)
-        return {"jobs": [job_view(j) for j in jobs]}
+        return {"jobs": downloads.start_downloads(self.host, body)}
+
+    def download(self, item_id: str, since: int = 0) -> dict[str, Any]:  # noqa: ARG002 - same shape as get()
+        from lora_trainer.hosts import downloads
+
+        return downloads.item(self.host, item_id)
+
+    def downloads(self) -> dict[str, Any]:
+        from lora_trainer.hosts import downloads
+
+        return {"jobs": downloads.items(self.host)}
+
+    def cancel_download(self, item_id: str) -> dict[str, Any]:
+        from lora_trainer.hosts import downloads
+
+        return downloads.cancel(self.host, item_id)
 
     def get(self, kind: str, job_id: str, since: int = 0) -> dict[str, Any]:
         job = self.jobs.get(job_id)
@@ -179,7 +193,16 @@ def register(app: Any, host: Host, jobs: JobRegistry = default_registry) -> Api:
     app.add_api_route(f"{PREFIX}/train/{{job_id}}", getter("train"), methods=["GET"])
     app.add_api_route(f"{PREFIX}/train/{{job_id}}/stop", stopper("train"), methods=["POST"])
     app.add_api_route(f"{PREFIX}/downloads", start_downloads, methods=["POST"])
-    app.add_api_route(f"{PREFIX}/downloads", lister("download"), methods=["GET"])
-    app.add_api_route(f"{PREFIX}/downloads/{{job_id}}", getter("download"), methods=["GET"])
-    app.add_api_route(f"{PREFIX}/downloads/{{job_id}}/cancel", stopper("download"), methods=["POST"])
+    async def list_downloads() -> JSONResponse:
+        return call(api.downloads)
+
+    async def get_download(job_id: str, since: int = 0) -> JSONResponse:
+        return call(api.download, job_id, since)
+
+    async def cancel_download(job_id: str) -> JSONResponse:
+        return call(api.cancel_download, job_id)
+
+    app.add_api_route(f"{PREFIX}/downloads", list_downloads, methods=["GET"])
+    app.add_api_route(f"{PREFIX}/downloads/{{job_id}}", get_download, methods=["GET"])
+    app.add_api_route(f"{PREFIX}/downloads/{{job_id}}/cancel", cancel_download, methods=["POST"])
     return api

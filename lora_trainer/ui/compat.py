@@ -54,9 +54,10 @@ def on(event: Any, fn: Any, *, inputs: Any = None, outputs: Any = None, js: str 
 
 def _generator_with_table_refresh(event: Any, fn: Any, inputs: Any, outputs: list[Any],
                                   kwargs: dict[str, Any]) -> Any:
-    """gradio 4.17-4.44 (Forge: 4.40) shows only the first value a generator yields into a gr.Dataframe
-    (later yields arrive as diffs the table ignores; gradio issues 8160/8173). Keep the last yield in a
-    per-session State and send the tables once more, as a plain return, when the generator ends."""
+    """gradio 4.17-4.44 (Forge: 4.40) does not re-render a gr.Dataframe from a generator's later yields
+    (they arrive as diffs the table ignores; gradio issues 8160/8173). Keep the last yield in a
+    per-session State; when the generator ends, blank each table that got a value and send that value
+    again as a plain return (sending the same value alone does not re-render either)."""
     tables = [i for i, o in enumerate(outputs) if isinstance(o, gr.Dataframe)]
     if not tables:
         return event(fn, inputs=inputs, outputs=outputs, **kwargs)
@@ -68,12 +69,21 @@ def _generator_with_table_refresh(event: Any, fn: Any, inputs: Any, outputs: lis
             values = [out] if single else list(out)
             yield (*values, [values[i] for i in tables])
 
-    def resend(kept: list[Any] | None) -> Any:
-        values = kept or [update() for _ in tables]
+    def unchanged(value: Any) -> bool:
+        return isinstance(value, dict) and value.get("__type__") == "update" and "value" not in value
+
+    def pack(values: list[Any]) -> Any:
         return values[0] if len(values) == 1 else tuple(values)
 
+    def blank(kept: list[Any] | None) -> Any:
+        return pack([update() if unchanged(v) else update(value=None) for v in kept or [update()] * len(tables)])
+
+    def resend(kept: list[Any] | None) -> Any:
+        return pack(list(kept or [update()] * len(tables)))
+
+    targets = [outputs[i] for i in tables]
     dep = event(run, inputs=inputs, outputs=[*outputs, last], **kwargs)
-    dep.then(resend, inputs=[last], outputs=[outputs[i] for i in tables])
+    dep.then(blank, inputs=[last], outputs=targets).then(resend, inputs=[last], outputs=targets)
     return dep
 
 

@@ -55,7 +55,7 @@ def queue_rows(items: list[dict[str, Any]]) -> list[list[Any]]:
 def queue_html(items: list[dict[str, Any]]) -> str:
     """The queue as an HTML table. HTML rather than gr.Dataframe: gradio 4.17-4.44 never re-renders
     a Dataframe after a generator's first yield, so live progress would freeze on Forge."""
-    rows = queue_html(items)
+    rows = queue_rows(items)
     if not rows:
         return "<p class='ld-empty'>The queue is empty.</p>"
     head = "".join(f"<th>{html.escape(h)}</th>" for h in HEADERS)
@@ -92,14 +92,14 @@ def build_downloader_tab(host: Host) -> gr.Blocks:
             return manager(host)
 
         def do_start(text: str, destination: str, conns: float):
-            try:
-                host.check_download()
-                mgr = queue()
-                mgr.opts.connections = int(conns)
-                folder = None if destination == "auto" else host.model_dirs()[destination]
-                from lora_trainer.download import parse_text
+            from lora_trainer.hosts.downloads import start_downloads
 
-                ids = [mgr.add(req, to=folder) for req in parse_text(text or "")]
+            body = {"links": text or "", "connections": int(conns)}
+            if destination != "auto":
+                body["kind"] = destination
+            try:
+                ids = [row["id"] for row in start_downloads(host, body)]
+                mgr = queue()
             except UserError as exc:
                 yield f"**Not started:** {exc}", do_refresh()
                 return
