@@ -98,10 +98,12 @@ def bench_ours(root: str, data: str, steps: int, batch: int, device: str) -> dic
         torch.cuda.reset_peak_memory_stats()
     warm = WARM
     times: list[float] = []
+    cpu: list[float] = []
 
     def on_event(event: Any) -> None:
         if event.type == "progress":
             times.append(time.perf_counter())
+            cpu.append(time.process_time())
 
     cfg = load_config({"base_model": "builtin:tiny-sd1", "train_data_dir": data, "output_dir": os.path.join(root, "ours"),
                        "resolution": RES, "enable_bucket": False, "min_bucket_reso": RES, "max_bucket_reso": RES,
@@ -113,8 +115,9 @@ def bench_ours(root: str, data: str, steps: int, batch: int, device: str) -> dic
     train(cfg, adapter=adapter, emit=Emitter([on_event]))
     wall = time.perf_counter() - t0
     steady = (times[-1] - times[warm - 1]) if len(times) > warm else wall
+    steady_cpu = (cpu[-1] - cpu[warm - 1]) if len(cpu) > warm else None
     out = {"trainer": "lora_trainer", "steps_per_s": steps / steady, "wall_s": wall, "peak_rss_mib": _peak_rss_mib(),
-           "rss_growth_mib": _peak_rss_mib() - rss0}
+           "steps_per_cpu_s": steps / steady_cpu if steady_cpu else None, "rss_growth_mib": _peak_rss_mib() - rss0}
     if device != "cpu":
         out["peak_cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20
     return out
@@ -123,49 +126,62 @@ def bench_ours(root: str, data: str, steps: int, batch: int, device: str) -> dic
 _STEP = re.compile(r"(\d+)/(\d+) \[")
 
 
-def _steady_rate(marks: list[tuple[float, int]], total: int) -> float | None:
-    """Steps/s after the warm-up steps, from (time first seen, step) pairs of the trainer's tqdm bar."""
-    after = [(t, n) for t, n in marks if n >= WARM]
-    if len(after) < 2 or after[-1][1] != total:
+def _steady_rates(marks: list[tuple[float, float, int]], total: int) -> tuple[float, float | None] | None:
+    """(steps per wall second, steps per CPU second) after the warm-up steps, from (wall time, process
+    CPU time, step) at which each new step count of the trainer's tqdm bar was first seen."""
+    after = [m for m in marks if m[2] >= WARM]
+    if len(after) < 2 or after[-1][2] != total:
         return None
-    (t0, n0), (t1, n1) = after[0], after[-1]
-    return (n1 - n0) / (t1 - t0) if t1 > t0 else None
+    (t0, c0, n0), (t1, c1, n1) = after[0], after[-1]
+    if t1 <= t0:
+        return None
+    return (n1 - n0) / (t1 - t0), ((n1 - n0) / (c1 - c0) if c1 > c0 else None)
+
+
+def _cpu_seconds(pid: int) -> float:
+    """user + system CPU time of a running process (all its threads), from /proc."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return float("nan")
 
 
 def _run_reference(name: str, cmd: list[str], cwd: str, total: int, env: dict[str, str]) -> dict[str, Any]:
-    """Run one reference, timestamping each new tqdm step count as its output arrives."""
-    full = ["/usr/bin/time", "-v", *cmd] if os.path.exists("/usr/bin/time") else cmd
+    """Run one reference, noting wall and CPU time at each new tqdm step count as its output arrives;
+    peak RSS comes from the child's rusage. CPU time is the fairer speed figure on a shared box."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen(full, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             env={**os.environ, "PYTHONUNBUFFERED": "1", **env})
     assert proc.stdout is not None
     chunks: list[str] = []
-    marks: list[tuple[float, int]] = []
+    marks: list[tuple[float, float, int]] = []
     pending = ""
     while True:
         data = os.read(proc.stdout.fileno(), 65536)
         if not data:
             break
-        now = time.perf_counter()
+        now, cpu = time.perf_counter(), _cpu_seconds(proc.pid)
         text = data.decode("utf-8", "replace")
         chunks.append(text)
         pending += text
         for m in _STEP.finditer(pending):
             n, of = int(m.group(1)), int(m.group(2))
-            if of == total and (not marks or n > marks[-1][1]):
-                marks.append((now, n))
+            if of == total and (not marks or n > marks[-1][2]):
+                marks.append((now, cpu, n))
         pending = pending[-64:]
-    proc.wait()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
     wall = time.perf_counter() - t0
     text = "".join(chunks)
     if proc.returncode != 0:
         return {"trainer": name, "error": f"exit {proc.returncode}: " + text[-1500:]}
-    rate = _steady_rate(marks, total)
-    if rate is None:
+    rates = _steady_rates(marks, total)
+    if rates is None:
         return {"trainer": name, "error": "no step progress found in its output: " + text[-1500:]}
-    rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", text)
-    return {"trainer": name, "steps_per_s": rate, "wall_s": wall,
-            "peak_rss_mib": int(rss.group(1)) / 1024 if rss else None}
+    return {"trainer": name, "steps_per_s": rates[0], "steps_per_cpu_s": rates[1], "wall_s": wall,
+            "peak_rss_mib": usage.ru_maxrss / 1024}
 
 
 def bench_kohya(checkout: str, root: str, data: str, model: str, steps: int, batch: int, threads: int,
@@ -236,14 +252,18 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(root, ignore_errors=True)
     ours = results[0]
-    print(f"{'trainer':<20} {'steps/s':>8} {'peak RSS MiB':>13} {'ratio ours/them':>16}")
+    print(f"{'trainer':<20} {'steps/s':>8} {'steps/CPU-s':>12} {'peak RSS MiB':>13} {'ratio ours/them':>16} "
+          f"{'CPU ratio':>10}")
     for r in results:
         if "error" in r:
             print(f"{r['trainer']:<20} failed: {r['error']}")
             continue
         ratio = "" if r is ours else f"{ours['steps_per_s'] / r['steps_per_s']:.2f}x"
+        cpu_ratio = ("" if r is ours or not (r.get("steps_per_cpu_s") and ours.get("steps_per_cpu_s"))
+                     else f"{ours['steps_per_cpu_s'] / r['steps_per_cpu_s']:.2f}x")
+        per_cpu = f"{r['steps_per_cpu_s']:.2f}" if r.get("steps_per_cpu_s") else "?"
         rss = f"{r['peak_rss_mib']:.0f}" if r.get("peak_rss_mib") else "?"
-        print(f"{r['trainer']:<20} {r['steps_per_s']:>8.2f} {rss:>13} {ratio:>16}")
+        print(f"{r['trainer']:<20} {r['steps_per_s']:>8.2f} {per_cpu:>12} {rss:>13} {ratio:>16} {cpu_ratio:>10}")
     if "peak_cuda_mib" in ours:
         print(f"peak CUDA memory (ours): {ours['peak_cuda_mib']:.0f} MiB")
     if args.json:

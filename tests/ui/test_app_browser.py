@@ -37,10 +37,14 @@ def test_train_from_the_form(app_server, browser, artifacts, tmp_path):
     _fill(page, "lt_save_every_n_epochs", "1")
     page.screenshot(path=os.path.join(artifacts, "trainer_form.png"), full_page=True)
     page.locator("#lt_train").click()
-    page.wait_for_selector("#lt_result_prompt textarea, #lt_result_prompt input", timeout=240000)
-    page.wait_for_function(
-        "() => { const e = document.querySelector('#lt_result_prompt textarea, #lt_result_prompt input');"
-        " return e && e.value.includes('<lora:ui_lora'); }", timeout=240000)
+    try:
+        page.wait_for_function(
+            "() => { const e = document.querySelector('#lt_result_prompt textarea, #lt_result_prompt input');"
+            " return e && e.value.includes('<lora:ui_lora'); }", timeout=300000)
+    except Exception:
+        page.screenshot(path=os.path.join(artifacts, "trainer_failed.png"), full_page=True)
+        pytest.fail("no result card; status: " + page.locator("#lt_status").inner_text()
+                    + "\nlog: " + page.locator("#lt_log textarea").input_value()[-2000:])
     status = page.locator("#lt_status").inner_text()
     page.screenshot(path=os.path.join(artifacts, "trainer_done.png"), full_page=True)
     assert "Done" in status, status
