@@ -2,17 +2,18 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.stamp-$(shell cat requirements/dev.txt pyproject.toml | sha1sum | cut -c1-10)
+STAMP := $(VENV)/.stamp-$(shell cat requirements/dev.txt requirements/dev-nodeps.txt pyproject.toml | sha1sum | cut -c1-10)
 A1111_VENV := .venv-a1111
 PYTEST_ARGS ?=
 
 .PHONY: venv demo test test-main test-a1111 test-forge lint bench bench-download app docs clean
 
 venv: $(STAMP)
-$(STAMP): requirements/dev.txt pyproject.toml
+$(STAMP): requirements/dev.txt requirements/dev-nodeps.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements/dev.txt
+	$(PY) -m pip install -q --no-deps -r requirements/dev-nodeps.txt
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	rm -f $(VENV)/.stamp-*; touch $@
 
