@@ -26,7 +26,7 @@ def training_metadata(path: str, network: Any, adapter: Any, cfg: Any, index: An
     return build_metadata(
         output_name=os.path.splitext(os.path.basename(path))[0], arch=info.arch, rank=network.rank,
         alpha=network.alpha, prediction_type=info.prediction_type, sd_model_name=info.model_name,
-        sd_model_hash=info.model_hash, resolution=cfg.resolution, num_train_images=index.num_images,
+        sd_model_hash=info.model_hash, resolution=cfg.resolution, num_train_images=index.num_repeats_total,  # x repeats, as kohya
         tag_frequency=index.tag_frequency, dataset_dirs=index.dataset_dirs, training_started_at=started_at,
         training_finished_at=time.time(), steps=step, epoch=epoch, max_train_steps=plan.get("total_steps"),
         num_epochs=plan.get("epochs"), num_batches_per_epoch=plan.get("batches_per_epoch"),
