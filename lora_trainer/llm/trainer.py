@@ -111,6 +111,7 @@ class LLMTrainer:
     _agree = Trainer._agree
     _progress = Trainer._progress
     _diverged = Trainer._diverged
+    _start_optimization = Trainer._start_optimization
 
     # ---- setup ----------------------------------------------------------------------------------
     def run(self) -> TrainResult:
@@ -271,22 +272,14 @@ class LLMTrainer:
         return total, True
 
     def _train(self) -> TrainResult:
-        from lora_trainer.train.optim import build_optimizer, build_scheduler
+        from lora_trainer.train.loop import cadence
 
         cfg, dist = self.cfg, self.dist
         total_steps, total_epochs = int(self.plan["total_steps"]), int(self.plan["epochs"])
         accum, n_micro = int(self.plan["gradient_accumulation_steps"]), int(self.plan["batches_per_epoch"])
-        self.optimizer = build_optimizer([{"params": self.params, "lr": float(cfg.learning_rate)}], cfg)
-        self.scheduler = build_scheduler(self.optimizer, cfg, total_steps)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.mp == "fp16")
-        step, start_epoch, start_pos = 0, 0, 0
-        if self.resume_path:
-            step, start_epoch, start_pos = self._resume(self.resume_path)
-        max_norm = float(getattr(cfg, "max_grad_norm", 0) or 0)
-        save_steps = int(getattr(cfg, "save_steps", 0) or 0)
-        save_epochs = int(getattr(cfg, "save_every_n_epochs", 0) or 0)
-        sample_steps = int(getattr(cfg, "sample_every_n_steps", 0) or 0)
-        sample_epochs = int(getattr(cfg, "sample_every_n_epochs", 0) or 0)
+        groups = [{"params": self.params, "lr": float(cfg.learning_rate)}]
+        step, start_epoch, start_pos = self._start_optimization(groups, total_steps)
+        max_norm, save_steps, save_epochs, sample_steps, sample_epochs = cadence(cfg)
         losses: list[float] = []
         last_loss: float | None = None
         epoch, pos = start_epoch, start_pos

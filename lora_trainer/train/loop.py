@@ -81,6 +81,13 @@ def ensure_config(cfg: Any) -> Any:
     return cfg
 
 
+def cadence(cfg: Any) -> tuple[float, int, int, int, int]:
+    """(max_grad_norm, save_steps, save_every_n_epochs, sample_every_n_steps, sample_every_n_epochs); 0 = off."""
+    return (float(getattr(cfg, "max_grad_norm", 0) or 0), int(getattr(cfg, "save_steps", 0) or 0),
+            int(getattr(cfg, "save_every_n_epochs", 0) or 0), int(getattr(cfg, "sample_every_n_steps", 0) or 0),
+            int(getattr(cfg, "sample_every_n_epochs", 0) or 0))
+
+
 def autocast_context(device: torch.device, mixed_precision: str):
     if mixed_precision in ("fp16", "bf16"):
         dtype = torch.float16 if mixed_precision == "fp16" else torch.bfloat16
@@ -398,17 +405,8 @@ class Trainer:
         self.pred_type = self.adapter.info.prediction_type
         total_steps, total_epochs = int(self.plan["total_steps"]), int(self.plan["epochs"])
         accum = int(self.plan["gradient_accumulation_steps"])
-        self.optimizer = build_optimizer(self.groups, cfg)
-        self.scheduler = build_scheduler(self.optimizer, cfg, total_steps)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.mp == "fp16")
-        step, start_epoch, start_pos = 0, 0, 0
-        if self.resume_path:
-            step, start_epoch, start_pos = self._resume(self.resume_path)
-        max_norm = float(getattr(cfg, "max_grad_norm", 0) or 0)
-        save_steps = int(getattr(cfg, "save_steps", 0) or 0)
-        save_epochs = int(getattr(cfg, "save_every_n_epochs", 0) or 0)
-        sample_steps = int(getattr(cfg, "sample_every_n_steps", 0) or 0)
-        sample_epochs = int(getattr(cfg, "sample_every_n_epochs", 0) or 0)
+        step, start_epoch, start_pos = self._start_optimization(self.groups, total_steps)
+        max_norm, save_steps, save_epochs, sample_steps, sample_epochs = cadence(cfg)
         losses: list[float] = []
         last_loss: float | None = None
         t0, step0 = time.time(), step
@@ -504,6 +502,16 @@ class Trainer:
                "Lower learning_rate, set max_grad_norm (e.g. 1.0), or use mixed_precision 'bf16' or 'no'")
         self.emit("error", message=msg, field="learning_rate")
         raise TrainingDiverged(msg)
+
+    def _start_optimization(self, groups: list[dict[str, Any]], total_steps: int) -> tuple[int, int, int]:
+        """Optimizer, scheduler and loss scaler (shared by the image and the LLM loops), then the
+        resumed position: (step, epoch, position in the epoch)."""
+        self.optimizer = build_optimizer(groups, self.cfg)
+        self.scheduler = build_scheduler(self.optimizer, self.cfg, total_steps)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.mp == "fp16")
+        if self.resume_path:
+            return self._resume(self.resume_path)
+        return 0, 0, 0
 
     def _resume(self, path: str) -> tuple[int, int, int]:
         self.emit("status", message=f"resuming from {path}")
