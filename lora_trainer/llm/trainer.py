@@ -112,6 +112,7 @@ class LLMTrainer:
     _progress = Trainer._progress
     _diverged = Trainer._diverged
     _start_optimization = Trainer._start_optimization
+    _restore_optimization = Trainer._restore_optimization
 
     # ---- setup ----------------------------------------------------------------------------------
     def run(self) -> TrainResult:
@@ -244,15 +245,7 @@ class LLMTrainer:
                     raise ConfigError("resume_from_checkpoint", f"{path}: {name} has shape "
                                       f"{tuple(saved[name].shape)}, this run {tuple(p.shape)} (lora_rank changed?)")
                 p.copy_(saved[name].to(p.device, p.dtype))
-        optim = state["optim"]
-        self.optimizer.load_state_dict(optim["optimizer"])
-        if optim.get("scheduler"):
-            self.scheduler.load_state_dict(optim["scheduler"])
-        if optim.get("scaler") and self.scaler.is_enabled():
-            self.scaler.load_state_dict(optim["scaler"])
-        ckpt.rng_restore(state["rng_tensors"], state.get("rng", {}))
-        self.log(f"resumed from {os.path.basename(path)} at step {state['step']}")
-        return int(state["step"]), int(state["epoch"]), int(state["position"])
+        return self._restore_optimization(state, path)
 
     # ---- the loop -------------------------------------------------------------------------------
     def _group_loss(self, group: list[list[int]], epoch: int, pos: int) -> tuple[float, bool]:

@@ -513,6 +513,19 @@ class Trainer:
             return self._resume(self.resume_path)
         return 0, 0, 0
 
+    def _restore_optimization(self, state: dict[str, Any], path: str) -> tuple[int, int, int]:
+        """Optimizer, scheduler, scaler and RNG from a loaded state (shared with the LLM loop);
+        returns (step, epoch, position in the epoch)."""
+        optim = state["optim"]
+        self.optimizer.load_state_dict(optim["optimizer"])
+        if optim.get("scheduler"):
+            self.scheduler.load_state_dict(optim["scheduler"])
+        if optim.get("scaler") and self.scaler.is_enabled():
+            self.scaler.load_state_dict(optim["scaler"])
+        ckpt.rng_restore(state["rng_tensors"], state.get("rng", {}))
+        self.log(f"resumed from {os.path.basename(path)} at step {state['step']}")
+        return int(state["step"]), int(state["epoch"]), int(state["position"])
+
     def _resume(self, path: str) -> tuple[int, int, int]:
         self.emit("status", message=f"resuming from {path}")
         state = ckpt.load_state(path)
@@ -529,15 +542,7 @@ class Trainer:
         if missing:
             raise ConfigError("resume_from_checkpoint", f"{path}: the saved LoRA lacks {len(missing)} module(s) "
                                                         "of this model (different model or network settings?)")
-        optim = state["optim"]
-        self.optimizer.load_state_dict(optim["optimizer"])
-        if optim.get("scheduler"):
-            self.scheduler.load_state_dict(optim["scheduler"])
-        if optim.get("scaler") and self.scaler.is_enabled():
-            self.scaler.load_state_dict(optim["scaler"])
-        ckpt.rng_restore(state["rng_tensors"], state.get("rng", {}))
-        self.log(f"resumed from {os.path.basename(path)} at step {state['step']}")
-        return int(state["step"]), int(state["epoch"]), int(state["position"])
+        return self._restore_optimization(state, path)
 
     def _stopped(self, step: int, epoch: int, pos: int, n_micro: int, loss: float | None) -> TrainResult:
         state = None
