@@ -113,6 +113,7 @@ class LLMTrainer:
     _diverged = Trainer._diverged
     _start_optimization = Trainer._start_optimization
     _restore_optimization = Trainer._restore_optimization
+    _optimizer_step = Trainer._optimizer_step
 
     # ---- setup ----------------------------------------------------------------------------------
     def run(self) -> TrainResult:
@@ -295,14 +296,7 @@ class LLMTrainer:
                 nan, stop, loss = self._agree(not finite, self.stop.requested, loss)
                 if nan:
                     self._diverged(step + 1, epoch)
-                dist.all_reduce_grads(self.params)
-                if max_norm > 0:
-                    self.scaler.unscale_(self.optimizer)
-                    torch.nn.utils.clip_grad_norm_(self.params, max_norm)
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-                self.scheduler.step()
-                self.optimizer.zero_grad(set_to_none=True)
+                self._optimizer_step(self.params, max_norm)
                 pos += len(group)
                 step += 1
                 last_loss = loss

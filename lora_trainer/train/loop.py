@@ -433,14 +433,7 @@ class Trainer:
                 flags = self._agree(not finite, self.stop.requested, loss_sum / len(group))
                 if flags[0]:
                     self._diverged(step + 1, epoch)
-                dist.all_reduce_grads(params)
-                if max_norm > 0:
-                    self.scaler.unscale_(self.optimizer)
-                    torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-                self.scheduler.step()
-                self.optimizer.zero_grad(set_to_none=True)
+                self._optimizer_step(params, max_norm)
                 pos += len(group)
                 step += 1
                 self._where = (epoch, pos, n_micro)
@@ -512,6 +505,18 @@ class Trainer:
         if self.resume_path:
             return self._resume(self.resume_path)
         return 0, 0, 0
+
+    def _optimizer_step(self, params: list[torch.nn.Parameter], max_norm: float) -> None:
+        """One optimizer step after the micro-batches' backward: average the gradients over the
+        processes, unscale and clip, step, schedule, clear (shared with the LLM loop)."""
+        self.dist.all_reduce_grads(params)
+        if max_norm > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
 
     def _restore_optimization(self, state: dict[str, Any], path: str) -> tuple[int, int, int]:
         """Optimizer, scheduler, scaler and RNG from a loaded state (shared with the LLM loop);
