@@ -11,7 +11,10 @@ import json
 import os
 import signal
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from lora_trainer.config import TrainConfig
 
 
 def register(subparsers: Any) -> None:
@@ -104,7 +107,7 @@ class CliRenderer:
             self.bar = None
 
 
-def _load(args: argparse.Namespace) -> Any:
+def _load(args: argparse.Namespace) -> TrainConfig:
     from lora_trainer.config import load_config
 
     overrides = list(args.overrides or [])
@@ -125,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
         stop = StopFlag()
         previous = _install_sigint(stop, renderer)
         try:
-            if getattr(cfg, "task_type", "text-to-image") == "text-generation":
+            if cfg.task_type == "text-generation":
                 from lora_trainer.llm import train_llm
 
                 result = train_llm(cfg, emit=Emitter([renderer]), stop=stop)
@@ -144,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
         return 130 if stop.reason == "Ctrl-C" else 0
     out = getattr(result, "output_path", None)
     if out and int(os.environ.get("RANK", "0") or 0) == 0:
-        if getattr(cfg, "task_type", "text-to-image") == "text-generation":
+        if cfg.task_type == "text-generation":
             print(f"LoRA adapter written to {out}\nTry it: python -m lora_trainer generate --base {cfg.base_model} "
                   f"--adapter {out} \"your prompt\"", file=sys.stderr)
         else:
@@ -153,10 +156,10 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _dry_run(cfg: Any, renderer: CliRenderer) -> int:
-    for note in getattr(cfg, "notes", None) or []:
+def _dry_run(cfg: TrainConfig, renderer: CliRenderer) -> int:
+    for note in cfg.notes:
         print(f"note: {note}", file=sys.stderr)
-    if getattr(cfg, "task_type", "text-to-image") == "text-generation":
+    if cfg.task_type == "text-generation":
         from lora_trainer import llm
 
         plan_fn = getattr(llm, "plan_llm", None)

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from lora_trainer.errors import UserError
 
 if TYPE_CHECKING:
+    from lora_trainer.config import TrainConfig
     from lora_trainer.events import EventSink, StopFlag
     from lora_trainer.models.base import ModelAdapter
 
@@ -78,7 +79,7 @@ class Host:
     def check_can_train(self) -> None:
         """Raise a UserError now (before a job starts) when this host cannot train at all."""
 
-    def make_adapter(self, cfg: Any) -> ModelAdapter | None:
+    def make_adapter(self, cfg: TrainConfig) -> ModelAdapter | None:
         """The model to train; None lets the engine load `cfg.base_model` itself."""
         return None
 

@@ -18,6 +18,7 @@ from lora_trainer.jobs import Job, JobRegistry
 from lora_trainer.jobs import registry as default_registry
 
 if TYPE_CHECKING:
+    from lora_trainer.config import TrainConfig
     from lora_trainer.events import Emitter, StopFlag
     from lora_trainer.hosts.base import Host
 
@@ -31,7 +32,7 @@ def safe_name(name: str) -> str:
     return stem[:100]
 
 
-def prepare_config(host: Host, config: Any, overrides: Iterable[str] = ()) -> Any:
+def prepare_config(host: Host, config: Any, overrides: Iterable[str] = ()) -> TrainConfig:
     """Validate a run's config for this host before any model work, with host defaults filled in.
 
     `config` is a dict, YAML text or a YAML file path (server paths obey the host's access rule).
@@ -65,14 +66,13 @@ def prepare_config(host: Host, config: Any, overrides: Iterable[str] = ()) -> An
         check_dataset_access(host, cfg.metadata_path)
     name = safe_name(cfg.output_name or (os.path.basename(os.path.normpath(cfg.output_dir)) if cfg.output_dir
                                           else os.path.basename(os.path.normpath(cfg.train_data_dir))))
-    cfg.output_name = name
-    if not cfg.output_dir:
-        cfg.output_dir = os.path.join(host.work_dir(), "runs", name)
-    elif host.restricted:
+    if cfg.output_dir and host.restricted:
         check_dataset_access(host, cfg.output_dir, "output_dir")
-    from lora_trainer.config import validate_config
-    validate_config(cfg, check_paths=True, require=require)
-    return cfg
+    # the host's defaults are settled while loading: the config is not changed after this
+    host_defaults = [f"output_name={name}"]
+    if not cfg.output_dir:
+        host_defaults.append(f"output_dir={os.path.join(host.work_dir(), 'runs', name)}")
+    return load_config(cfg, host_defaults, check_paths=True, require=require)
 
 
 def check_dataset_access(host: Host, path: str, what: str = "train_data_dir") -> None:
@@ -108,7 +108,7 @@ def publish(host: Host, lora_file: str) -> str:
     return dest
 
 
-def training_target(host: Host, cfg: Any):
+def training_target(host: Host, cfg: TrainConfig):
     """The job body: lock, adapter, train, verify the host model, publish."""
 
     def run(emit: Emitter, stop: StopFlag) -> Any:
@@ -134,7 +134,7 @@ def training_target(host: Host, cfg: Any):
         if output and os.path.isfile(output):
             published = publish(host, output)
             stem = os.path.splitext(os.path.basename(published))[0]  # a stopped run keeps its -<step> name
-            prompt = f"<lora:{stem}:{getattr(cfg, 'preferred_weight', 0.8)}>"
+            prompt = f"<lora:{stem}:{cfg.preferred_weight}>"
             emit.emit("log", level="info", message=f"saved to {published}; use {prompt} in a prompt")
             emit.emit("published", path=published, name=stem, prompt=prompt)
             if hasattr(result, "published_path"):

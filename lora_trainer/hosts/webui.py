@@ -19,6 +19,7 @@ from lora_trainer.events import StopFlag
 from lora_trainer.hosts.base import Host
 
 if TYPE_CHECKING:
+    from lora_trainer.config import TrainConfig
     from lora_trainer.events import Event, EventSink
     from lora_trainer.models.base import ModelAdapter
 
@@ -263,7 +264,7 @@ class WebUIHost(Host):
             raise ModelLoadError("no checkpoint is loaded in the WebUI: pick one at the top of the page, wait for "
                                  "it to load, then start training again.")
 
-    def make_adapter(self, cfg: Any) -> ModelAdapter:
+    def make_adapter(self, cfg: TrainConfig) -> ModelAdapter:
         from lora_trainer.hosts.loaded_model import adapter_for
         return adapter_for(self.services)
 

@@ -21,7 +21,7 @@ Example = tuple[Any, Any]  # (input ids, labels): int sequences or int32 numpy a
 def micro_batches(n_examples: int, batch_size: int, seed: int, epoch: int, rank: int = 0,
                   world_size: int = 1) -> list[list[int]]:
     """This rank's micro-batches (example indices) for one epoch; every rank gets the same count."""
-    from lora_trainer.train.loop import derive_seed
+    from lora_trainer.train.common import derive_seed
 
     gen = torch.Generator().manual_seed(derive_seed(seed, "llm-order", epoch))
     order = torch.randperm(n_examples, generator=gen).tolist()

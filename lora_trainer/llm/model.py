@@ -10,9 +10,12 @@ import contextlib
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lora_trainer.errors import ConfigError, ModelLoadError
+
+if TYPE_CHECKING:
+    from lora_trainer.config import TrainConfig
 
 GGUF_MAGIC = b"GGUF"
 GGML_MAGICS = (b"lmgg", b"fmgg", b"tjgg", b"ggml", b"ggmf", b"ggjt")  # legacy llama.cpp containers
@@ -90,10 +93,6 @@ def check_base_model(base_model: str | None) -> str:
                       "id (e.g. Qwen/Qwen2.5-0.5B) that is already downloaded to the Hugging Face cache")
 
 
-def _remote_code(cfg: Any) -> bool:
-    return bool(getattr(cfg, "trust_remote_code", False))
-
-
 def _load_hint(name: str, exc: Exception, incomplete: str) -> str:
     """What to do about a failed offline load: remote code, missing cache entry, or a broken folder."""
     if "trust_remote_code" in str(exc):
@@ -104,14 +103,14 @@ def _load_hint(name: str, exc: Exception, incomplete: str) -> str:
     return incomplete
 
 
-def load_tokenizer(cfg: Any, source: str) -> Any:
+def load_tokenizer(cfg: TrainConfig, source: str) -> Any:
     """The tokenizer (from `tokenizer_path` when set); gets a pad token if it has none."""
     from transformers import AutoTokenizer
 
-    name = getattr(cfg, "tokenizer_path", None) or source
+    name = cfg.tokenizer_path or source
     try:
-        tok = AutoTokenizer.from_pretrained(name, local_files_only=True, cache_dir=getattr(cfg, "model_cache_dir",
-                                            None), trust_remote_code=_remote_code(cfg))
+        tok = AutoTokenizer.from_pretrained(name, local_files_only=True, cache_dir=cfg.model_cache_dir,
+                                            trust_remote_code=cfg.trust_remote_code)
     except (OSError, ValueError) as exc:
         hint = _load_hint(name, exc, "the folder needs tokenizer.json or tokenizer.model + tokenizer_config.json")
         raise ModelLoadError(f"tokenizer for {name} could not be loaded offline: {hint} ({exc})") from exc
@@ -120,9 +119,9 @@ def load_tokenizer(cfg: Any, source: str) -> Any:
     return tok
 
 
-def quantization_config(cfg: Any, compute_dtype: Any) -> Any:
+def quantization_config(cfg: TrainConfig, compute_dtype: Any) -> Any:
     """BitsAndBytesConfig for QLoRA, or None. Needs bitsandbytes and a CUDA GPU."""
-    four, eight = bool(getattr(cfg, "load_in_4bit", False)), bool(getattr(cfg, "load_in_8bit", False))
+    four, eight = cfg.load_in_4bit, cfg.load_in_8bit
     if not (four or eight):
         return None
     field = "load_in_4bit" if four else "load_in_8bit"
@@ -144,13 +143,13 @@ def quantization_config(cfg: Any, compute_dtype: Any) -> Any:
     return BitsAndBytesConfig(load_in_8bit=True)
 
 
-def load_base_model(cfg: Any, source: str, dtype: Any, device: Any) -> Any:
+def load_base_model(cfg: TrainConfig, source: str, dtype: Any, device: Any) -> Any:
     """The causal LM on `device` in `dtype` (or quantised), frozen, with caching off for training."""
     from transformers import AutoModelForCausalLM
 
     quant = quantization_config(cfg, dtype)
-    kwargs: dict[str, Any] = {"local_files_only": True, "cache_dir": getattr(cfg, "model_cache_dir", None),
-                              "dtype": dtype, "trust_remote_code": _remote_code(cfg)}
+    kwargs: dict[str, Any] = {"local_files_only": True, "cache_dir": cfg.model_cache_dir,
+                              "dtype": dtype, "trust_remote_code": cfg.trust_remote_code}
     if quant is not None:
         kwargs["quantization_config"] = quant
         kwargs["device_map"] = {"": device}
@@ -167,8 +166,8 @@ def load_base_model(cfg: Any, source: str, dtype: Any, device: Any) -> Any:
     if quant is not None:
         from peft import prepare_model_for_kbit_training
 
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=bool(
-            getattr(cfg, "gradient_checkpointing", False)), gradient_checkpointing_kwargs={"use_reentrant": False})
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False})
     return model
 
 
@@ -213,12 +212,11 @@ def resolve_target_modules(value: Any, model: Any) -> list[str] | str:
     return wanted
 
 
-def wrap_lora(model: Any, cfg: Any) -> Any:
+def wrap_lora(model: Any, cfg: TrainConfig) -> Any:
     """PEFT LoRA around the frozen base, with the config's rank, alpha, dropout and targets."""
     from peft import LoraConfig, get_peft_model
 
-    targets = resolve_target_modules(getattr(cfg, "target_modules", None), model)
-    lora = LoraConfig(r=int(cfg.lora_rank), lora_alpha=float(cfg.lora_alpha), lora_dropout=float(cfg.lora_dropout
-                      or 0.0), target_modules=targets, bias="none", task_type="CAUSAL_LM")
+    targets = resolve_target_modules(cfg.target_modules, model)
+    lora = LoraConfig(r=int(cfg.lora_rank), lora_alpha=float(cfg.lora_alpha), lora_dropout=float(cfg.lora_dropout), target_modules=targets, bias="none", task_type="CAUSAL_LM")
     with hf_quiet():
         return get_peft_model(model, lora)

@@ -17,51 +17,49 @@ from typing import Any
 
 import torch
 
+from lora_trainer.config import TrainConfig
 from lora_trainer.errors import ConfigError
 from lora_trainer.events import EventSink, StopFlag, null_sink
 from lora_trainer.llm import batches as B
 from lora_trainer.train import checkpoint as ckpt
+from lora_trainer.train.common import autocast_context, check_device, derive_seed, seed_all
 from lora_trainer.train.distributed import DistContext, init_from_env
 from lora_trainer.train.loop import (
     Trainer,
     TrainResult,
-    autocast_context,
-    config_as_dict,
-    derive_seed,
     ensure_config,
     output_name,
-    seed_all,
 )
 
 
-def data_source(cfg: Any) -> str:
+def data_source(cfg: TrainConfig) -> str:
     """The JSONL file or folder: `train_data_dir`, or a .jsonl given as `metadata_path`."""
-    path = getattr(cfg, "train_data_dir", None)
-    meta = getattr(cfg, "metadata_path", None)
-    if not path and meta and str(meta).endswith(".jsonl"):
+    path, meta = cfg.train_data_dir, cfg.metadata_path
+    if not path and meta and meta.endswith(".jsonl"):
         path = meta
     if not path:
         raise ConfigError("train_data_dir", "is required: a .jsonl file or a folder of .jsonl files")
     return str(path)
 
 
-def prepare_data(cfg: Any, dist: DistContext | None = None) -> tuple[Any, Any, dict[str, Any]]:
+def prepare_data(cfg: TrainConfig, dist: DistContext | None = None) -> tuple[Any, Any, dict[str, Any]]:
     """Read, validate and tokenise the data and plan the run, without the model: (tokenizer, encoded, plan)."""
     from lora_trainer.llm.encode import apply_chat_template_setting, encode_records
     from lora_trainer.llm.model import check_base_model, load_tokenizer
     from lora_trainer.llm.records import read_records
 
     dist = dist or DistContext()
-    source = check_base_model(getattr(cfg, "base_model", None))
+    check_device(cfg.device)
+    source = check_base_model(cfg.base_model)
     records = read_records(data_source(cfg))
     tokenizer = load_tokenizer(cfg, source)
-    apply_chat_template_setting(tokenizer, getattr(cfg, "chat_template", None))
-    encoded = encode_records(records, tokenizer, int(cfg.max_seq_length), bool(getattr(cfg, "packing", False)))
+    apply_chat_template_setting(tokenizer, cfg.chat_template)
+    encoded = encode_records(records, tokenizer, int(cfg.max_seq_length), cfg.packing)
     bs = int(cfg.batch_size)
-    accum = max(1, int(getattr(cfg, "gradient_accumulation_steps", 1) or 1))
+    accum = cfg.gradient_accumulation_steps
     micro = len(B.micro_batches(len(encoded.examples), bs, int(cfg.seed), 0, 0, dist.world_size))
     steps_per_epoch = math.ceil(micro / accum)
-    max_steps = getattr(cfg, "max_train_steps", None)
+    max_steps = cfg.max_train_steps
     if max_steps:
         total_steps, epochs = int(max_steps), math.ceil(int(max_steps) / steps_per_epoch)
     else:
@@ -71,22 +69,22 @@ def prepare_data(cfg: Any, dist: DistContext | None = None) -> tuple[Any, Any, d
     plan = {"task_type": "text-generation", "base_model": source, "records": len(records), "record_kinds": kinds,
             "examples": len(encoded.examples), "tokens": encoded.tokens, "trainable_tokens": encoded.trainable_tokens,
             "truncated": encoded.truncated, "skipped": len(encoded.skipped), "max_seq_length": int(cfg.max_seq_length),
-            "packing": bool(getattr(cfg, "packing", False)), "steps_per_epoch": steps_per_epoch,
+            "packing": cfg.packing, "steps_per_epoch": steps_per_epoch,
             "total_steps": total_steps, "epochs": epochs, "batches_per_epoch": micro,
             "gradient_accumulation_steps": accum, "world_size": dist.world_size,
             "effective_batch_size": bs * accum * dist.world_size}
     return tokenizer, encoded, plan
 
 
-def plan_llm(cfg: Any) -> dict[str, Any]:
+def plan_llm(cfg: TrainConfig) -> dict[str, Any]:
     """Dry run: the plan dict (loads only the tokenizer)."""
     return prepare_data(ensure_config(cfg))[2]
 
 
-def train_llm(cfg: Any, *, emit: EventSink = null_sink, stop: StopFlag | None = None) -> TrainResult:
+def train_llm(cfg: TrainConfig, *, emit: EventSink = null_sink, stop: StopFlag | None = None) -> TrainResult:
     """Train a PEFT LoRA on a causal LM as `cfg` says; `stop` (or Ctrl-C) ends it with a resumable state."""
     cfg = ensure_config(cfg)
-    dist = init_from_env(str(getattr(cfg, "device", "auto") or "auto"))
+    dist = init_from_env(cfg.device)
     try:
         return LLMTrainer(cfg, emit=emit, stop=stop or StopFlag(), dist=dist).run()
     finally:
@@ -96,11 +94,11 @@ def train_llm(cfg: Any, *, emit: EventSink = null_sink, stop: StopFlag | None = 
 class LLMTrainer:
     """One LLM training run."""
 
-    def __init__(self, cfg: Any, *, emit: EventSink, stop: StopFlag, dist: DistContext):
+    def __init__(self, cfg: TrainConfig, *, emit: EventSink, stop: StopFlag, dist: DistContext):
         self.cfg, self._emit, self.stop, self.dist = cfg, emit, stop, dist
         self.name = output_name(cfg)
         self.out_dir = os.path.abspath(cfg.output_dir)
-        self.mp = str(getattr(cfg, "mixed_precision", "no") or "no")
+        self.mp = cfg.mixed_precision
         self.last_save: str | None = None
         self._tb: Any = None
 
@@ -125,16 +123,16 @@ class LLMTrainer:
         if self.encoded.truncated:
             self.log(f"{self.encoded.truncated} example(s) longer than max_seq_length ({cfg.max_seq_length}) "
                      "were cut; raise max_seq_length or use packing", "warning")
-        resume = getattr(cfg, "resume_from_checkpoint", None)
+        resume = cfg.resume_from_checkpoint
         self.resume_path = ckpt.resolve_resume(resume, self.out_dir, self.name) if resume else None
-        self.device = self.dist.device(str(getattr(cfg, "device", "auto") or "auto"))
+        self.device = self.dist.device(cfg.device)
         if self.mp == "fp16" and self.device.type == "cpu":
             raise ConfigError("mixed_precision", "fp16 needs a CUDA GPU; on CPU use 'bf16' or 'no'")
         self.emit("plan", **self.plan)
         if self.dist.is_main:
             from lora_trainer.train.tensorboard import make_tensorboard_sink
 
-            self._tb = make_tensorboard_sink(getattr(cfg, "logging_dir", None) or os.path.join(self.out_dir, "logs"))
+            self._tb = make_tensorboard_sink(cfg.logging_dir or os.path.join(self.out_dir, "logs"))
         try:
             self._build_model()
             return self._train()
@@ -150,12 +148,12 @@ class LLMTrainer:
         self.emit("status", message=f"loading model {self.plan['base_model']}")
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.mp, torch.float32)
         base = load_base_model(cfg, self.plan["base_model"], dtype, self.device)
-        self.quantised = bool(getattr(cfg, "load_in_4bit", False) or getattr(cfg, "load_in_8bit", False))
-        if getattr(cfg, "gradient_checkpointing", False) and not self.quantised:
+        self.quantised = cfg.load_in_4bit or cfg.load_in_8bit
+        if cfg.gradient_checkpointing and not self.quantised:
             base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         seed_all(int(cfg.seed))
         self.model = wrap_lora(base, cfg)
-        if getattr(cfg, "network_weights", None):
+        if cfg.network_weights:
             self._load_initial_adapter(str(cfg.network_weights))
         self.model.train()
         self.named = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
@@ -191,7 +189,7 @@ class LLMTrainer:
     def _save_adapter(self, step: int, final: bool) -> str:
         from lora_trainer.llm.export import save_adapter
 
-        precision = "fp32" if not final else str(getattr(self.cfg, "save_precision", "fp16") or "fp16")
+        precision = "fp32" if not final else self.cfg.save_precision
         path = save_adapter(self.model, self.tokenizer, self._adapter_path(None if final else step), precision,
                             {"lora_trainer.steps": str(step), "lora_trainer.base_model": str(self.cfg.base_model)})
         self.emit("checkpoint", step=step, path=path, kind="lora")
@@ -202,20 +200,20 @@ class LLMTrainer:
         path = ckpt.save_state(ckpt.state_path(self.out_dir, self.name, step),
                                lora_state={n: p.detach() for n, p in self.named.items()}, optimizer=self.optimizer,
                                scheduler=self.scheduler, scaler=self.scaler, step=step, epoch=epoch, position=pos,
-                               config=config_as_dict(self.cfg), extra={"task_type": "text-generation"})
+                               config=self.cfg.to_dict(), extra={"task_type": "text-generation"})
         self.emit("checkpoint", step=step, path=path, kind="state")
         return path
 
     def _periodic_save(self, step: int, epoch: int, pos: int) -> None:
         if self.dist.is_main:
             self._save_adapter(step, final=False)
-            if getattr(self.cfg, "save_state", True):
+            if self.cfg.save_state:
                 self._save_state(step, epoch, pos)
             self._prune()
         self.dist.barrier()
 
     def _prune(self) -> None:
-        keep = getattr(self.cfg, "save_last_n", None)
+        keep = self.cfg.save_last_n
         if not keep or keep <= 0:
             return
         pat = re.compile(rf"^{re.escape(self.name)}-(\d{{6,}})$")
@@ -232,7 +230,7 @@ class LLMTrainer:
         state = ckpt.load_state(path)
         if state.get("task_type") != "text-generation":
             raise ConfigError("resume_from_checkpoint", f"{path} is the state of an image LoRA run, not an LLM run")
-        changed = ckpt.config_diff(state.get("config", {}), config_as_dict(self.cfg))
+        changed = ckpt.config_diff(state.get("config", {}), self.cfg.to_dict())
         if changed:
             self.log("resuming with changed settings (" + ", ".join(changed) + "); the result will differ "
                      "from an uninterrupted run", "warning")
@@ -318,7 +316,7 @@ class LLMTrainer:
 
     def _sample(self, step: int) -> None:
         """Text samples for `sample_prompts` (greedy), logged and written to samples/<name>-<step>.txt."""
-        prompts = self.cfg.sample_prompt_list() if hasattr(self.cfg, "sample_prompt_list") else []
+        prompts = self.cfg.sample_prompt_list()
         if not self.dist.is_main or not prompts:
             return
         from lora_trainer.llm.generate import generate_text
@@ -356,7 +354,7 @@ class LLMTrainer:
         path = self._adapter_path(None)
         if self.dist.is_main:
             path = self._save_adapter(step, final=True)
-            if getattr(self.cfg, "save_state", True):
+            if self.cfg.save_state:
                 state = self._save_state(step, epoch, pos)
             self._prune()
             extra = self._exports(path)
@@ -369,8 +367,8 @@ class LLMTrainer:
         from lora_trainer.llm import export
 
         cfg, out = self.cfg, {}
-        precision = str(getattr(cfg, "save_precision", "fp16") or "fp16")
-        if getattr(cfg, "gguf_output", False):
+        precision = cfg.save_precision
+        if cfg.gguf_output:
             from lora_trainer.llm.gguf_export import export_gguf_lora
 
             self.emit("status", message="writing GGUF LoRA")
@@ -381,12 +379,12 @@ class LLMTrainer:
                                            float(lcfg.lora_alpha), "fp32" if precision == "fp32" else "fp16",
                                            self.name)
             self.log(f"GGUF LoRA written: {out['gguf']} (llama.cpp: --lora {os.path.basename(out['gguf'])})")
-        if getattr(cfg, "merge_output", False):
+        if cfg.merge_output:
             self.emit("status", message="writing merged model")
             merged = os.path.join(self.out_dir, f"{self.name}-merged")
             if self.quantised:
                 export.merge_from_files(self.plan["base_model"], adapter_dir, merged, precision,
-                                        cache_dir=getattr(cfg, "model_cache_dir", None))
+                                        cache_dir=cfg.model_cache_dir)
             else:
                 export.save_merged(self.model, self.tokenizer, merged, precision)
             out["merged"] = merged

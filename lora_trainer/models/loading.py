@@ -17,14 +17,18 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lora_trainer.errors import ModelLoadError
 from lora_trainer.models.base import AdapterInfo
 from lora_trainer.models.detect import Detected, detect_checkpoint
 
+if TYPE_CHECKING:
+    from lora_trainer.config import TrainConfig
+
 CONFIG_ROOT = os.path.join(os.path.dirname(__file__), "configs")  # tests may point this elsewhere
-BUILTIN_PREFIX = "builtin:"
+from lora_trainer.config import BUILTIN_PREFIX  # noqa: E402 - one definition, in the schema
+
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 
 # where a tokenizer can be found in the HF cache (repo id, folder inside it), per text encoder
@@ -39,12 +43,6 @@ HUB_TOKENIZERS = {
 }
 # open_clip encoders pad with "!" (id 0), CLIP-L with <|endoftext|>
 PAD_TOKENS = {"sd1": ["<|endoftext|>"], "sd2": ["!"], "sdxl": ["<|endoftext|>", "!"]}
-
-
-def _get(cfg: Any, name: str, default: Any = None) -> Any:
-    if isinstance(cfg, dict):
-        return cfg.get(name, default)
-    return getattr(cfg, name, default)
 
 
 def resolve_device(name: str | None) -> Any:
@@ -69,14 +67,14 @@ def weight_dtype(mixed_precision: str | None, device: Any) -> Any:
     return torch.bfloat16 if mixed_precision == "bf16" else torch.float16
 
 
-def load_adapter(cfg: Any):  # -> DiffusersAdapter
+def load_adapter(cfg: TrainConfig):  # -> DiffusersAdapter
     """The adapter for `cfg.base_model`, on `cfg.device`, with base weights in the training dtype."""
-    base = str(_get(cfg, "base_model") or "").strip()
+    base = (cfg.base_model or "").strip()
     if not base:
         raise ModelLoadError("config 'base_model' is empty: give a .safetensors checkpoint, a diffusers folder "
                              "or builtin:tiny-sd1")
-    clip_skip = int(_get(cfg, "clip_skip", 1) or 1)
-    max_tokens = int(_get(cfg, "max_token_length", 75) or 75)
+    clip_skip = cfg.clip_skip
+    max_tokens = cfg.max_token_length
     if base.startswith(BUILTIN_PREFIX):
         from lora_trainer.models.tiny import build_tiny_adapter
 
@@ -85,22 +83,22 @@ def load_adapter(cfg: Any):  # -> DiffusersAdapter
         _check_model_type(cfg, adapter.arch, base)
     else:
         adapter = _load_path(cfg, base, clip_skip, max_tokens)
-    device = resolve_device(_get(cfg, "device", "auto"))
+    device = resolve_device(cfg.device)
     import torch
 
-    adapter.to(device, weight_dtype(_get(cfg, "mixed_precision", "no"), device), vae_dtype=torch.float32)
-    adapter.set_attention(_get(cfg, "attention", "sdpa") or "sdpa")
+    adapter.to(device, weight_dtype(cfg.mixed_precision, device), vae_dtype=torch.float32)
+    adapter.set_attention(cfg.attention)
     return adapter
 
 
-def _check_model_type(cfg: Any, detected: str, where: str) -> None:
-    wanted = _get(cfg, "model_type", "auto") or "auto"
+def _check_model_type(cfg: TrainConfig, detected: str, where: str) -> None:
+    wanted = cfg.model_type
     if wanted != "auto" and wanted != detected:
         raise ModelLoadError(f"config 'model_type' is {wanted!r} but {where} is an {detected} model; "
                              f"set model_type: auto (or {detected})")
 
 
-def _load_path(cfg: Any, base: str, clip_skip: int, max_tokens: int):  # -> DiffusersAdapter
+def _load_path(cfg: TrainConfig, base: str, clip_skip: int, max_tokens: int):  # -> DiffusersAdapter
     path = os.path.expanduser(base)
     if os.path.isdir(path):
         if os.path.exists(os.path.join(path, "model_index.json")):
@@ -110,7 +108,7 @@ def _load_path(cfg: Any, base: str, clip_skip: int, max_tokens: int):  # -> Diff
     if os.path.isfile(path):
         return load_single_file(cfg, path, clip_skip, max_tokens)
     if "/" in base and not os.path.isabs(base) and base.count("/") == 1 and not base.startswith("."):
-        cached = _hub_snapshot(base, _get(cfg, "model_cache_dir"))
+        cached = _hub_snapshot(base, cfg.model_cache_dir)
         if cached:
             return load_diffusers_folder(cfg, cached, clip_skip, max_tokens)
     raise ModelLoadError(f"base_model not found: {base} (no such file or folder, and not in the local "
@@ -129,7 +127,7 @@ def _hub_snapshot(repo_id: str, cache_dir: str | None) -> str | None:
 
 
 # ---- diffusers folders -----------------------------------------------------------------------------
-def load_diffusers_folder(cfg: Any, path: str, clip_skip: int = 1, max_tokens: int = 75):  # -> DiffusersAdapter
+def load_diffusers_folder(cfg: TrainConfig, path: str, clip_skip: int = 1, max_tokens: int = 75):  # -> DiffusersAdapter
     """A diffusers pipeline folder: unet/, vae/, text_encoder[_2]/, tokenizer[_2]/, scheduler/."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
@@ -148,7 +146,7 @@ def load_diffusers_folder(cfg: Any, path: str, clip_skip: int = 1, max_tokens: i
             tes.append(CLIPTextModelWithProjection.from_pretrained(path, subfolder="text_encoder_2",
                                                                     local_files_only=True))
         arch = "sdxl" if len(tes) == 2 else ("sd2" if unet.config.cross_attention_dim == 1024 else "sd1")
-        vae_path = _get(cfg, "vae_path")
+        vae_path = cfg.vae_path
         vae = _load_vae(vae_path, arch) if vae_path else AutoencoderKL.from_pretrained(path, subfolder="vae",
                                                                                        local_files_only=True)
     except (OSError, ValueError) as e:
@@ -168,8 +166,8 @@ def load_diffusers_folder(cfg: Any, path: str, clip_skip: int = 1, max_tokens: i
     return DiffusersAdapter(unet, vae, tes, tokenizers, info, clip_skip=clip_skip, max_token_length=max_tokens)
 
 
-def _prediction_override(cfg: Any, detected: str) -> str:
-    v = _get(cfg, "v_parameterization")
+def _prediction_override(cfg: TrainConfig, detected: str) -> str:
+    v = cfg.v_parameterization
     if v is None:
         return detected
     return "v_prediction" if v else "epsilon"
@@ -248,19 +246,19 @@ def read_metadata(path: str) -> dict[str, str]:
         return {}
 
 
-def load_single_file(cfg: Any, path: str, clip_skip: int = 1, max_tokens: int = 75):  # -> DiffusersAdapter
+def load_single_file(cfg: TrainConfig, path: str, clip_skip: int = 1, max_tokens: int = 75):  # -> DiffusersAdapter
     """An original-layout (LDM/SGM) checkpoint file, converted with the shipped configs."""
     from lora_trainer.models.diffusers_sd import DiffusersAdapter
 
     sd = read_state_dict(path)
     det = detect_checkpoint(sd, read_metadata(path), path)
     _check_model_type(cfg, det.arch, path)
-    tokenizers = find_tokenizers(det.arch, path, _get(cfg, "tokenizer_path"), _get(cfg, "model_cache_dir"))
+    tokenizers = find_tokenizers(det.arch, path, cfg.tokenizer_path, cfg.model_cache_dir)
     unet, vae, tes = convert_single_file(sd, det)
-    if _get(cfg, "vae_path"):
-        vae = _load_vae(_get(cfg, "vae_path"), det.arch)
+    if cfg.vae_path:
+        vae = _load_vae(cfg.vae_path, det.arch)
     pred, evidence = det.prediction_type, det.prediction_evidence
-    if _get(cfg, "v_parameterization") is not None:
+    if cfg.v_parameterization is not None:
         pred, evidence = _prediction_override(cfg, pred), "config"
     elif det.arch == "sd2" and not evidence:
         from lora_trainer.models.detect import sd2_unet_predicts_v

@@ -9,10 +9,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from lora_trainer.config import TrainConfig
     from lora_trainer.train.loop import TrainResult
 
 
-def train(cfg: Any, **kwargs: Any) -> TrainResult:
+def train(cfg: TrainConfig, **kwargs: Any) -> TrainResult:
     """Lazy entry point so `import lora_trainer.train` stays light."""
     from lora_trainer.train.loop import train as _train
 

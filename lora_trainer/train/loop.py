@@ -12,18 +12,19 @@ import dataclasses
 import hashlib
 import math
 import os
-import random
 import time
+from collections.abc import Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 
+from lora_trainer.config import TrainConfig, load_config
 from lora_trainer.errors import ConfigError, UserError
 from lora_trainer.events import Event, EventSink, StopFlag, null_sink
 from lora_trainer.train import checkpoint as ckpt
+from lora_trainer.train.common import autocast_context, check_device, derive_seed, seed_all
 from lora_trainer.train.distributed import DistContext, init_from_env
 from lora_trainer.train.noise import NoiseSchedule, diffusion_loss, sample_noise, sample_timesteps
 from lora_trainer.train.optim import build_optimizer, build_scheduler
@@ -48,73 +49,44 @@ class TrainingDiverged(UserError):
     """The loss became NaN/Inf; the run stops and keeps its last good save."""
 
 
-def seed_all(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % (2 ** 32))
-    torch.manual_seed(seed)
+def output_name(cfg: TrainConfig) -> str:
+    return cfg.output_name or os.path.basename(os.path.normpath(cfg.output_dir or "")) or "lora"
 
 
-def derive_seed(*parts: Any) -> int:
-    """A well-mixed 63-bit seed from (seed, epoch, position, rank, ...) for per-batch determinism."""
-    digest = hashlib.sha256(":".join(str(p) for p in parts).encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+def ensure_config(cfg: TrainConfig | str | os.PathLike[str] | Mapping[str, Any]) -> TrainConfig:
+    """Accept a TrainConfig, a dict or a YAML path (the public `train()` takes any of them)."""
+    if isinstance(cfg, TrainConfig):
+        return cfg
+    return load_config(cfg)
 
 
-def config_as_dict(cfg: Any) -> dict[str, Any]:
-    if hasattr(cfg, "to_dict"):
-        return cfg.to_dict()
-    if dataclasses.is_dataclass(cfg):
-        return dataclasses.asdict(cfg)
-    return dict(vars(cfg))
-
-
-def output_name(cfg: Any) -> str:
-    return getattr(cfg, "output_name", None) or os.path.basename(os.path.normpath(cfg.output_dir)) or "lora"
-
-
-def ensure_config(cfg: Any) -> Any:
-    """Accept a TrainConfig, a dict or a YAML path."""
-    if isinstance(cfg, (str, os.PathLike, dict)):
-        from lora_trainer.config import load_config
-
-        return load_config(cfg)
-    return cfg
-
-
-def cadence(cfg: Any) -> tuple[float, int, int, int, int]:
+def cadence(cfg: TrainConfig) -> tuple[float, int, int, int, int]:
     """(max_grad_norm, save_steps, save_every_n_epochs, sample_every_n_steps, sample_every_n_epochs); 0 = off."""
-    return (float(getattr(cfg, "max_grad_norm", 0) or 0), int(getattr(cfg, "save_steps", 0) or 0),
-            int(getattr(cfg, "save_every_n_epochs", 0) or 0), int(getattr(cfg, "sample_every_n_steps", 0) or 0),
-            int(getattr(cfg, "sample_every_n_epochs", 0) or 0))
+    return (cfg.max_grad_norm, cfg.save_steps, cfg.save_every_n_epochs, cfg.sample_every_n_steps,
+            cfg.sample_every_n_epochs)
 
 
-def autocast_context(device: torch.device, mixed_precision: str):
-    if mixed_precision in ("fp16", "bf16"):
-        dtype = torch.float16 if mixed_precision == "fp16" else torch.bfloat16
-        return torch.autocast(device_type=device.type, dtype=dtype)
-    return nullcontext()
-
-
-def train(cfg: Any, *, adapter: Any = None, emit: EventSink = null_sink,
+def train(cfg: TrainConfig, *, adapter: Any = None, emit: EventSink = null_sink,
           stop: StopFlag | None = None) -> TrainResult:
     """Train a LoRA as `cfg` says; reports through `emit`; `stop` ends it early with a resumable state."""
     cfg = ensure_config(cfg)
-    if getattr(cfg, "task_type", "text-to-image") == "text-generation":
+    if cfg.task_type == "text-generation":
         from lora_trainer.llm import train_llm
 
         return train_llm(cfg, emit=emit, stop=stop)
-    dist = init_from_env(str(getattr(cfg, "device", "auto") or "auto"))
+    dist = init_from_env(cfg.device)
     try:
         return Trainer(cfg, adapter=adapter, emit=emit, stop=stop or StopFlag(), dist=dist).run()
     finally:
         dist.shutdown()
 
 
-def prepare_plan(cfg: Any, dist: DistContext | None = None) -> tuple[Any, Any, Any]:
+def prepare_plan(cfg: TrainConfig, dist: DistContext | None = None) -> tuple[Any, Any, Any]:
     """Scan the dataset and plan the run without touching the model: (index, dataset, Plan)."""
     from lora_trainer.data import TrainDataset, make_plan, scan_dataset
 
     dist = dist or DistContext()
+    check_device(cfg.device)
     index = scan_dataset(cfg)
     dataset = TrainDataset(cfg, index)
     plan = make_plan(cfg, index, world_size=dist.world_size, dataset=dataset)
@@ -127,7 +99,7 @@ def prepare_plan(cfg: Any, dist: DistContext | None = None) -> tuple[Any, Any, A
 class Trainer:
     """One training run; `run()` does it all and always leaves the base model as it found it."""
 
-    def __init__(self, cfg: Any, *, adapter: Any, emit: EventSink, stop: StopFlag, dist: DistContext):
+    def __init__(self, cfg: TrainConfig, *, adapter: Any, emit: EventSink, stop: StopFlag, dist: DistContext):
         self.cfg = cfg
         self.adapter = adapter
         self._emit = emit
@@ -166,7 +138,7 @@ class Trainer:
     # ---- the run ----------------------------------------------------------------------------
     def run(self) -> TrainResult:
         cfg = self.cfg
-        for note in getattr(cfg, "notes", None) or []:
+        for note in cfg.notes:
             self.log(str(note), "warning")
         self.emit("status", message="checking dataset")
         self.index, self.dataset, self.plan_obj = prepare_plan(cfg, self.dist)
@@ -175,12 +147,12 @@ class Trainer:
             listed = "; ".join(f"{os.path.basename(str(p))}: {r}" for p, r in self.index.skipped[:20])
             more = f" (+{len(self.index.skipped) - 20} more)" if len(self.index.skipped) > 20 else ""
             self.log(f"skipped {len(self.index.skipped)} file(s): {listed}{more}", "warning")
-        resume = getattr(cfg, "resume_from_checkpoint", None)
+        resume = cfg.resume_from_checkpoint
         self.resume_path = ckpt.resolve_resume(resume, self.out_dir, self.name) if resume else None
         self.prompts = parse_prompts(cfg)
         self.emit("plan", **self.plan)
-        wants_cpu = str(getattr(cfg, "device", "auto") or "auto") in ("auto", "cpu") and not torch.cuda.is_available()
-        if getattr(cfg, "mixed_precision", "no") == "fp16" and self.adapter is None and wants_cpu:
+        wants_cpu = cfg.device in ("auto", "cpu") and not torch.cuda.is_available()
+        if cfg.mixed_precision == "fp16" and self.adapter is None and wants_cpu:
             raise ConfigError("mixed_precision", "fp16 needs a CUDA GPU and none is available; use 'bf16' or 'no'")
         if self.adapter is None:
             self.emit("status", message=f"loading model {cfg.base_model}")
@@ -193,8 +165,7 @@ class Trainer:
             if self.dist.is_main:
                 from lora_trainer.train.tensorboard import make_tensorboard_sink
 
-                self._tb = make_tensorboard_sink(getattr(cfg, "logging_dir", None)
-                                                 or os.path.join(self.out_dir, "logs"))
+                self._tb = make_tensorboard_sink(cfg.logging_dir or os.path.join(self.out_dir, "logs"))
             return self._train()
         finally:
             if self.network is not None:
@@ -215,17 +186,17 @@ class Trainer:
             self.log("this model's text encoder cannot be trained here; training the UNet only", "warning")
             train_te = False
         self.train_te = train_te
-        conv_dim = int(getattr(cfg, "conv_dim", 0) or 0)
+        conv_dim = cfg.conv_dim
         targets = ad.lora_targets(unet=bool(cfg.train_unet), text_encoder=train_te, conv=conv_dim > 0)
         if not targets:
             raise ConfigError("train_unet", "nothing to train: no LoRA target modules (train_unet and "
                                             "train_text_encoder are both off?)")
         seed_all(int(cfg.seed))
         self.network = LoRANetwork(targets, rank=int(cfg.lora_rank), alpha=float(cfg.lora_alpha),
-                                   dropout=float(getattr(cfg, "lora_dropout", 0) or 0), conv_rank=conv_dim,
-                                   conv_alpha=getattr(cfg, "conv_alpha", None))
+                                   dropout=cfg.lora_dropout, conv_rank=conv_dim,
+                                   conv_alpha=cfg.conv_alpha)
         self.network.attach()
-        weights = getattr(cfg, "network_weights", None)
+        weights = cfg.network_weights
         if weights:
             from lora_trainer.lora.file import load_lora_file
 
@@ -237,9 +208,7 @@ class Trainer:
             self.log(f"continuing from {weights}: {len(report.loaded)} tensors loaded, "
                      f"{len(report.missing)} missing (start fresh), {len(report.unexpected)} ignored",
                      "warning" if report.missing or report.unexpected else "info")
-        lr = float(cfg.learning_rate)
-        groups = self.network.param_groups(float(getattr(cfg, "unet_lr", None) or lr),
-                                           float(getattr(cfg, "text_encoder_lr", None) or lr))
+        groups = self.network.param_groups(cfg.effective_unet_lr, cfg.effective_text_encoder_lr)
         params = [p for g in groups for p in g["params"]]
         for p in params:
             if p.device != self.device:
@@ -253,12 +222,12 @@ class Trainer:
 
         cfg = self.cfg
         self.latent_cache = None
-        if getattr(cfg, "cache_latents", True):
-            disk = default_latent_cache_dir(cfg.train_data_dir) if getattr(cfg, "cache_latents_to_disk", False) else None
+        if cfg.cache_latents:
+            disk = default_latent_cache_dir(cfg.train_data_dir) if cfg.cache_latents_to_disk else None
             info = self.adapter.info
-            model_id = f"{info.arch}:{info.model_name}:{info.model_hash}:{getattr(cfg, 'vae_path', None) or ''}"
+            model_id = f"{info.arch}:{info.model_name}:{info.model_hash}:{cfg.vae_path or ''}"
             self.latent_cache = LatentCache(disk, model_id)
-        changes = bool(getattr(cfg, "shuffle_caption", False)) or float(getattr(cfg, "caption_dropout_rate", 0) or 0) > 0
+        changes = cfg.shuffle_caption or cfg.caption_dropout_rate > 0
         # frozen text encoder + fixed captions: each caption is encoded once (cache_text_encoder_outputs
         # asks for it; it is free, so it is done whenever it is valid)
         self.te_cache = TextEncoderCache() if not self.train_te and not changes else None
@@ -299,7 +268,7 @@ class Trainer:
             return self.adapter.encode_text(captions)
 
     def autocast(self):
-        return autocast_context(self.device, str(getattr(self.cfg, "mixed_precision", "no") or "no"))
+        return autocast_context(self.device, self.cfg.mixed_precision)
 
     def _micro_loss(self, indices: list[int], epoch: int, pos: int) -> torch.Tensor:
         cfg = self.cfg
@@ -307,7 +276,7 @@ class Trainer:
         batch, latents = self._batch_and_latents(indices, epoch)
         cond = self._cond(list(batch["captions"]))
         gen = torch.Generator().manual_seed(derive_seed(cfg.seed, "noise", epoch, pos, self.dist.rank))
-        noise = sample_noise(latents, float(getattr(cfg, "noise_offset", 0) or 0), gen)
+        noise = sample_noise(latents, cfg.noise_offset, gen)
         t = sample_timesteps(latents.shape[0], gen).to(self.device)
         noisy = self.schedule.add_noise(latents, noise, t)
         if self.mp == "no" and self.adapter.dtype != torch.float32:
@@ -315,7 +284,7 @@ class Trainer:
         with self.autocast():
             pred = self.adapter.predict(noisy, t, cond, batch.get("sizes"))
         target = self.schedule.target(self.pred_type, latents, noise, t)
-        gamma = getattr(cfg, "min_snr_gamma", None)
+        gamma = cfg.min_snr_gamma
         weights = self.schedule.min_snr_weights(t, float(gamma), self.pred_type) if gamma else None
         return diffusion_loss(pred, target, weights)
 
@@ -336,7 +305,7 @@ class Trainer:
         path = ckpt.state_path(self.out_dir, self.name, step)
         ckpt.save_state(path, lora_state=self.network.kohya_state_dict(torch.float32), optimizer=self.optimizer,
                         scheduler=self.scheduler, scaler=self.scaler, step=step, epoch=epoch, position=pos,
-                        config=config_as_dict(self.cfg),
+                        config=self.cfg.to_dict(),
                         extra={"output_name": self.name, "world_size": self.dist.world_size})
         self.emit("checkpoint", step=step, path=path, kind="state")
         self.last_state = path
@@ -346,7 +315,7 @@ class Trainer:
         if not self.dist.is_main:
             return
         self._save_lora(step, epoch, final=False)
-        if getattr(self.cfg, "save_state", True):
+        if self.cfg.save_state:
             self._save_state(step, epoch, pos, n_micro)
         for removed in self._prune():
             self.log(f"removed old save {os.path.basename(removed)}")
@@ -354,7 +323,7 @@ class Trainer:
     def _prune(self) -> list[str]:
         # every LoRA file is kept unless save_last_n says otherwise; resumable states (optimizer included,
         # ~3x the LoRA in size) keep the last save_last_n, or the last 2 when it is empty
-        keep = getattr(self.cfg, "save_last_n", None)
+        keep = self.cfg.save_last_n
         return ckpt.prune(self.out_dir, self.name, keep, keep_states=keep or STATES_KEPT)
 
     def _sample(self, step: int) -> None:
@@ -391,14 +360,14 @@ class Trainer:
         self.params = params
         n_params = sum(p.numel() for p in params)
         self.log(f"LoRA: {n_params:,} trainable parameters on {self.device}")
-        self.mp = str(getattr(cfg, "mixed_precision", "no") or "no")
+        self.mp = cfg.mixed_precision
         if self.mp == "fp16" and self.device.type != "cuda":
             raise ConfigError("mixed_precision", f"fp16 needs a CUDA GPU (training runs on {self.device}); "
                                                  "use 'bf16' or 'no'")
-        if getattr(cfg, "gradient_checkpointing", False):
+        if cfg.gradient_checkpointing:
             self.adapter.set_gradient_checkpointing(True)
             self._undo.append(lambda: self.adapter.set_gradient_checkpointing(False))
-        if hasattr(self.adapter, "set_attention") and getattr(cfg, "attention", None):
+        if hasattr(self.adapter, "set_attention"):
             self.adapter.set_attention(str(cfg.attention))
         self._setup_caches()
         self.schedule = NoiseSchedule()
@@ -534,7 +503,7 @@ class Trainer:
     def _resume(self, path: str) -> tuple[int, int, int]:
         self.emit("status", message=f"resuming from {path}")
         state = ckpt.load_state(path)
-        changed = ckpt.config_diff(state.get("config", {}), config_as_dict(self.cfg))
+        changed = ckpt.config_diff(state.get("config", {}), self.cfg.to_dict())
         if changed:
             self.log("resuming with changed settings (" + ", ".join(changed) + "); the result will differ "
                      "from an uninterrupted run", "warning")
@@ -565,7 +534,7 @@ class Trainer:
             if self.prompts and (not self.samples or not self.samples[0].endswith(f"{step:06d}-00.png")):
                 self._sample(step)
             path = self._save_lora(step, epochs, final=True)
-            if getattr(self.cfg, "save_state", True) and self._where is not None:
+            if self.cfg.save_state and self._where is not None:
                 state = self._save_state(step, *self._where)
             self._prune()
         else:

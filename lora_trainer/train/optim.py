@@ -8,19 +8,17 @@ Optional optimizers (bitsandbytes, lion-pytorch, prodigyopt) are imported only w
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from lora_trainer.errors import ConfigError
 
+if TYPE_CHECKING:
+    from lora_trainer.config import TrainConfig
+
 OPTIMIZERS = ("adamw", "adamw8bit", "lion", "prodigy", "sgd")
 SCHEDULERS = ("constant", "constant_with_warmup", "cosine", "linear")
-
-
-def _get(cfg: Any, name: str, default: Any) -> Any:
-    value = getattr(cfg, name, default)
-    return default if value is None else value
 
 
 class _Lion(torch.optim.Optimizer):
@@ -49,12 +47,11 @@ class _Lion(torch.optim.Optimizer):
         return loss
 
 
-def build_optimizer(param_groups: list[dict[str, Any]], cfg: Any) -> torch.optim.Optimizer:
+def build_optimizer(param_groups: list[dict[str, Any]], cfg: TrainConfig) -> torch.optim.Optimizer:
     """Optimizer named by `cfg.optimizer` over `param_groups` (each group may carry its own `lr`)."""
-    name = str(_get(cfg, "optimizer", "adamw")).lower().replace("_", "").replace("-", "")
-    lr = float(_get(cfg, "learning_rate", 1e-4))
-    wd = float(_get(cfg, "weight_decay", 0.01))
-    extra = dict(_get(cfg, "optimizer_args", {}) or {})
+    name = cfg.optimizer.lower().replace("_", "").replace("-", "")
+    lr, wd = float(cfg.learning_rate), float(cfg.weight_decay)
+    extra = dict(cfg.optimizer_args)
     groups = [g for g in param_groups if any(p.requires_grad for p in g["params"])]
     if not groups:
         raise ConfigError("train_unet", "nothing to train: both train_unet and train_text_encoder are off "
@@ -109,12 +106,12 @@ def lr_lambda(name: str, warmup: int, total_steps: int):
     return fn
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Any, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
     """LambdaLR for `cfg.lr_scheduler` with `cfg.lr_warmup_steps` (an int, or a float < 1 = fraction)."""
-    name = str(_get(cfg, "lr_scheduler", "constant")).lower()
+    name = cfg.lr_scheduler.lower()
     if name not in SCHEDULERS:
         raise ConfigError("lr_scheduler", f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
-    warm = _get(cfg, "lr_warmup_steps", 0)
+    warm = cfg.lr_warmup_steps
     warmup = int(warm * total_steps) if isinstance(warm, float) and 0 < warm < 1 else int(warm)
     if name == "constant" and warmup > 0:
         name = "constant_with_warmup"

@@ -8,14 +8,20 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from lora_trainer.config import TrainConfig
+    from lora_trainer.data import DatasetIndex
+    from lora_trainer.lora.network import LoRANetwork
+    from lora_trainer.models.base import ModelAdapter
 
 SAVE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
-def training_metadata(path: str, network: Any, adapter: Any, cfg: Any, index: Any, plan: dict[str, Any], *,
+def training_metadata(path: str, network: LoRANetwork, adapter: ModelAdapter, cfg: TrainConfig, index: DatasetIndex, plan: dict[str, Any], *,
                       step: int, epoch: int, started_at: float) -> dict[str, str]:
     """kohya `ss_*` / `modelspec.*` metadata for the file at `path` (its stem is the alias)."""
     from lora_trainer.lora.metadata import build_metadata
@@ -44,13 +50,13 @@ def training_metadata(path: str, network: Any, adapter: Any, cfg: Any, index: An
         trigger_words=cfg.trigger_word or None, description=cfg.description, extra=extra)
 
 
-def write_lora(path: str, network: Any, adapter: Any, cfg: Any, index: Any, plan: dict[str, Any], *, step: int,
-               epoch: int, started_at: float, final: bool, preview: str | None = None) -> dict[str, str]:
+def write_lora(path: str, network: LoRANetwork, adapter: ModelAdapter, cfg: TrainConfig, index: DatasetIndex,
+               plan: dict[str, Any], *, step: int, epoch: int, started_at: float, final: bool, preview: str | None = None) -> dict[str, str]:
     """Save `network` at `path` (atomic, with hashes); a final file also gets `.json` (+ `.preview.png`)."""
     from lora_trainer.lora.file import save_lora_file
     from lora_trainer.lora.metadata import write_sidecars
 
-    dtype = SAVE_DTYPES.get(str(cfg.save_precision), torch.float16)
+    dtype = SAVE_DTYPES[cfg.save_precision]
     meta = training_metadata(path, network, adapter, cfg, index, plan, step=step, epoch=epoch,
                              started_at=started_at)
     written = save_lora_file(path, network.kohya_state_dict(dtype), meta)

@@ -10,9 +10,12 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from lora_trainer.config import TrainConfig
 
 _OPT = re.compile(r"\s--([ndslwh])\s+")
 
@@ -28,33 +31,16 @@ class SamplePrompt:
     height: int = 512
 
 
-def _resolution(cfg: Any) -> tuple[int, int]:
-    res = getattr(cfg, "resolution", 512)
-    if isinstance(res, (tuple, list)):
-        return int(res[0]), int(res[1])
-    if isinstance(res, str) and "," in res:
-        w, h = res.split(",", 1)
-        return int(w), int(h)
-    return int(res), int(res)
-
-
-def parse_prompts(cfg: Any) -> list[SamplePrompt]:
-    raw = cfg.sample_prompt_list() if hasattr(cfg, "sample_prompt_list") else getattr(cfg, "sample_prompts", None) or []
-    if isinstance(raw, str):
-        if os.path.isfile(raw):
-            with open(raw, encoding="utf-8") as f:
-                raw = [ln for ln in (x.strip() for x in f) if ln and not ln.startswith("#")]
-        else:
-            raw = [raw]
-    w0, h0 = _resolution(cfg)
-    width = int(getattr(cfg, "sample_width", None) or w0)
-    height = int(getattr(cfg, "sample_height", None) or h0)
-    base_seed = int(getattr(cfg, "sample_seed", 42) or 0)
+def parse_prompts(cfg: TrainConfig) -> list[SamplePrompt]:
+    raw = cfg.sample_prompt_list()
+    w0, h0 = cfg.resolution_wh
+    width, height = cfg.sample_width or w0, cfg.sample_height or h0
+    base_seed = cfg.sample_seed
     out = []
     for i, line in enumerate(raw):
         parts = _OPT.split(" " + str(line))
-        sp = SamplePrompt(prompt=parts[0].strip(), seed=base_seed + i, steps=int(getattr(cfg, "sample_steps", 20)),
-                          guidance=float(getattr(cfg, "sample_guidance", 7.0)), width=width, height=height)
+        sp = SamplePrompt(prompt=parts[0].strip(), seed=base_seed + i, steps=cfg.sample_steps,
+                          guidance=cfg.sample_guidance, width=width, height=height)
         for key, val in zip(parts[1::2], parts[2::2], strict=False):
             val = val.strip()
             if key == "n":

@@ -135,8 +135,8 @@ def build_trainer_tab(host: Host) -> gr.Blocks:
                 time.sleep(POLL_S)
             if view.output and not view.error:
                 name = view.result_name()
-                prompt = f"<lora:{name}:{getattr(cfg, 'preferred_weight', 0.8)}>"
-                trig = getattr(cfg, "trigger_word", "")
+                prompt = f"<lora:{name}:{cfg.preferred_weight}>"
+                trig = cfg.trigger_word
                 card = (f"**{name}** is ready in `{os.path.dirname(view.output)}`.  \n"
                         f"Trigger word: `{trig or '(none)'}`")
                 prompt_text = f"{trig}, {prompt}" if trig else prompt

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import types
-
 import pytest
 import torch
 
+from lora_trainer.config import TrainConfig
 from lora_trainer.errors import ConfigError, ModelLoadError
 from lora_trainer.llm.model import (
     DEFAULT_TARGETS,
@@ -47,8 +46,8 @@ def test_qlora_without_bitsandbytes_is_a_clear_error():
     except ImportError:
         pass
     with pytest.raises(ConfigError, match="load_in_4bit.*bitsandbytes"):
-        quantization_config(types.SimpleNamespace(load_in_4bit=True, load_in_8bit=False), torch.bfloat16)
-    assert quantization_config(types.SimpleNamespace(), torch.float32) is None
+        quantization_config(TrainConfig(load_in_4bit=True), torch.bfloat16)
+    assert quantization_config(TrainConfig(), torch.float32) is None
 
 
 def test_base_model_checks(tmp_path, tiny_llama):
@@ -103,7 +102,7 @@ def test_other_families_default_targets_and_gguf(tmp_path, family, gguf_arch, pe
                                                     num_key_value_heads=2)
     torch.manual_seed(0)
     model = wrap_lora(getattr(transformers, f"{name}ForCausalLM")(config),
-                      types.SimpleNamespace(lora_rank=4, lora_alpha=4, lora_dropout=0.0, target_modules=None))
+                      TrainConfig(lora_rank=4, lora_alpha=4, lora_dropout=0.0, target_modules=None))
     assert sorted(model.peft_config["default"].target_modules) == ["k_proj", "o_proj", "q_proj", "v_proj"]
     for module in model.modules():  # non-zero B so the permutation is visible
         if hasattr(module, "lora_B"):

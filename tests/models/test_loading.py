@@ -12,14 +12,16 @@ from ldm_layout import adapter_to_ldm
 from models_helpers import tiny_raw_adapter, write_tiny_configs
 from safetensors.torch import load_file, save_file
 
+from lora_trainer.config import TrainConfig
 from lora_trainer.errors import ModelLoadError, UserError
 from lora_trainer.models import loading, tiny
 from lora_trainer.models.tiny_tokenizer import write_tokenizer
 from lora_trainer.synthetic import VOCABULARY
 
 
-def _cfg(base: str, tmp_path, **kw):
-    return {"base_model": base, "device": "cpu", "model_cache_dir": str(tmp_path / "empty_hf_cache"), **kw}
+def _cfg(base: str, tmp_path, **kw) -> TrainConfig:
+    return TrainConfig(**{"base_model": base, "device": "cpu", "model_cache_dir": str(tmp_path / "empty_hf_cache"),
+                          **kw})
 
 
 def _same_weights(a, b) -> None:

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from lora_trainer.config import TrainConfig
 from lora_trainer.errors import ConfigError
 from lora_trainer.train.noise import NoiseSchedule, diffusion_loss, sample_noise
 from lora_trainer.train.optim import build_optimizer, build_scheduler, lr_lambda
@@ -47,10 +48,8 @@ def test_noise_offset_shifts_channel_means():
     assert plain.mean(dim=(2, 3)).std() < offset.mean(dim=(2, 3)).std()
 
 
-class _Cfg:
-    def __init__(self, **kw):
-        self.__dict__.update({"optimizer": "adamw", "learning_rate": 0.1, "weight_decay": 0.0,
-                              "optimizer_args": {}, "lr_scheduler": "constant", "lr_warmup_steps": 0, **kw})
+def _Cfg(**kw) -> TrainConfig:  # noqa: N802 - reads like the config it builds
+    return TrainConfig(**{"optimizer": "adamw", "learning_rate": 0.1, "weight_decay": 0.0, **kw})
 
 
 @pytest.mark.parametrize("name", ["adamw", "sgd", "lion", "prodigy"])
