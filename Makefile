@@ -22,6 +22,7 @@ demo: venv
 
 lint: venv
 	$(VENV)/bin/ruff check lora_trainer tests bench scripts tools install.py preload.py
+	$(PY) -m pytest -q -p no:cacheprovider tests/test_layers.py tests/data/test_config_seam.py
 
 test: venv lint test-main test-a1111 test-forge
 

@@ -70,7 +70,7 @@ def main() -> int:
     from lora_trainer import synthetic
     from lora_trainer.config import load_config
     from lora_trainer.events import Emitter
-    from lora_trainer.train.loop import train
+    from lora_trainer.train.image import train
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "no": torch.float32}[args.precision]

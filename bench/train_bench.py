@@ -90,7 +90,7 @@ def bench_ours(root: str, data: str, steps: int, batch: int, device: str) -> dic
     from lora_trainer.config import load_config
     from lora_trainer.events import Emitter
     from lora_trainer.models.tiny import build_tiny_adapter
-    from lora_trainer.train.loop import train
+    from lora_trainer.train.image import train
 
     adapter = build_tiny_adapter("sd1")
     if device != "cpu":

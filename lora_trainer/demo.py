@@ -42,6 +42,7 @@ def write_demo_inputs(root: str, n_train: int = 16, steps: int = DEMO_STEPS) -> 
     import yaml
 
     from lora_trainer import synthetic
+    from lora_trainer.atomic import atomic_write_text
 
     data = os.path.join(root, "data")
     shutil.rmtree(data, ignore_errors=True)
@@ -50,10 +51,8 @@ def write_demo_inputs(root: str, n_train: int = 16, steps: int = DEMO_STEPS) -> 
     path = os.path.join(root, "demo.yaml")
     cfg = demo_config(root, steps)
     cfg["train_data_dir"], cfg["output_dir"] = "./data", "./train"  # relative to the YAML file
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        f.write("# Written by `make demo`. Re-run: python -m lora_trainer train --config " + path + "\n")
-        yaml.safe_dump(cfg, f, sort_keys=False)
-    os.replace(path + ".tmp", path)
+    atomic_write_text(path, "# Written by `make demo`. Re-run: python -m lora_trainer train --config " + path + "\n"
+                      + yaml.safe_dump(cfg, sort_keys=False))
     return path
 
 
@@ -74,10 +73,11 @@ def run_demo(root: str = "output/demo", steps: int = DEMO_STEPS, threads: int = 
     """Everything `make demo` does; returns the quality numbers and paths (tests call it too)."""
     import torch
 
-    from lora_trainer.commands.train import CliRenderer
+    from lora_trainer.atomic import atomic_write_text
     from lora_trainer.config import load_config
     from lora_trainer.events import Emitter
     from lora_trainer.models.tiny import build_tiny_adapter
+    from lora_trainer.train.console import CliRenderer
     from lora_trainer.train.evaluate import (
         denoising_loss,
         evaluate_lora,
@@ -85,7 +85,7 @@ def run_demo(root: str = "output/demo", steps: int = DEMO_STEPS, threads: int = 
         held_out_sets,
         load_network,
     )
-    from lora_trainer.train.loop import train
+    from lora_trainer.train.image import train
 
     torch.set_num_threads(threads)  # fixed threads: repeatable numbers, and fast on a busy 2-core box
     root = os.path.abspath(root)
@@ -118,8 +118,7 @@ def run_demo(root: str = "output/demo", steps: int = DEMO_STEPS, threads: int = 
     final = os.path.join(lora_dir, os.path.basename(result.output_path))
     out = {"lora": final, "config": yaml_path, "steps": result.steps, "seconds": round(time.time() - t0, 1),
            "samples_before": before_imgs, "samples_after": after_imgs, **report.to_dict()}
-    with open(os.path.join(root, "quality.json"), "w", encoding="utf-8") as f:
-        json.dump(out, f, indent=1)
+    atomic_write_text(os.path.join(root, "quality.json"), json.dumps(out, indent=1))
     say("\n== quality (held-out images, fixed noise and timesteps) ==\n" + report.summary())
     say(f"\nLoRA: {final}\nbefore/after samples: {os.path.dirname(before_imgs[0])}, {os.path.dirname(after_imgs[0])}"
         f"\nuse it: copy it into your WebUI's models/Lora and write <lora:{cfg.output_name}:0.8> in a prompt"

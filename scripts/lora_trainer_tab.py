@@ -58,7 +58,7 @@ def _timed(name, fn, *args):
 
 def on_ui_tabs():
     _on_path()
-    from lora_trainer.hosts.webui_tabs import build_tabs
+    from lora_trainer.ui.webui_tabs import build_tabs
     return _timed("on_ui_tabs", build_tabs, host())
 
 

@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     from safetensors.torch import save_file
 
     from lora_trainer import synthetic
-    from lora_trainer.models.diffusers_sd import alphas_cumprod
+    from lora_trainer.models.ddpm import NoiseSchedule
     from lora_trainer.models.tiny import build_tiny_adapter, flat_state_dict, weights_path
 
     torch.set_num_threads(args.threads)
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(samples)} images; vae done: {step} steps, rec mse {rec_err:.4f}, scaling factor {scale:.4f}", flush=True)
 
     # (2) UNet + text encoder denoising
-    acp = alphas_cumprod(torch.float32).to(args.device)
+    acp = NoiseSchedule().alphas_cumprod.to(torch.float32).to(args.device)
     unet.train()
     te.train()
     params = [{"params": unet.parameters(), "lr": 1e-3}, {"params": te.parameters(), "lr": 3e-4}]
@@ -132,10 +132,10 @@ def heldout_loss(adapter, latents, cond, seed: int = 123) -> float:  # noqa: ANN
     """Mean epsilon MSE with fixed noise and timesteps (so before/after compare the same draws)."""
     import torch
 
-    from lora_trainer.models.diffusers_sd import alphas_cumprod
+    from lora_trainer.models.ddpm import NoiseSchedule
 
     gen = torch.Generator("cpu").manual_seed(seed)
-    acp = alphas_cumprod(torch.float32)
+    acp = NoiseSchedule().alphas_cumprod.to(torch.float32)
     total = 0.0
     reps = 8
     with torch.no_grad():
@@ -155,7 +155,7 @@ def concept_gain(adapter, steps: int, device: str, rank: int = 8, lr: float = 1e
 
     from lora_trainer import synthetic
     from lora_trainer.lora.network import LoRANetwork
-    from lora_trainer.models.diffusers_sd import alphas_cumprod
+    from lora_trainer.models.ddpm import NoiseSchedule
 
     def split(concept: str, n: int, seed: int):  # noqa: ANN202
         ss = synthetic.concept_set(concept, n, seed)
@@ -171,7 +171,7 @@ def concept_gain(adapter, steps: int, device: str, rank: int = 8, lr: float = 1e
     net = LoRANetwork(adapter.lora_targets(unet=True, text_encoder=False, conv=False), rank, rank).to(device)
     net.attach()
     opt = torch.optim.AdamW(net.parameters(), lr=lr)
-    acp = alphas_cumprod(torch.float32).to(device)
+    acp = NoiseSchedule().alphas_cumprod.to(torch.float32).to(device)
     try:
         for _ in range(steps):
             idx = torch.randint(0, train_lat.shape[0], (8,), device=device)

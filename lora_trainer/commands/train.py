@@ -13,6 +13,8 @@ import signal
 import sys
 from typing import TYPE_CHECKING, Any
 
+from lora_trainer.train.console import CliRenderer, format_plan
+
 if TYPE_CHECKING:
     from lora_trainer.config import TrainConfig
 
@@ -29,82 +31,6 @@ def register(subparsers: Any) -> None:
     p.add_argument("--resume", metavar="PATH|latest", help="continue from a saved state folder (or 'latest')")
     p.add_argument("--json", action="store_true", help="print events as JSON lines instead of a progress bar")
     p.set_defaults(func=run)
-
-
-def format_plan(plan: Any) -> str:
-    """The plan as the data area formats it (a Plan, or its to_dict())."""
-    from lora_trainer.data import Plan
-    from lora_trainer.data import format_plan as data_format_plan
-
-    if isinstance(plan, dict):
-        try:
-            plan = Plan(**plan)
-        except TypeError:  # a plan of another shape (e.g. an LLM run): show its keys
-            return "\n".join(f"{k.replace('_', ' ')}: {v}" for k, v in plan.items())
-    return data_format_plan(plan)
-
-
-class CliRenderer:
-    """Event sink for a terminal: a tqdm bar for progress, one line for everything else."""
-
-    def __init__(self, stream: Any = None, json_lines: bool = False):
-        self.stream = stream or sys.stderr
-        self.json_lines = json_lines
-        self.bar: Any = None
-
-    def _write(self, text: str) -> None:
-        if self.bar is not None:
-            self.bar.write(text, file=self.stream)
-        else:
-            print(text, file=self.stream, flush=True)
-
-    def __call__(self, event: Any) -> None:
-        if self.json_lines:
-            print(json.dumps(event.to_json(), default=str), file=sys.stdout, flush=True)
-            return
-        d = event.data
-        if event.type == "progress":
-            self._progress(d)
-        elif event.type == "plan":
-            self._write(format_plan(d))
-        elif event.type == "status":
-            self._write(f"» {d.get('message', '')}")
-        elif event.type == "log":
-            level = d.get("level", "info")
-            self._write(("" if level == "info" else f"{level}: ") + str(d.get("message", "")))
-        elif event.type == "checkpoint":
-            self._write(f"saved {d.get('kind')} {d.get('path')}")
-        elif event.type == "sample":
-            self._write(f"samples at step {d.get('step')}: {', '.join(map(str, d.get('paths', [])))}")
-        elif event.type in ("done", "stopped", "error"):
-            self.close()
-            if event.type == "done":
-                self._write(f"done: {d.get('output')}")
-            elif event.type == "stopped":
-                self._write(f"stopped: {d.get('message')} (state: {d.get('state_path')})")
-            else:
-                self._write(f"error: {d.get('message')}")
-
-    def _progress(self, d: dict[str, Any]) -> None:
-        total = d.get("total_steps")
-        if self.bar is None:
-            from tqdm import tqdm
-
-            tty = hasattr(self.stream, "isatty") and self.stream.isatty()
-            self.bar = tqdm(total=total, file=self.stream, unit="step", dynamic_ncols=True, initial=0,
-                            mininterval=0.2 if tty else 5.0)
-        if total and self.bar.total != total:
-            self.bar.total = total
-        step = int(d.get("step", 0))
-        self.bar.update(step - self.bar.n)
-        post = {"epoch": f"{d.get('epoch')}/{d.get('total_epochs')}", "loss": f"{d.get('avg_loss', 0):.4f}",
-                "lr": f"{d.get('lr', 0):.2e}"}
-        self.bar.set_postfix(post, refresh=False)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
 
 
 def _load(args: argparse.Namespace) -> TrainConfig:
@@ -128,14 +54,9 @@ def run(args: argparse.Namespace) -> int:
         stop = StopFlag()
         previous = _install_sigint(stop, renderer)
         try:
-            if cfg.task_type == "text-generation":
-                from lora_trainer.llm import train_llm
+            from lora_trainer.tasks import train
 
-                result = train_llm(cfg, emit=Emitter([renderer]), stop=stop)
-            else:
-                from lora_trainer.train.loop import train
-
-                result = train(cfg, emit=Emitter([renderer]), stop=stop)
+            result = train(cfg, emit=Emitter([renderer]), stop=stop)
         finally:
             signal.signal(signal.SIGINT, previous)
             renderer.close()
@@ -147,33 +68,21 @@ def run(args: argparse.Namespace) -> int:
         return 130 if stop.reason == "Ctrl-C" else 0
     out = getattr(result, "output_path", None)
     if out and int(os.environ.get("RANK", "0") or 0) == 0:
-        if cfg.task_type == "text-generation":
-            print(f"LoRA adapter written to {out}\nTry it: python -m lora_trainer generate --base {cfg.base_model} "
-                  f"--adapter {out} \"your prompt\"", file=sys.stderr)
-        else:
-            name = os.path.splitext(os.path.basename(out))[0]
-            print(f"LoRA written to {out}\nUse it in a prompt as <lora:{name}:0.8>", file=sys.stderr)
+        from lora_trainer.tasks import usage_hint
+
+        print(usage_hint(cfg, out), file=sys.stderr)
     return 0
 
 
 def _dry_run(cfg: TrainConfig, renderer: CliRenderer) -> int:
     for note in cfg.notes:
         print(f"note: {note}", file=sys.stderr)
-    if cfg.task_type == "text-generation":
-        from lora_trainer import llm
+    from lora_trainer.tasks import plan as make_plan
 
-        plan_fn = getattr(llm, "plan_llm", None)
-        if plan_fn is None:
-            print("dry run: config is valid (no plan for text-generation runs)", file=sys.stderr)
-            return 0
-        plan = plan_fn(cfg)
-    else:
-        from lora_trainer.train.loop import prepare_plan
-
-        index, _, plan = prepare_plan(cfg)
-        if index.skipped:
-            print(f"warning: {len(index.skipped)} file(s) will be skipped: "
-                  + "; ".join(f"{p}: {r}" for p, r in index.skipped[:10]), file=sys.stderr)
+    plan, skipped = make_plan(cfg)
+    if skipped:
+        print(f"warning: {len(skipped)} file(s) will be skipped: "
+              + "; ".join(f"{p}: {r}" for p, r in skipped[:10]), file=sys.stderr)
     if renderer.json_lines:
         print(json.dumps(plan if isinstance(plan, dict) else plan.to_dict(), default=str))
     else:

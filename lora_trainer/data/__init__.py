@@ -12,7 +12,7 @@ from typing import Any
 _EXPORTS = {
     "scan_dataset": "scan", "DatasetIndex": "scan", "ImageItem": "scan",
     "BucketManager": "buckets", "make_bucket_resolutions": "buckets", "Fit": "buckets",
-    "TrainDataset": "dataset",
+    "TrainDataset": "dataset", "RunBatchSampler": "loader", "BatchDataset": "loader", "make_loader": "loader",
     "LatentCache": "cache", "TextEncoderCache": "cache", "file_sha256": "cache",
     "Plan": "plan", "make_plan": "plan", "format_plan": "plan", "guess_arch": "plan",
     "process_caption": "captions", "add_trigger": "captions", "split_tags": "captions",

@@ -124,10 +124,24 @@ class TrainDataset:
         crop = f"{fit.crop_top_left[0]},{fit.crop_top_left[1]}" if self.cfg.random_crop else "center"
         return f"{self.image_sha256(item_index)}:{w}x{h}:{crop}:{'flip' if flip else 'noflip'}"
 
+    def latent_variants(self) -> list[tuple[int, str, Fit, bool]]:
+        """Every (image, cache key, fit, flip) a run can need a latent for: each image's centred fit in
+        its bucket, and its mirror image when flip_aug is on (random crops are never cached)."""
+        out = []
+        for i, item in enumerate(self.items):
+            fit = BucketManager.fit(item.width, item.height, self.item_bucket[i], None)
+            for flip in (False, True) if self.cfg.flip_aug else (False,):
+                out.append((i, self._key(i, fit, flip), fit, flip))
+        return out
+
+    def pixels_of(self, item_index: int, fit: Fit, flip: bool) -> torch.Tensor:
+        """One image's pixels [1,3,H,W] in [-1,1], as `load_batch` would load it."""
+        return self._pixels([(item_index, fit, flip)])
+
     def load_batch(self, indices: list[int], epoch: int, with_pixels: bool = True) -> dict[str, Any]:
         """pixels [B,3,H,W] float32 in [-1,1] (None when with_pixels is False, e.g. all latents are
         cached), captions, sizes (SizeInfo for SDXL conditioning), keys (latent cache), bucket."""
-        from lora_trainer.models.base import SizeInfo
+        from lora_trainer.data.sizes import SizeInfo
 
         if not indices:
             raise ValueError("empty batch")

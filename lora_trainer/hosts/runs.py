@@ -112,7 +112,7 @@ def training_target(host: Host, cfg: TrainConfig):
     """The job body: lock, adapter, train, verify the host model, publish."""
 
     def run(emit: Emitter, stop: StopFlag) -> Any:
-        from lora_trainer.train import train
+        from lora_trainer.tasks import train
 
         title = f"LoRA training: {cfg.output_name}"
         emit.emit("status", message="waiting for the WebUI to finish its current job" if host.name == "webui"

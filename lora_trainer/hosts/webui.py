@@ -11,12 +11,11 @@ import contextlib
 import logging
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from lora_trainer.errors import UserError
 from lora_trainer.events import StopFlag
 from lora_trainer.hosts.base import Host
+from lora_trainer.models.webui_services import WebUIServices
 
 if TYPE_CHECKING:
     from lora_trainer.config import TrainConfig
@@ -24,53 +23,6 @@ if TYPE_CHECKING:
     from lora_trainer.models.base import ModelAdapter
 
 log = logging.getLogger("lora_trainer.webui")
-
-
-class HostRefused(UserError):
-    """The WebUI is in a mode training cannot run in (e.g. --lowvram, a quantised Forge model)."""
-
-
-@dataclass
-class WebUIServices:
-    """What the adapters and the host need from the WebUI. Tests pass their own values."""
-
-    sd_model_getter: Callable[[], Any] = lambda: None   # the loaded model (shared.sd_model)
-    state: Any = None                 # shared.state: job, job_count, job_no, textinfo, interrupted, begin(), end()
-    queue_lock: Any = None            # modules.call_queue.queue_lock (generation waits while held)
-    cmd_opts: Any = None              # shared.cmd_opts
-    opts: Any = None                  # shared.opts
-    undo_optimizations: Callable[[], None] | None = None    # sd_hijack.undo_optimizations
-    apply_optimizations: Callable[[], None] | None = None   # sd_hijack.apply_optimizations
-    unmerge_networks: Callable[[Any], int] | None = None     # removes LoRAs merged by the builtin extension
-    refresh_loras: Callable[[], None] | None = None          # networks.list_available_networks
-    device: Any = None                # devices.device
-    autocast: Callable[[], Any] | None = None               # devices.autocast (half-precision hosts)
-    lowvram_get: Callable[[], Any] | None = None             # lowvram.module_in_gpu (--medvram bookkeeping)
-    lowvram_set: Callable[[Any], None] | None = None
-    txt2img: Callable[..., Any] | None = None                # sample images through the WebUI's own pipeline
-    current_image: Callable[[Any], None] | None = None       # state.assign_current_image
-    forge: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def sd_model(self) -> Any:
-        return self.sd_model_getter()
-
-    def flag(self, name: str) -> bool:
-        return bool(getattr(self.cmd_opts, name, False))
-
-    def option(self, name: str, default: Any = None) -> Any:
-        return getattr(self.opts, name, default) if self.opts is not None else default
-
-    def medvram(self, sdxl: bool) -> bool:
-        return self.flag("medvram") or (sdxl and self.flag("medvram_sdxl"))
-
-    def check_trainable(self) -> None:
-        """Refuse modes that cannot train, before anything is touched."""
-        if self.flag("lowvram"):
-            raise HostRefused("the WebUI runs with --lowvram, which moves every block to the GPU and back on each "
-                              "call and cannot train. Restart without --lowvram (use --medvram), or train with "
-                              "`python -m lora_trainer train` outside the WebUI.")
 
 
 def _unmerge_builtin_lora(sd_model: Any) -> int:

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from lora_trainer.config import TrainConfig
-    from lora_trainer.train.loop import TrainResult
+    from lora_trainer.train.engine import TrainResult
 
 
 def train_llm(cfg: TrainConfig, **kwargs: Any) -> TrainResult:

@@ -217,6 +217,7 @@ def wrap_lora(model: Any, cfg: TrainConfig) -> Any:
     from peft import LoraConfig, get_peft_model
 
     targets = resolve_target_modules(cfg.target_modules, model)
-    lora = LoraConfig(r=int(cfg.lora_rank), lora_alpha=float(cfg.lora_alpha), lora_dropout=float(cfg.lora_dropout), target_modules=targets, bias="none", task_type="CAUSAL_LM")
+    lora = LoraConfig(r=cfg.lora_rank, lora_alpha=float(cfg.lora_alpha), lora_dropout=float(cfg.lora_dropout),
+                      target_modules=targets, bias="none", task_type="CAUSAL_LM")
     with hf_quiet():
         return get_peft_model(model, lora)

@@ -1,9 +1,10 @@
-"""LLM LoRA training: JSONL → tokens → PEFT LoRA on a causal LM → adapter folder (+ merged, GGUF).
+"""LLM LoRA training (`task_type: text-generation`): JSONL → tokens → PEFT LoRA on a causal LM → adapter
+folder (+ merged, GGUF), as a `Task` of the one training engine.
 
-A pure PyTorch loop built from the image trainer's parts (optimizers, schedulers, checkpoint/state
-folders, distributed helpers, TensorBoard sink, events), so progress, logs, stop and resume behave
-the same for both tasks. Data and tokenizer are checked before the model loads. Every micro-batch
-reseeds the RNGs from (seed, epoch, position, rank), so a resumed run equals an uninterrupted one.
+The engine (optimizer, scheduler, accumulation, stop/resume, events) is the image trainer's, so
+progress, logs, stop and resume behave the same for both tasks. Data and tokenizer are checked
+before the model loads. Each micro-batch reseeds the RNGs from (seed, epoch, position, rank), so a
+resumed run equals an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ import math
 import os
 import re
 import shutil
-import time
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 
+from lora_trainer.atomic import atomic_write_text
 from lora_trainer.config import TrainConfig
 from lora_trainer.errors import ConfigError
 from lora_trainer.events import EventSink, StopFlag, null_sink
@@ -24,12 +26,7 @@ from lora_trainer.llm import batches as B
 from lora_trainer.train import checkpoint as ckpt
 from lora_trainer.train.common import autocast_context, check_device, derive_seed, seed_all
 from lora_trainer.train.distributed import DistContext, init_from_env
-from lora_trainer.train.loop import (
-    Trainer,
-    TrainResult,
-    ensure_config,
-    output_name,
-)
+from lora_trainer.train.engine import Engine, Task, TrainResult, ensure_config
 
 
 def data_source(cfg: TrainConfig) -> str:
@@ -86,82 +83,55 @@ def train_llm(cfg: TrainConfig, *, emit: EventSink = null_sink, stop: StopFlag |
     cfg = ensure_config(cfg)
     dist = init_from_env(cfg.device)
     try:
-        return LLMTrainer(cfg, emit=emit, stop=stop or StopFlag(), dist=dist).run()
+        return Engine(LLMTask(cfg), emit=emit, stop=stop or StopFlag(), dist=dist).run()
     finally:
         dist.shutdown()
 
 
-class LLMTrainer:
-    """One LLM training run."""
+class LLMTask(Task):
+    """PEFT LoRA on a causal language model."""
 
-    def __init__(self, cfg: TrainConfig, *, emit: EventSink, stop: StopFlag, dist: DistContext):
-        self.cfg, self._emit, self.stop, self.dist = cfg, emit, stop, dist
-        self.name = output_name(cfg)
-        self.out_dir = os.path.abspath(cfg.output_dir)
-        self.mp = cfg.mixed_precision
-        self.last_save: str | None = None
-        self._tb: Any = None
+    def __init__(self, cfg: TrainConfig):
+        super().__init__(cfg)
+        self.model: Any = None
 
-    # the image trainer's event fan-out (rank 0 + TensorBoard), step agreement across ranks, progress
-    # events and NaN handling apply unchanged: share them rather than copy them
-    emit = Trainer.emit
-    log = Trainer.log
-    _agree = Trainer._agree
-    _progress = Trainer._progress
-    _diverged = Trainer._diverged
-    _start_optimization = Trainer._start_optimization
-    _restore_optimization = Trainer._restore_optimization
-    _optimizer_step = Trainer._optimizer_step
-
-    # ---- setup ----------------------------------------------------------------------------------
-    def run(self) -> TrainResult:
-        cfg = self.cfg
-        self.emit("status", message="checking data")
-        self.tokenizer, self.encoded, self.plan = prepare_data(cfg, self.dist)
+    # ---- before the model -------------------------------------------------------------------------
+    def prepare(self) -> dict[str, Any]:
+        run, cfg = self.run, self.cfg
+        self.tokenizer, self.encoded, self.plan = prepare_data(cfg, run.dist)
         for note in self.encoded.skipped[:20]:
-            self.log(f"skipped {note}", "warning")
+            run.log(f"skipped {note}", "warning")
         if self.encoded.truncated:
-            self.log(f"{self.encoded.truncated} example(s) longer than max_seq_length ({cfg.max_seq_length}) "
-                     "were cut; raise max_seq_length or use packing", "warning")
-        resume = cfg.resume_from_checkpoint
-        self.resume_path = ckpt.resolve_resume(resume, self.out_dir, self.name) if resume else None
-        self.device = self.dist.device(cfg.device)
-        if self.mp == "fp16" and self.device.type == "cpu":
-            raise ConfigError("mixed_precision", "fp16 needs a CUDA GPU; on CPU use 'bf16' or 'no'")
-        self.emit("plan", **self.plan)
-        if self.dist.is_main:
-            from lora_trainer.train.tensorboard import make_tensorboard_sink
+            run.log(f"{self.encoded.truncated} example(s) longer than max_seq_length ({cfg.max_seq_length}) "
+                    "were cut; raise max_seq_length or use packing", "warning")
+        return self.plan
 
-            self._tb = make_tensorboard_sink(cfg.logging_dir or os.path.join(self.out_dir, "logs"))
-        try:
-            self._build_model()
-            return self._train()
-        finally:
-            if self._tb is not None:
-                self._tb.close()
-                self._tb = None
-
-    def _build_model(self) -> None:
+    # ---- the model and the LoRA ---------------------------------------------------------------------
+    def setup(self) -> list[dict[str, Any]]:
         from lora_trainer.llm.model import load_base_model, wrap_lora
 
-        cfg = self.cfg
-        self.emit("status", message=f"loading model {self.plan['base_model']}")
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.mp, torch.float32)
+        run, cfg = self.run, self.cfg
+        self.device = run.dist.device(cfg.device)
+        if cfg.mixed_precision == "fp16" and self.device.type == "cpu":
+            raise ConfigError("mixed_precision", "fp16 needs a CUDA GPU; on CPU use 'bf16' or 'no'")
+        run.emit("status", message=f"loading model {self.plan['base_model']}")
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.mixed_precision, torch.float32)
         base = load_base_model(cfg, self.plan["base_model"], dtype, self.device)
         self.quantised = cfg.load_in_4bit or cfg.load_in_8bit
         if cfg.gradient_checkpointing and not self.quantised:
             base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        seed_all(int(cfg.seed))
+        seed_all(cfg.seed)
         self.model = wrap_lora(base, cfg)
         if cfg.network_weights:
-            self._load_initial_adapter(str(cfg.network_weights))
+            self._load_initial_adapter(cfg.network_weights)
         self.model.train()
         self.named = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
-        self.params = list(self.named.values())
-        self.dist.broadcast_params(self.params)
-        n = sum(p.numel() for p in self.params)
+        params = list(self.named.values())
+        run.dist.broadcast_params(params)
+        n = sum(p.numel() for p in params)
         targets = sorted(self.model.peft_config["default"].target_modules)
-        self.log(f"LoRA: {n:,} trainable parameters in {', '.join(targets)} on {self.device}")
+        run.log(f"LoRA: {n:,} trainable parameters in {', '.join(targets)} on {self.device}")
+        return [{"params": params, "lr": cfg.learning_rate}]
 
     def _load_initial_adapter(self, path: str) -> None:
         """`network_weights`: continue from an adapter folder (or its adapter_model.safetensors)."""
@@ -180,61 +150,44 @@ class LLMTrainer:
         if unexpected:
             raise ConfigError("network_weights", f"{path} does not fit this model and target_modules "
                               f"({len(unexpected)} unknown tensors, e.g. {unexpected[0]})")
-        self.log(f"continuing from adapter {path}")
+        self.run.log(f"continuing from adapter {path}")
 
-    # ---- saving ---------------------------------------------------------------------------------
+    # ---- one step -----------------------------------------------------------------------------------
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
+        dist = self.run.dist
+        return B.micro_batches(len(self.encoded.examples), self.cfg.batch_size, self.cfg.seed, epoch,
+                               dist.rank, dist.world_size)
+
+    def micro_losses(self, group: list[list[int]], epoch: int, pos: int) -> Iterator[torch.Tensor]:
+        """The step's loss is averaged over all its target tokens, so each micro-batch's summed
+        cross-entropy is divided by the group's token count (not by the number of micro-batches)."""
+        pad = int(self.tokenizer.pad_token_id or 0)  # padding never reaches the loss (labels -100, mask 0)
+        batches = [B.collate([self.encoded.examples[i] for i in idx], pad, self.device) for idx in group]
+        n_tokens = max(1, sum(B.target_count(b) for b in batches))
+        for j, batch in enumerate(batches):
+            seed_all(derive_seed(self.cfg.seed, epoch, pos + j, self.run.dist.rank) % (2 ** 32))
+            with autocast_context(self.device, self.cfg.mixed_precision):
+                yield B.summed_loss(self.model, batch) / n_tokens
+
+    # ---- files --------------------------------------------------------------------------------------
     def _adapter_path(self, step: int | None) -> str:
-        return os.path.join(self.out_dir, self.name if step is None else f"{self.name}-{step:06d}")
+        run = self.run
+        return os.path.join(run.out_dir, run.name if step is None else f"{run.name}-{step:06d}")
 
-    def _save_adapter(self, step: int, final: bool) -> str:
+    def final_path(self) -> str:
+        return self._adapter_path(None)
+
+    def save_weights(self, step: int, epoch: int, final: bool) -> str:
         from lora_trainer.llm.export import save_adapter
 
-        precision = "fp32" if not final else self.cfg.save_precision
-        path = save_adapter(self.model, self.tokenizer, self._adapter_path(None if final else step), precision,
+        precision = self.cfg.save_precision if final else "fp32"
+        return save_adapter(self.model, self.tokenizer, self._adapter_path(None if final else step), precision,
                             {"lora_trainer.steps": str(step), "lora_trainer.base_model": str(self.cfg.base_model)})
-        self.emit("checkpoint", step=step, path=path, kind="lora")
-        self.last_save = path
-        return path
 
-    def _save_state(self, step: int, epoch: int, pos: int) -> str:
-        path = ckpt.save_state(ckpt.state_path(self.out_dir, self.name, step),
-                               lora_state={n: p.detach() for n, p in self.named.items()}, optimizer=self.optimizer,
-                               scheduler=self.scheduler, scaler=self.scaler, step=step, epoch=epoch, position=pos,
-                               config=self.cfg.to_dict(), extra={"task_type": "text-generation"})
-        self.emit("checkpoint", step=step, path=path, kind="state")
-        return path
+    def weights_state(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach() for n, p in self.named.items()}
 
-    def _periodic_save(self, step: int, epoch: int, pos: int) -> None:
-        if self.dist.is_main:
-            self._save_adapter(step, final=False)
-            if self.cfg.save_state:
-                self._save_state(step, epoch, pos)
-            self._prune()
-        self.dist.barrier()
-
-    def _prune(self) -> None:
-        keep = self.cfg.save_last_n
-        if not keep or keep <= 0:
-            return
-        pat = re.compile(rf"^{re.escape(self.name)}-(\d{{6,}})$")
-        found = sorted((int(m.group(1)), d) for d in os.listdir(self.out_dir) if (m := pat.match(d)))
-        for _, d in found[:-keep]:
-            shutil.rmtree(os.path.join(self.out_dir, d), ignore_errors=True)
-            self.log(f"removed old save {d}")
-        for removed in ckpt.prune(self.out_dir, self.name, keep):
-            self.log(f"removed old save {os.path.basename(removed)}")
-
-    # ---- resume ---------------------------------------------------------------------------------
-    def _resume(self, path: str) -> tuple[int, int, int]:
-        self.emit("status", message=f"resuming from {path}")
-        state = ckpt.load_state(path)
-        if state.get("task_type") != "text-generation":
-            raise ConfigError("resume_from_checkpoint", f"{path} is the state of an image LoRA run, not an LLM run")
-        changed = ckpt.config_diff(state.get("config", {}), self.cfg.to_dict())
-        if changed:
-            self.log("resuming with changed settings (" + ", ".join(changed) + "); the result will differ "
-                     "from an uninterrupted run", "warning")
-        saved = state["lora"]
+    def load_weights_state(self, saved: dict[str, torch.Tensor], path: str) -> None:
         if set(saved) != set(self.named):
             raise ConfigError("resume_from_checkpoint", f"{path}: saved LoRA weights do not match this model's "
                               "(different base model, target_modules or lora_rank?)")
@@ -244,80 +197,25 @@ class LLMTrainer:
                     raise ConfigError("resume_from_checkpoint", f"{path}: {name} has shape "
                                       f"{tuple(saved[name].shape)}, this run {tuple(p.shape)} (lora_rank changed?)")
                 p.copy_(saved[name].to(p.device, p.dtype))
-        return self._restore_optimization(state, path)
 
-    # ---- the loop -------------------------------------------------------------------------------
-    def _group_loss(self, group: list[list[int]], epoch: int, pos: int) -> tuple[float, bool]:
-        """Forward/backward one optimizer step's micro-batches; loss averaged over all their tokens."""
-        pad = int(self.tokenizer.pad_token_id or 0)  # padding never reaches the loss (labels -100, mask 0)
-        batches = [B.collate([self.encoded.examples[i] for i in idx], pad, self.device) for idx in group]
-        n_tokens = max(1, sum(B.target_count(b) for b in batches))
-        total = 0.0
-        for j, batch in enumerate(batches):
-            seed_all(derive_seed(self.cfg.seed, epoch, pos + j, self.dist.rank) % (2 ** 32))
-            with autocast_context(self.device, self.mp):
-                loss = B.summed_loss(self.model, batch) / n_tokens
-            if not torch.isfinite(loss):
-                return float("nan"), False
-            self.scaler.scale(loss).backward()
-            total += float(loss.detach())
-        return total, True
+    def prune(self, keep: int | None) -> list[str]:
+        """Intermediate adapter folders and states beyond the newest `keep` (all kept when empty)."""
+        if not keep or keep <= 0:
+            return []
+        run = self.run
+        pat = re.compile(rf"^{re.escape(run.name)}-(\d{{6,}})$")
+        found = sorted((int(m.group(1)), d) for d in os.listdir(run.out_dir) if (m := pat.match(d)))
+        removed = []
+        for _, d in found[:-keep]:
+            shutil.rmtree(os.path.join(run.out_dir, d), ignore_errors=True)
+            removed.append(d)
+        return removed + ckpt.prune(run.out_dir, run.name, keep)
 
-    def _train(self) -> TrainResult:
-        from lora_trainer.train.loop import cadence
-
-        cfg, dist = self.cfg, self.dist
-        total_steps, total_epochs = int(self.plan["total_steps"]), int(self.plan["epochs"])
-        accum, n_micro = int(self.plan["gradient_accumulation_steps"]), int(self.plan["batches_per_epoch"])
-        groups = [{"params": self.params, "lr": float(cfg.learning_rate)}]
-        step, start_epoch, start_pos = self._start_optimization(groups, total_steps)
-        max_norm, save_steps, save_epochs, sample_steps, sample_epochs = cadence(cfg)
-        losses: list[float] = []
-        last_loss: float | None = None
-        epoch, pos = start_epoch, start_pos
-        t0, step0 = time.time(), step
-        self.emit("status", message="training")
-        for epoch in range(start_epoch, total_epochs):
-            if step >= total_steps:
-                break
-            batches = B.micro_batches(len(self.encoded.examples), int(cfg.batch_size), int(cfg.seed), epoch,
-                                      dist.rank, dist.world_size)[:n_micro]
-            pos = start_pos if epoch == start_epoch else 0
-            while pos < n_micro and step < total_steps:
-                group = batches[pos:pos + accum]
-                try:
-                    loss, finite = self._group_loss(group, epoch, pos)
-                except KeyboardInterrupt:
-                    self.optimizer.zero_grad(set_to_none=True)
-                    self.stop.request("interrupted (Ctrl-C)")
-                    return self._stopped(step, epoch, pos, last_loss)
-                nan, stop, loss = self._agree(not finite, self.stop.requested, loss)
-                if nan:
-                    self._diverged(step + 1, epoch)
-                self._optimizer_step(self.params, max_norm)
-                pos += len(group)
-                step += 1
-                last_loss = loss
-                losses.append(loss)
-                self._progress(step, total_steps, epoch, total_epochs, losses, t0, step0)
-                if save_steps and step % save_steps == 0 and step < total_steps:
-                    self._periodic_save(step, epoch, pos)
-                if sample_steps and step % sample_steps == 0:
-                    self._sample(step)
-                if stop:
-                    return self._stopped(step, epoch, pos, last_loss)
-            if pos >= n_micro and step < total_steps:
-                if save_epochs and (epoch + 1) % save_epochs == 0:
-                    self._periodic_save(step, epoch, pos)
-                if sample_epochs and (epoch + 1) % sample_epochs == 0:
-                    self._sample(step)
-        epochs_done = min(total_epochs, max(1, math.ceil(step / int(self.plan["steps_per_epoch"]))))
-        return self._finish(step, epochs_done, last_loss, epoch, pos)
-
-    def _sample(self, step: int) -> None:
+    def sample(self, step: int, final: bool = False) -> None:
         """Text samples for `sample_prompts` (greedy), logged and written to samples/<name>-<step>.txt."""
+        run = self.run
         prompts = self.cfg.sample_prompt_list()
-        if not self.dist.is_main or not prompts:
+        if final or not run.dist.is_main or not prompts:
             return
         from lora_trainer.llm.generate import generate_text
 
@@ -328,66 +226,37 @@ class LLMTrainer:
                 outs = [generate_text(self.model, self.tokenizer, p, max_new_tokens=48, chat=chat) for p in prompts]
         finally:
             self.model.train()
-        path = os.path.join(self.out_dir, "samples", f"{self.name}-{step:06d}.txt")
+        path = os.path.join(run.out_dir, "samples", f"{run.name}-{step:06d}.txt")
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        text = "".join(f"### {p}\n{o}\n\n" for p, o in zip(prompts, outs, strict=True))
-        tmp = path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
+        atomic_write_text(path, "".join(f"### {p}\n{o}\n\n" for p, o in zip(prompts, outs, strict=True)))
         for p, o in zip(prompts, outs, strict=True):
-            self.log(f"sample @ step {step}: {p!r} → {o!r}")
+            run.log(f"sample @ step {step}: {p!r} → {o!r}")
 
-    def _stopped(self, step: int, epoch: int, pos: int, loss: float | None) -> TrainResult:
-        state = None
-        if self.dist.is_main:
-            state = self._save_state(step, epoch, pos)
-            self._save_adapter(step, final=False)
-        self.dist.barrier()
-        reason = self.stop.reason or "stop requested"
-        self.emit("stopped", message=f"{reason}: stopped at step {step}; resume with "
-                                     "resume_from_checkpoint: latest (or --resume latest)", state_path=state)
-        return TrainResult(self.last_save, step, epoch + 1, loss, state, True)
-
-    def _finish(self, step: int, epochs: int, loss: float | None, epoch: int, pos: int) -> TrainResult:
-        state, extra = None, {}
-        path = self._adapter_path(None)
-        if self.dist.is_main:
-            path = self._save_adapter(step, final=True)
-            if self.cfg.save_state:
-                state = self._save_state(step, epoch, pos)
-            self._prune()
-            extra = self._exports(path)
-        self.dist.barrier()
-        self.emit("done", output=path, steps=step, epochs=epochs, final_loss=loss, state_path=state, **extra)
-        return TrainResult(path, step, epochs, loss, state, False)
-
-    def _exports(self, adapter_dir: str) -> dict[str, str]:
+    def exports(self, path: str) -> dict[str, str]:
         """GGUF LoRA and merged model, when asked for (merging last: it changes the model)."""
         from lora_trainer.llm import export
 
-        cfg, out = self.cfg, {}
+        run, cfg, out = self.run, self.cfg, {}
         precision = cfg.save_precision
         if cfg.gguf_output:
             from lora_trainer.llm.gguf_export import export_gguf_lora
 
-            self.emit("status", message="writing GGUF LoRA")
+            run.emit("status", message="writing GGUF LoRA")
             lcfg = self.model.peft_config["default"]
             base_config = self.model.get_base_model().config
-            out["gguf"] = export_gguf_lora(os.path.join(self.out_dir, f"{self.name}.gguf"),
+            out["gguf"] = export_gguf_lora(os.path.join(run.out_dir, f"{run.name}.gguf"),
                                            export.adapter_state(self.model, "fp32"), base_config,
                                            float(lcfg.lora_alpha), "fp32" if precision == "fp32" else "fp16",
-                                           self.name)
-            self.log(f"GGUF LoRA written: {out['gguf']} (llama.cpp: --lora {os.path.basename(out['gguf'])})")
+                                           run.name)
+            run.log(f"GGUF LoRA written: {out['gguf']} (llama.cpp: --lora {os.path.basename(out['gguf'])})")
         if cfg.merge_output:
-            self.emit("status", message="writing merged model")
-            merged = os.path.join(self.out_dir, f"{self.name}-merged")
+            run.emit("status", message="writing merged model")
+            merged = os.path.join(run.out_dir, f"{run.name}-merged")
             if self.quantised:
-                export.merge_from_files(self.plan["base_model"], adapter_dir, merged, precision,
+                export.merge_from_files(self.plan["base_model"], path, merged, precision,
                                         cache_dir=cfg.model_cache_dir)
             else:
                 export.save_merged(self.model, self.tokenizer, merged, precision)
             out["merged"] = merged
-            self.log(f"merged model written: {merged}")
+            run.log(f"merged model written: {merged}")
         return out
-

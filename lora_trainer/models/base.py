@@ -6,28 +6,20 @@ import abc
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from lora_trainer.data.sizes import SizeInfo
+from lora_trainer.lora.archs import ARCHS, BASE_MODEL_VERSION, MODELSPEC_ARCH, SIDECAR_SD_VERSION
+
+__all__ = ["ARCHS", "BASE_MODEL_VERSION", "LATENT_SCALE", "MODELSPEC_ARCH", "SIDECAR_SD_VERSION", "AdapterInfo",
+           "ModelAdapter", "SizeInfo"]
+
 if TYPE_CHECKING:  # torch is imported lazily at run time
     import torch
     from PIL import Image
 
     from lora_trainer.lora.target import LoraTarget
+    from lora_trainer.models.objective import Objective
 
-ARCHS = ("sd1", "sd2", "sdxl")
-# values written to ss_base_model_version / modelspec.architecture / A1111 sidecar "sd version"
-BASE_MODEL_VERSION = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}
-MODELSPEC_ARCH = {"sd1": "stable-diffusion-v1/lora", "sd2": "stable-diffusion-v2-768-v/lora",
-                  "sdxl": "stable-diffusion-xl-v1-base/lora"}
-SIDECAR_SD_VERSION = {"sd1": "SD1", "sd2": "SD2", "sdxl": "SDXL"}
 LATENT_SCALE = {"sd1": 0.18215, "sd2": 0.18215, "sdxl": 0.13025}
-
-
-@dataclass
-class SizeInfo:
-    """Per-image size conditioning (SDXL uses it; SD1/SD2 ignore it). (height, width) pairs."""
-
-    original: tuple[int, int]
-    crop_top_left: tuple[int, int] = (0, 0)
-    target: tuple[int, int] = (0, 0)
 
 
 @dataclass
@@ -44,8 +36,9 @@ class ModelAdapter(abc.ABC):
 
     Conventions: images are float pixels in [-1, 1], BCHW; latents returned by `encode_images` are
     already multiplied by the latent scale; `predict` returns the UNet output (epsilon or v) for
-    `noisy_latents` at integer `timesteps` (0..999) under conditioning `cond` from `encode_text`.
-    The noise schedule is the trainer's (DDPM scaled-linear, 1000 steps), not the adapter's.
+    `noisy_latents` at the `timesteps` its `objective()` produced, under conditioning `cond` from
+    `encode_text`. The family (objective, latent scale/shift, sampler in `generate`) is the
+    adapter's; SD1/SD2/SDXL share `models.ddpm` whatever host loaded them.
     """
 
     info: AdapterInfo
@@ -57,6 +50,18 @@ class ModelAdapter(abc.ABC):
     @property
     def latent_scale(self) -> float:
         return LATENT_SCALE[self.info.arch]
+
+    @property
+    def latent_shift(self) -> float:
+        """Subtracted before scaling (0 for SD; FLUX-type VAEs have a shift)."""
+        return 0.0
+
+    def objective(self, *, noise_offset: float = 0.0, min_snr_gamma: float | None = None) -> Objective:
+        """The family's training objective; the SD family's is DDPM ε/v-prediction on the scaled-linear
+        schedule. A flow-matching family returns `models.flow.FlowMatchingObjective` here."""
+        from lora_trainer.models.ddpm import DDPMObjective
+
+        return DDPMObjective(self.info.prediction_type, noise_offset, min_snr_gamma)
 
     @property
     @abc.abstractmethod

@@ -11,29 +11,18 @@ conditioning (`add_time_ids`) from `SizeInfo`.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from lora_trainer.models.base import BASE_MODEL_VERSION, AdapterInfo, ModelAdapter, SizeInfo
+from lora_trainer.models.ddpm import ddim_sample
+from lora_trainer.models.snapshot import ModelSnapshot, eval_mode
 
 if TYPE_CHECKING:
     from PIL import Image
 
     from lora_trainer.lora.target import LoraTarget
-
-# the trainer's noise schedule (DDPM scaled-linear, 1000 steps); the sampler must use the same one
-NUM_TRAIN_TIMESTEPS = 1000
-BETA_START, BETA_END = 0.00085, 0.012
-
-
-def alphas_cumprod(dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    """Cumulative alpha products of the scaled-linear DDPM schedule."""
-    betas = torch.linspace(BETA_START ** 0.5, BETA_END ** 0.5, NUM_TRAIN_TIMESTEPS, dtype=torch.float64) ** 2
-    return torch.cumprod(1.0 - betas, dim=0).to(dtype)
-
 
 class DiffusersAdapter(ModelAdapter):
     """SD-family model made of diffusers/transformers modules.
@@ -54,7 +43,7 @@ class DiffusersAdapter(ModelAdapter):
         self.info = info
         self.clip_skip = max(1, int(clip_skip or 1))
         self.max_token_length = max(75, int(max_token_length or 75))
-        self._saved: dict[str, Any] | None = None
+        self._saved: dict[str, ModelSnapshot] | None = None
 
     # ---- basic facts -------------------------------------------------------------------------
     @property
@@ -201,77 +190,35 @@ class DiffusersAdapter(ModelAdapter):
         self.unet.set_attn_processor(AttnProcessor2_0() if kind == "sdpa" else AttnProcessor())
 
     # ---- prepare / restore -------------------------------------------------------------------
-    def _snapshot(self) -> dict[str, Any]:
-        state: dict[str, Any] = {"training": {}, "grad": {}}
-        for name, mod in self.modules().items():
-            state["training"][name] = [(m, m.training) for m in mod.modules()]
-            state["grad"][name] = [(p, p.requires_grad) for p in mod.parameters()]
-        return state
-
     def prepare_for_training(self) -> None:
         """Freeze every base weight; VAE in eval, UNet and text encoders in train mode."""
         if self._saved is None:
-            self._saved = self._snapshot()
+            self._saved = {name: ModelSnapshot.take(mod) for name, mod in self.modules().items()}
         for name, mod in self.modules().items():
             mod.requires_grad_(False)
             mod.train(name != "vae")
 
     def restore(self) -> None:
         saved, self._saved = self._saved, None
-        if saved is None:
-            return
-        for pairs in saved["training"].values():
-            for m, flag in pairs:
-                m.training = flag
-        for pairs in saved["grad"].values():
-            for p, flag in pairs:
-                p.requires_grad_(flag)
-
-    @contextlib.contextmanager
-    def _eval_mode(self) -> Iterator[None]:
-        """Eval mode for sampling (no LoRA dropout), then every module's flag as it was."""
-        flags = [(m, m.training) for mod in self.modules().values() for m in mod.modules()]
-        try:
-            for mod in self.modules().values():
-                mod.eval()
-            yield
-        finally:
-            for m, flag in flags:
-                m.training = flag
+        for name, snap in (saved or {}).items():
+            snap.restore(self.modules()[name])
 
     # ---- sampling ----------------------------------------------------------------------------
     @torch.no_grad()
     def generate(self, prompt: str, *, negative_prompt: str = "", seed: int = 0, steps: int = 20,
                  width: int = 512, height: int = 512, guidance_scale: float = 7.0) -> Image.Image:
-        """DDIM (eta 0) with classifier-free guidance; the same seed gives the same image."""
+        """The SD family's DDIM (eta 0) with classifier-free guidance; the same seed gives the same image."""
         from PIL import Image
 
         f = self.vae_scale_factor
         h, w = max(f, int(height) // f * f), max(f, int(width) // f * f)
-        with self._eval_mode():
+        sizes = [SizeInfo(original=(h, w), target=(h, w))] * 2
+        with eval_mode(self.modules().values()):
             cond = self.encode_text([negative_prompt, prompt])
             gen = torch.Generator("cpu").manual_seed(int(seed))
-            ch = self.unet.config.in_channels
-            x = torch.randn((1, ch, h // f, w // f), generator=gen, dtype=torch.float32)
-            x = x.to(self.device)
-            acp = alphas_cumprod(torch.float64)
-            steps = max(1, min(int(steps), NUM_TRAIN_TIMESTEPS))
-            ratio = NUM_TRAIN_TIMESTEPS // steps
-            ts = [int(t) for t in (torch.arange(steps - 1, -1, -1) * ratio + 1).clamp(max=999)]
-            sizes = [SizeInfo(original=(h, w), target=(h, w))] * 2
-            for i, t in enumerate(ts):
-                a_t = float(acp[t])
-                a_prev = float(acp[ts[i + 1]]) if i + 1 < len(ts) else 1.0
-                out = self.predict(torch.cat([x, x]), torch.tensor([t, t]), cond, sizes).float()
-                uncond, text = out.chunk(2)
-                out = uncond + guidance_scale * (text - uncond)
-                if self.info.prediction_type == "v_prediction":
-                    x0 = a_t ** 0.5 * x - (1 - a_t) ** 0.5 * out
-                    eps = a_t ** 0.5 * out + (1 - a_t) ** 0.5 * x
-                else:
-                    eps = out
-                    x0 = (x - (1 - a_t) ** 0.5 * eps) / a_t ** 0.5
-                x = a_prev ** 0.5 * x0 + (1 - a_prev) ** 0.5 * eps
+            x = torch.randn((1, self.unet.config.in_channels, h // f, w // f), generator=gen, dtype=torch.float32)
+            x = ddim_sample(lambda xt, t, c: self.predict(xt, t, c, sizes), x.to(self.device), cond, steps,
+                            guidance_scale, self.info.prediction_type)
             vae_dtype = next(self.vae.parameters()).dtype
             img = self.vae.decode((x / self.latent_scale).to(vae_dtype)).sample.float()
         arr = ((img[0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()

@@ -15,8 +15,8 @@ from lora_trainer.models.base import AdapterInfo, SizeInfo
 from lora_trainer.models.webui_ldm import WebUILdmAdapter, _checkpoint_name
 
 if TYPE_CHECKING:
-    from lora_trainer.hosts.webui import WebUIServices
     from lora_trainer.lora.target import LoraTarget
+    from lora_trainer.models.webui_services import WebUIServices
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -33,7 +33,7 @@ def quantised_reason(unet: torch.nn.Module) -> str | None:
 
 class ForgeAdapter(WebUILdmAdapter):
     def __init__(self, sd_model: Any, services: WebUIServices | None = None, *, verify_hash: bool = False):
-        from lora_trainer.hosts.webui import HostRefused, WebUIServices
+        from lora_trainer.models.webui_services import HostRefused, WebUIServices
 
         self.sd_model = sd_model
         self.services = services or WebUIServices(sd_model_getter=lambda: sd_model)

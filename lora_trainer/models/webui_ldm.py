@@ -17,13 +17,14 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from lora_trainer.hosts.guard import ModelSnapshot
 from lora_trainer.models.base import AdapterInfo, ModelAdapter, SizeInfo
+from lora_trainer.models.ddpm import ddim_sample
+from lora_trainer.models.snapshot import ModelSnapshot
+from lora_trainer.models.webui_services import WebUIServices
 
 if TYPE_CHECKING:
     from PIL import Image
 
-    from lora_trainer.hosts.webui import WebUIServices
     from lora_trainer.lora.target import LoraTarget
 
 log = logging.getLogger("lora_trainer.webui")
@@ -44,8 +45,6 @@ class WebUILdmAdapter(ModelAdapter):
     """A1111 SD1.x / SD2.x (`ldm.models.diffusion.ddpm.LatentDiffusion`)."""
 
     def __init__(self, sd_model: Any, services: WebUIServices | None = None, *, verify_hash: bool = False):
-        from lora_trainer.hosts.webui import WebUIServices
-
         self.sd_model = sd_model
         self.services = services or WebUIServices(sd_model_getter=lambda: sd_model)
         self.verify_hash = verify_hash
@@ -210,39 +209,18 @@ class WebUILdmAdapter(ModelAdapter):
         if self.services.txt2img is not None:
             return self.services.txt2img(prompt=prompt, negative_prompt=negative_prompt, seed=seed, steps=steps,
                                          width=width, height=height, cfg_scale=guidance_scale)
-        return ddim_sample(self, prompt, negative_prompt, seed, steps, width, height, guidance_scale)
+        return self._ddim(prompt, negative_prompt, seed, steps, width, height, guidance_scale)
 
+    @torch.no_grad()
+    def _ddim(self, prompt: str, negative_prompt: str, seed: int, steps: int, width: int, height: int,
+              guidance: float) -> Image.Image:
+        """The SD family's DDIM (samples outside the WebUI's own pipeline, e.g. in tests)."""
+        from PIL import Image
 
-@torch.no_grad()
-def ddim_sample(adapter: ModelAdapter, prompt: str, negative_prompt: str, seed: int, steps: int,
-                width: int, height: int, guidance: float, decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                ) -> Image.Image:
-    """A plain deterministic DDIM on the trainer's schedule (samples outside the WebUI's pipeline)."""
-    from PIL import Image
-
-    from lora_trainer.train.noise import NoiseSchedule
-
-    ac = NoiseSchedule().alphas_cumprod
-    g = torch.Generator().manual_seed(int(seed))
-    x = torch.randn((1, 4, height // 8, width // 8), generator=g).to(adapter.device)
-    cond = adapter.encode_text([prompt])
-    uncond = adapter.encode_text([negative_prompt]) if guidance != 1.0 else None
-    ts = torch.linspace(999, 0, max(1, steps)).round().long().tolist()
-    for i, t in enumerate(ts):
-        tt = torch.tensor([t], device=adapter.device)
-        out = adapter.predict(x, tt, cond).float()
-        if uncond is not None:
-            out = adapter.predict(x, tt, uncond).float() * (1 - guidance) + out * guidance
-        a_t = float(ac[t])
-        a_prev = float(ac[ts[i + 1]]) if i + 1 < len(ts) else 1.0
-        if adapter.info.prediction_type == "v_prediction":
-            x0 = a_t ** 0.5 * x - (1 - a_t) ** 0.5 * out
-            eps = (1 - a_t) ** 0.5 * x + a_t ** 0.5 * out
-        else:
-            eps = out
-            x0 = (x - (1 - a_t) ** 0.5 * eps) / a_t ** 0.5
-        x = a_prev ** 0.5 * x0 + (1 - a_prev) ** 0.5 * eps
-    model = adapter.sd_model
-    img = (decode or model.decode_first_stage)(x.to(adapter.dtype) / 1.0).float()
-    arr = ((img[0].clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
-    return Image.fromarray(arr)
+        g = torch.Generator().manual_seed(int(seed))
+        x = torch.randn((1, 4, height // 8, width // 8), generator=g).to(self.device)
+        cond = self.encode_text([negative_prompt, prompt])
+        x = ddim_sample(self.predict, x, cond, steps, guidance, self.info.prediction_type)
+        img = self.sd_model.decode_first_stage(x.to(self.dtype)).float()
+        arr = ((img[0].clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+        return Image.fromarray(arr)

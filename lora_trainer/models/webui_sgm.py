@@ -17,8 +17,8 @@ from lora_trainer.models.base import AdapterInfo, SizeInfo
 from lora_trainer.models.webui_ldm import WebUILdmAdapter, _checkpoint_name
 
 if TYPE_CHECKING:
-    from lora_trainer.hosts.webui import WebUIServices
     from lora_trainer.lora.target import LoraTarget
+    from lora_trainer.models.webui_services import WebUIServices
 
 SIZE_KEYS = ("original_size_as_tuple", "crop_coords_top_left", "target_size_as_tuple")
 
@@ -31,7 +31,7 @@ class WebUISgmAdapter(WebUILdmAdapter):
     """A1111 SDXL base (`sgm.models.diffusion.DiffusionEngine`)."""
 
     def __init__(self, sd_model: Any, services: WebUIServices | None = None, *, verify_hash: bool = False):
-        from lora_trainer.hosts.webui import HostRefused, WebUIServices
+        from lora_trainer.models.webui_services import HostRefused, WebUIServices
 
         self.sd_model = sd_model
         self.services = services or WebUIServices(sd_model_getter=lambda: sd_model)

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from lora_trainer.train.noise import NoiseSchedule
+from lora_trainer.models.ddpm import NoiseSchedule
 
 EVAL_TIMESTEPS = (50, 150, 250, 350, 450, 550, 650, 750, 850, 950)
 

@@ -21,8 +21,9 @@ if TYPE_CHECKING:
 SAVE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
-def training_metadata(path: str, network: LoRANetwork, adapter: ModelAdapter, cfg: TrainConfig, index: DatasetIndex, plan: dict[str, Any], *,
-                      step: int, epoch: int, started_at: float) -> dict[str, str]:
+def training_metadata(path: str, network: LoRANetwork, adapter: ModelAdapter, cfg: TrainConfig,
+                      index: DatasetIndex, plan: dict[str, Any], *, step: int, epoch: int,
+                      started_at: float) -> dict[str, str]:
     """kohya `ss_*` / `modelspec.*` metadata for the file at `path` (its stem is the alias)."""
     from lora_trainer.lora.metadata import build_metadata
 

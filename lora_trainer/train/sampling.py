@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from lora_trainer.atomic import atomic_file
+
 if TYPE_CHECKING:
     from lora_trainer.config import TrainConfig
 
@@ -68,8 +70,7 @@ def generate_samples(adapter: Any, prompts: list[SamplePrompt], out_dir: str, ta
             image = adapter.generate(sp.prompt, negative_prompt=sp.negative, seed=sp.seed, steps=sp.steps,
                                      width=sp.width, height=sp.height, guidance_scale=sp.guidance)
         path = os.path.join(out_dir, f"{tag}-{i:02d}.png")
-        tmp = path + ".tmp.png"
-        image.save(tmp)
-        os.replace(tmp, path)
+        with atomic_file(path) as fh:
+            image.save(fh, format="PNG")
         paths.append(path)
     return paths

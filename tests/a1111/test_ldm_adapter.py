@@ -27,7 +27,7 @@ def make_cfg(dataset, out, **kw):
 
 
 def heldout_loss(adapter, latents, cond, pred_type):
-    from lora_trainer.train.noise import NoiseSchedule
+    from lora_trainer.models.ddpm import NoiseSchedule
 
     sched = NoiseSchedule()
     g = torch.Generator().manual_seed(0)

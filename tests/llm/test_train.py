@@ -11,8 +11,9 @@ from lora_trainer.events import StopFlag
 from lora_trainer.llm.batches import collate, mean_loss
 from lora_trainer.llm.encode import encode_records
 from lora_trainer.llm.records import parse_record
-from lora_trainer.llm.trainer import LLMTrainer, train_llm
+from lora_trainer.llm.trainer import LLMTask, train_llm
 from lora_trainer.train.distributed import DistContext
+from lora_trainer.train.engine import Engine
 from tests.llm.conftest import llm_config, make_tokenizer, write_jsonl
 
 
@@ -34,8 +35,8 @@ def trained(tiny_llama, counting_data, tmp_path_factory):
     cfg = llm_config(tmp, tiny_llama, train_file, epochs=8, learning_rate=1e-2, gguf_output=True, save_steps=10,
                      save_last_n=2, lora_dropout=0.05)
     events = []
-    trainer = LLMTrainer(cfg, emit=events.append, stop=StopFlag(), dist=DistContext())
-    result = trainer.run()
+    trainer = LLMTask(cfg)
+    result = Engine(trainer, emit=events.append, stop=StopFlag(), dist=DistContext()).run()
     return trainer, result, events
 
 
@@ -119,18 +120,18 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(tiny_llama, counti
 
     stop = StopFlag()
 
-    def stop_at_7(event):  # read at the next step's end (one collective per step), so it stops after 8
+    def stop_at_7(event):  # one process: a stop asked for during step 7's events ends the run at step 7
         if event.type == "progress" and event.data["step"] == 7:
             stop.request("test stop")
 
     part_cfg = llm_config(tmp_path / "b", tiny_llama, counting_data[0], **over)
     part = train_llm(part_cfg, emit=stop_at_7, stop=stop)
-    assert part.stopped and part.steps == 8 and part.state_path.endswith("out-000008-state")
+    assert part.stopped and part.steps == 7 and part.state_path.endswith("out-000007-state")
     events = []
     resumed = train_llm(llm_config(tmp_path / "b", tiny_llama, counting_data[0], resume_from_checkpoint="latest",
                                    **over), emit=events.append)
     assert resumed.steps == full.steps == 12
-    assert [e.data["step"] for e in events if e.type == "progress"] == list(range(9, 13))
+    assert [e.data["step"] for e in events if e.type == "progress"] == list(range(8, 13))
     a = load_file(f"{full.output_path}/adapter_model.safetensors")
     b = load_file(f"{resumed.output_path}/adapter_model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -184,8 +185,8 @@ def test_network_weights_continues_from_an_adapter(tiny_llama, counting_data, tr
     trainer, result, _ = trained
     cfg = llm_config(tmp_path, tiny_llama, counting_data[0], max_train_steps=1, learning_rate=1e-6,
                      network_weights=f"{result.output_path}/adapter_model.safetensors")
-    again = LLMTrainer(cfg, emit=lambda e: None, stop=StopFlag(), dist=DistContext())
-    again.run()
+    again = LLMTask(cfg)
+    Engine(again, emit=lambda e: None, stop=StopFlag(), dist=DistContext()).run()
     held = _examples(counting_data[1])
     assert abs(loss_of(again.model, held, 0) - loss_of(trainer.model, held, 0)) < 0.05
     from safetensors.torch import save_file

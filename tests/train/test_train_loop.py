@@ -12,8 +12,9 @@ from safetensors.torch import load_file
 from train_helpers import events_of, list_files, make_config
 
 from lora_trainer.events import Emitter, StopFlag
+from lora_trainer.train.engine import TrainingDiverged
 from lora_trainer.train.evaluate import denoising_loss, fixed_inputs
-from lora_trainer.train.loop import TrainingDiverged, train
+from lora_trainer.train.image import train
 
 
 def _record():
@@ -212,3 +213,30 @@ def test_all_lora_saves_kept_but_only_last_two_states_by_default(tiny_adapter, c
         "keepall-000001.safetensors", "keepall-000002.safetensors", "keepall-000003.safetensors",
         "keepall.safetensors"]
     assert [f for f in files if f.endswith("-state")] == ["keepall-000003-state", "keepall-000004-state"]
+
+
+def test_loader_workers_and_cache_prepass_keep_runs_bit_exact(tiny_adapter, concept_dir, tmp_path):
+    """Worker processes, prefetching and the cache pre-pass change when data is read, not what is
+    trained: 0 or 2 workers, uninterrupted or stopped and resumed, the LoRA is bit-identical."""
+    common = dict(epochs=2, gradient_accumulation_steps=2, flip_aug=True, lr_scheduler="cosine", save_state=True)
+    plain = train(make_config(concept_dir, str(tmp_path / "w0"), num_workers=0, **common), adapter=tiny_adapter)
+    events: list = []
+    workers = train(make_config(concept_dir, str(tmp_path / "w2"), num_workers=2, **common), adapter=tiny_adapter,
+                    emit=Emitter([events.append]))
+    assert any("caching latents" in e.data.get("message", "") for e in events_of("status", events))
+
+    stop = StopFlag()
+
+    def stop_at_2(event):
+        if event.type == "progress" and event.data["step"] == 2:
+            stop.request("test stop")
+
+    part = train(make_config(concept_dir, str(tmp_path / "r"), num_workers=2, **common), adapter=tiny_adapter,
+                 emit=Emitter([stop_at_2]), stop=stop)
+    assert part.stopped and part.steps == 2
+    resumed = train(make_config(concept_dir, str(tmp_path / "r"), num_workers=2, resume_from_checkpoint="latest",
+                                **common), adapter=tiny_adapter)
+    a = load_file(plain.output_path)
+    for other in (workers, resumed):
+        b = load_file(other.output_path)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), other.output_path

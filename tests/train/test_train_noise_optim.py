@@ -9,7 +9,8 @@ import torch
 
 from lora_trainer.config import TrainConfig
 from lora_trainer.errors import ConfigError
-from lora_trainer.train.noise import NoiseSchedule, diffusion_loss, sample_noise
+from lora_trainer.models.ddpm import NoiseSchedule, sample_noise
+from lora_trainer.models.objective import weighted_mse as diffusion_loss
 from lora_trainer.train.optim import build_optimizer, build_scheduler, lr_lambda
 
 

@@ -11,7 +11,7 @@ import os
 from lora_trainer.config import load_config
 from lora_trainer.demo import demo_config, write_demo_inputs
 from lora_trainer.train.evaluate import denoising_loss, evaluate_lora, fixed_inputs, held_out_sets
-from lora_trainer.train.loop import train
+from lora_trainer.train.image import train
 
 
 def test_concept_gain_clearly_exceeds_control_gain(tiny_adapter, tmp_path):

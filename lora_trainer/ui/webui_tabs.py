@@ -1,4 +1,4 @@
-"""The two tabs inside the WebUI. The tab contents live in `lora_trainer.ui` (the UI area); this
+"""The two tabs inside the WebUI, built by `ui.tabs`; this
 module only hands them the host and keeps the WebUI usable if the UI cannot be built."""
 
 from __future__ import annotations

@@ -1,0 +1,303 @@
+"""Image LoRA (SD1/SD2/SDXL, any host): the `Task` the engine runs for `task_type: text-to-image`.
+
+Everything that can be checked without the model (config, dataset, resume path) is checked first,
+so a mistake costs seconds, not a model load. Models come only through `ModelAdapter`; the family's
+objective (noise, timesteps, target, loss weights) comes from the adapter, so this file holds no
+diffusion maths. The adapter is always put back as it was (`teardown`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, nullcontext
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from lora_trainer.errors import ConfigError
+from lora_trainer.events import StopFlag, null_sink
+from lora_trainer.train import checkpoint as ckpt
+from lora_trainer.train.common import autocast_context, check_device, derive_seed, seed_all
+from lora_trainer.train.distributed import DistContext, init_from_env
+from lora_trainer.train.engine import Engine, Task, TrainResult, ensure_config
+from lora_trainer.train.sampling import generate_samples, parse_prompts
+
+if TYPE_CHECKING:
+    from lora_trainer.config import TrainConfig
+    from lora_trainer.data import DatasetIndex, Plan, TrainDataset
+    from lora_trainer.events import EventSink
+    from lora_trainer.lora.network import LoRANetwork
+    from lora_trainer.models.base import ModelAdapter
+
+
+def train(cfg: TrainConfig, *, adapter: ModelAdapter | None = None, emit: EventSink = null_sink,
+          stop: StopFlag | None = None) -> TrainResult:
+    """Train an image LoRA as `cfg` says (on `adapter`, or the model `cfg.base_model` names)."""
+    cfg = ensure_config(cfg)
+    dist = init_from_env(cfg.device)
+    try:
+        return Engine(ImageLoRATask(cfg, adapter), emit=emit, stop=stop or StopFlag(), dist=dist).run()
+    finally:
+        dist.shutdown()
+
+
+def prepare_plan(cfg: TrainConfig, dist: DistContext | None = None) -> tuple[DatasetIndex, TrainDataset, Plan]:
+    """Scan the dataset and plan the run without touching the model: (index, dataset, Plan)."""
+    from lora_trainer.data import TrainDataset, make_plan, scan_dataset
+
+    dist = dist or DistContext()
+    check_device(cfg.device)
+    index = scan_dataset(cfg)
+    dataset = TrainDataset(cfg, index)
+    plan = make_plan(cfg, index, world_size=dist.world_size, dataset=dataset)
+    if plan.batches_per_epoch <= 0:
+        raise ConfigError("batch_size", f"{plan.samples_per_epoch} samples per epoch leave no batch for each of "
+                                        f"{dist.world_size} processes; add images or repeats")
+    return index, dataset, plan
+
+
+class ImageLoRATask(Task):
+    """LoRA on a diffusion model's UNet / text encoders, trained through its `ModelAdapter`."""
+
+    checking = "checking dataset"
+
+    def __init__(self, cfg: TrainConfig, adapter: ModelAdapter | None = None):
+        super().__init__(cfg)
+        self.adapter = adapter
+        self.network: LoRANetwork | None = None
+        self._undo: list[Callable[[], None]] = []  # put the adapter back (run before restore())
+        self._batches: Iterator[dict[str, Any]] | None = None
+        self._prepared = False
+
+    # ---- before the model ---------------------------------------------------------------------
+    def prepare(self) -> dict[str, Any]:
+        run, cfg = self.run, self.cfg
+        self.index, self.dataset, plan = prepare_plan(cfg, run.dist)
+        if self.index.skipped:
+            listed = "; ".join(f"{os.path.basename(str(p))}: {r}" for p, r in self.index.skipped[:20])
+            more = f" (+{len(self.index.skipped) - 20} more)" if len(self.index.skipped) > 20 else ""
+            run.log(f"skipped {len(self.index.skipped)} file(s): {listed}{more}", "warning")
+        self.prompts = parse_prompts(cfg)
+        self.plan = plan.to_dict()
+        return self.plan
+
+    # ---- the model and the LoRA ---------------------------------------------------------------
+    def setup(self) -> list[dict[str, Any]]:
+        run, cfg = self.run, self.cfg
+        if self.adapter is None:
+            if cfg.mixed_precision == "fp16" and cfg.device in ("auto", "cpu") and not torch.cuda.is_available():
+                raise ConfigError("mixed_precision", "fp16 needs a CUDA GPU and none is available; use 'bf16' or 'no'")
+            run.emit("status", message=f"loading model {cfg.base_model}")
+            from lora_trainer.models.loading import load_adapter
+
+            self.adapter = load_adapter(cfg)
+        ad = self.adapter
+        self.device = ad.device
+        ad.prepare_for_training()
+        self._prepared = True
+        groups = self._build_network(ad)
+        n_params = sum(p.numel() for g in groups for p in g["params"])
+        run.log(f"LoRA: {n_params:,} trainable parameters on {self.device}")
+        if cfg.mixed_precision == "fp16" and self.device.type != "cuda":
+            raise ConfigError("mixed_precision", f"fp16 needs a CUDA GPU (training runs on {self.device}); "
+                                                 "use 'bf16' or 'no'")
+        if cfg.gradient_checkpointing:
+            ad.set_gradient_checkpointing(True)
+            self._undo.append(lambda: ad.set_gradient_checkpointing(False))
+        if hasattr(ad, "set_attention"):
+            ad.set_attention(cfg.attention)
+        self._setup_caches(ad)
+        self.objective = ad.objective(noise_offset=cfg.noise_offset, min_snr_gamma=cfg.min_snr_gamma)
+        return groups
+
+    def _build_network(self, ad: ModelAdapter) -> list[dict[str, Any]]:
+        from lora_trainer.lora.network import LoRANetwork
+
+        run, cfg = self.run, self.cfg
+        train_te = cfg.train_text_encoder
+        if train_te and not ad.trainable_text_encoder():
+            run.log("this model's text encoder cannot be trained here; training the UNet only", "warning")
+            train_te = False
+        self.train_te = train_te
+        targets = ad.lora_targets(unet=cfg.train_unet, text_encoder=train_te, conv=cfg.conv_dim > 0)
+        if not targets:
+            raise ConfigError("train_unet", "nothing to train: no LoRA target modules (train_unet and "
+                                            "train_text_encoder are both off?)")
+        seed_all(cfg.seed)
+        self.network = LoRANetwork(targets, rank=cfg.lora_rank, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
+                                   conv_rank=cfg.conv_dim, conv_alpha=cfg.conv_alpha)
+        self.network.attach()
+        if cfg.network_weights:
+            self._continue_from(cfg.network_weights)
+        groups = self.network.param_groups(cfg.effective_unet_lr, cfg.effective_text_encoder_lr)
+        params = [p for g in groups for p in g["params"]]
+        for p in params:
+            if p.device != self.device:
+                p.data = p.data.to(self.device)
+        run.dist.broadcast_params(params)
+        return groups
+
+    def _continue_from(self, weights: str) -> None:
+        """`network_weights`: start from an existing LoRA file."""
+        from lora_trainer.lora.file import load_lora_file
+
+        assert self.network is not None
+        sd, _ = load_lora_file(weights)
+        report = self.network.load_kohya_state_dict(sd)
+        if not report.loaded:
+            raise ConfigError("network_weights", f"{weights} has no LoRA module of this model "
+                                                 "(another architecture, or trained on other parts?)")
+        self.run.log(f"continuing from {weights}: {len(report.loaded)} tensors loaded, "
+                     f"{len(report.missing)} missing (start fresh), {len(report.unexpected)} ignored",
+                     "warning" if report.missing or report.unexpected else "info")
+
+    def _setup_caches(self, ad: ModelAdapter) -> None:
+        from lora_trainer.data import LatentCache, TextEncoderCache, default_latent_cache_dir
+
+        cfg = self.cfg
+        self.latent_cache = None
+        if cfg.cache_latents:
+            disk = default_latent_cache_dir(cfg.train_data_dir) if cfg.cache_latents_to_disk else None
+            info = ad.info
+            self.latent_cache = LatentCache(disk, f"{info.arch}:{info.model_name}:{info.model_hash}:{cfg.vae_path or ''}")
+        changes = cfg.shuffle_caption or cfg.caption_dropout_rate > 0
+        # frozen text encoder + fixed captions: each caption is encoded once (cache_text_encoder_outputs
+        # asks for it; it is free, so it is done whenever it is valid)
+        self.te_cache = TextEncoderCache() if not self.train_te and not changes else None
+        self._precompute()
+
+    def _precompute(self) -> None:
+        """The cache pre-pass, before the first step: every latent and every caption's conditioning.
+
+        Order and grouping do not depend on where a run resumes: latents are encoded one image at a
+        time with a per-image seed; captions in the batches of epoch 0 of a one-process run. So a
+        resumed run and an uninterrupted one hold the same cached tensors.
+        """
+        ds, run = self.dataset, self.run
+        if self.latent_cache is not None:
+            todo = [(i, key, fit, flip) for i, key, fit, flip in ds.latent_variants()
+                    if key not in self.latent_cache]
+            if todo:
+                run.emit("status", message=f"caching latents of {len(todo)} image(s)")
+            for i, key, fit, flip in todo:
+                self.latent_cache.put(key, self._encode_one(key, ds.pixels_of(i, fit, flip)).cpu())
+        if self.te_cache is not None:
+            for ids in ds.batches_for_epoch(0, self.cfg.seed):
+                self._cond(list(ds.load_batch(ids, 0, with_pixels=False)["captions"]))
+
+    def teardown(self) -> None:
+        if self.network is not None:
+            self.network.detach()
+        for undo in reversed(self._undo):
+            undo()
+        if self.adapter is not None and self._prepared:
+            self.adapter.restore()
+
+    # ---- one step ------------------------------------------------------------------------------
+    def autocast(self) -> AbstractContextManager[Any]:
+        return autocast_context(self.device, self.cfg.mixed_precision)
+
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
+        dist = self.run.dist
+        return self.dataset.batches_for_epoch(epoch, self.cfg.seed, dist.rank, dist.world_size)
+
+    def _next_batch(self, ids: list[int], epoch: int, pos: int) -> dict[str, Any]:
+        """The loaded micro-batch `ids` from the run's DataLoader (made at the first step, from the
+        position the run starts or resumes at)."""
+        if self._batches is None:
+            from lora_trainer.data import RunBatchSampler, make_loader
+
+            dist = self.run.dist
+            sampler = RunBatchSampler(self.dataset, seed=self.cfg.seed, rank=dist.rank, world_size=dist.world_size,
+                                      start_epoch=epoch, start_pos=pos, epochs=int(self.plan["epochs"]),
+                                      per_epoch=int(self.plan["batches_per_epoch"]))
+            self._batches = iter(make_loader(self.dataset, sampler, latent_cache=self.latent_cache,
+                                             num_workers=self.cfg.num_workers,
+                                             pin_memory=self.device.type == "cuda"))
+        batch = next(self._batches)
+        if batch["epoch"] != epoch or list(batch["ids"]) != list(ids):
+            raise RuntimeError(f"data loader out of step: got epoch {batch['epoch']} {batch['ids']}, "
+                               f"the loop is at epoch {epoch} {ids}")
+        return batch
+
+    def micro_losses(self, group: list[list[int]], epoch: int, pos: int) -> Iterator[torch.Tensor]:
+        for j, idx in enumerate(group):
+            yield self.micro_loss(list(idx), epoch, pos + j) / len(group)
+
+    def micro_loss(self, indices: list[int], epoch: int, pos: int) -> torch.Tensor:
+        """Batch → latents and conditioning → the family's noised input → model → the family's loss."""
+        cfg, rank = self.cfg, self.run.dist.rank
+        seed_all(derive_seed(cfg.seed, epoch, pos, rank) % (2 ** 32))
+        batch = self._next_batch(indices, epoch, pos)
+        latents = self._latents(batch)
+        cond = self._cond(list(batch["captions"]))
+        gen = torch.Generator().manual_seed(derive_seed(cfg.seed, "noise", epoch, pos, rank))
+        noised = self.objective.noised(latents, gen)
+        noisy = noised.noisy
+        if cfg.mixed_precision == "no" and self.adapter.dtype != torch.float32:
+            noisy = noisy.to(self.adapter.dtype)
+        with self.autocast():
+            pred = self.adapter.predict(noisy, noised.timesteps, cond, batch.get("sizes"))
+        return self.objective.loss(pred, noised)
+
+    def _latents(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Cached latents (the pre-pass made them), or the VAE on the batch's pixels."""
+        if batch["latents"] is not None:
+            return batch["latents"].to(self.device, torch.float32, non_blocking=True)
+        with torch.no_grad():
+            return self.adapter.encode_images(batch["pixels"].to(self.device, self.adapter.dtype)).float()
+
+    def _encode_one(self, key: str, pixels: torch.Tensor) -> torch.Tensor:
+        # a per-image seed: a sampled VAE latent is the same whenever it is first cached
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(derive_seed(self.cfg.seed, "latent", key))
+            with torch.no_grad():
+                return self.adapter.encode_images(pixels.to(self.device, self.adapter.dtype))[0].float()
+
+    def _cond(self, captions: list[str]) -> dict[str, torch.Tensor]:
+        if self.te_cache is not None:
+            def encode(caps: list[str]) -> dict[str, torch.Tensor]:
+                with self.autocast():
+                    return self.adapter.encode_text(caps)
+
+            return self.te_cache.get_or_encode(captions, encode)
+        ctx = nullcontext() if self.train_te else torch.no_grad()
+        with ctx, self.autocast():
+            return self.adapter.encode_text(captions)
+
+    # ---- files ---------------------------------------------------------------------------------
+    def save_weights(self, step: int, epoch: int, final: bool) -> str:
+        from lora_trainer.train.outputs import write_lora
+
+        run = self.run
+        path = ckpt.lora_path(run.out_dir, run.name, None if final else step)
+        write_lora(path, self.network, self.adapter, self.cfg, self.index, self.plan, step=step, epoch=epoch,
+                   started_at=run.started_at, final=final, preview=run.samples[0] if run.samples else None)
+        return path
+
+    def weights_state(self) -> dict[str, torch.Tensor]:
+        return self.network.kohya_state_dict(torch.float32)
+
+    def load_weights_state(self, saved: dict[str, torch.Tensor], path: str) -> None:
+        report = self.network.load_kohya_state_dict(saved)
+        if report.missing:
+            raise ConfigError("resume_from_checkpoint", f"{path}: the saved LoRA lacks {len(report.missing)} "
+                                                        "module(s) of this model (different model or network settings?)")
+
+    def sample(self, step: int, final: bool = False) -> None:
+        run = self.run
+        if not run.dist.is_main or not self.prompts:
+            return
+        if final and run.samples and run.samples[0].endswith(f"{step:06d}-00.png"):
+            return  # already sampled at this step
+        run.emit("status", message=f"sampling {len(self.prompts)} image(s)")
+        was_training = self.network.training
+        self.network.eval()
+        try:
+            paths = generate_samples(self.adapter, self.prompts, os.path.join(run.out_dir, "samples"),
+                                     f"{run.name}-{step:06d}")
+        finally:
+            self.network.train(was_training)
+        run.samples = paths
+        run.emit("sample", step=step, paths=paths, prompts=[p.prompt for p in self.prompts])
