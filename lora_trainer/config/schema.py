@@ -143,8 +143,10 @@ class TrainConfig:
     seed: int = _f("training", 42, "Random seed: same seed, same data order, same result.", min=0)
     noise_offset: float = _f("training", 0.0, "Noise offset (0.05-0.1 helps very dark/bright images).", min=0, max=1)
     min_snr_gamma: float | None = _f("training", None, "Min-SNR loss weighting gamma (5 is common); empty = off.", gt=0)
-    device: str = _f("training", "auto", "`auto`, `cpu`, `cuda`, `cuda:1`, `mps`.")
-    num_workers: int = _f("training", 0, "Data-loading worker processes.",
+    device: str = _f("training", "auto", "`auto`, `cpu`, `cuda`, `cuda:1`, `mps` (checked when loading the config, "
+                     "and against this machine before training).")
+    num_workers: int = _f("training", 0, "Processes that load the next batches while a step runs (0 = load in "
+                          "the training process); with cached latents loading is cheap.",
                           aliases=("max_data_loader_n_workers", "dataloader_num_workers"), min=0, max=64)
     # output
     output_dir: str | None = _f("output", None, "Folder for the LoRA file, saves, state and logs.", path="new")

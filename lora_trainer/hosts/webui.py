@@ -15,7 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 from lora_trainer.events import StopFlag
 from lora_trainer.hosts.base import Host
-from lora_trainer.models.webui_services import WebUIServices
+from lora_trainer.models.webui_services import HostRefused, WebUIServices
+
+__all__ = ["HostRefused", "WebUIHost", "WebUIServices", "state_sink", "webui_services"]
 
 if TYPE_CHECKING:
     from lora_trainer.config import TrainConfig

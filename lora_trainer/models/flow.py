@@ -15,6 +15,7 @@ The sampler's σ grid reproduces diffusers' `FlowMatchEulerDiscreteScheduler.set
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -107,3 +108,21 @@ def euler_step(sample: torch.Tensor, velocity: torch.Tensor, sigma: torch.Tensor
                sigma_next: torch.Tensor | float) -> torch.Tensor:
     """x ← x + (σ_next − σ)·v, computed in float32, returned in the velocity's dtype."""
     return (sample.float() + (sigma_next - sigma) * velocity).to(velocity.dtype)
+
+
+Predict = Callable[[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]], torch.Tensor]
+
+
+@torch.no_grad()
+def euler_sample(predict: Predict, x: torch.Tensor, cond_pair: dict[str, torch.Tensor], sigmas: torch.Tensor,
+                 guidance: float) -> torch.Tensor:
+    """The flow family's sampler: Euler steps over `sigmas` (from `euler_sigmas`) with classifier-free
+    guidance; `cond_pair` holds the negative prompt's conditioning then the prompt's, `predict(x, t, c)`
+    is the model's velocity at timesteps σ·1000. Starts from pure noise `x` (σ = 1)."""
+    x = x.float()
+    for i in range(len(sigmas) - 1):
+        t = (sigmas[i] * NUM_TRAIN_TIMESTEPS).repeat(2)
+        out = predict(torch.cat([x, x]), t, cond_pair).float()
+        uncond, text = out.chunk(2)
+        x = euler_step(x, uncond + guidance * (text - uncond), sigmas[i], sigmas[i + 1])
+    return x

@@ -60,10 +60,6 @@ def ensure_config(cfg: TrainConfig | str | os.PathLike[str] | Mapping[str, Any])
     return cfg if isinstance(cfg, TrainConfig) else load_config(cfg)
 
 
-def output_name(cfg: TrainConfig) -> str:
-    return cfg.output_name or os.path.basename(os.path.normpath(cfg.output_dir or "")) or "lora"
-
-
 class Task(abc.ABC):
     """What one kind of training plugs into the engine (cf. kohya's NetworkTrainer hooks).
 
@@ -141,7 +137,7 @@ class Engine:
         self.task, self.cfg = task, task.cfg
         task.engine = self
         self._emit, self.stop, self.dist = emit, stop, dist
-        self.name = output_name(self.cfg)
+        self.name = self.cfg.effective_output_name
         self.out_dir = os.path.abspath(self.cfg.output_dir or ".")
         self.mp = self.cfg.mixed_precision
         self.last_save: str | None = None
@@ -187,7 +183,7 @@ class Engine:
             if self.dist.is_main:
                 from lora_trainer.train.tensorboard import make_tensorboard_sink
 
-                self._tb = make_tensorboard_sink(cfg.logging_dir or os.path.join(self.out_dir, "logs"))
+                self._tb = make_tensorboard_sink(cfg.effective_logging_dir or os.path.join(self.out_dir, "logs"))
             return self._train(groups)
         finally:
             task.teardown()

@@ -115,3 +115,18 @@ def test_seed_config_verbatim(tmp_path, capsys):
                  "--set", "max_train_steps=2", "--set", "save_steps=1"]) == 0
     files = list_files(str(tmp_path / "output" / "my_style_lora"))
     assert "my_style_lora.safetensors" in files and "my_style_lora-000001.safetensors" in files
+
+
+def test_bad_device_fails_the_dry_run_in_one_line(concept_dir, tmp_path, capsys):
+    import torch
+
+    from lora_trainer.cli import main
+
+    cfg = _write_cfg(tmp_path / "c.yaml", concept_dir, str(tmp_path / "out"))
+    assert main(["train", "--config", cfg, "--dry-run", "--set", "device=gpu0"]) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")]
+    assert len(err) == 1 and "device" in err[0] and "gpu0" in err[0]
+    missing = f"cuda:{torch.cuda.device_count() + 3}"  # spelled right, but not on this machine
+    assert main(["train", "--config", cfg, "--dry-run", "--set", f"device={missing}"]) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")]
+    assert len(err) == 1 and "device" in err[0] and missing in err[0]
