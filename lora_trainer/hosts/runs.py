@@ -56,7 +56,7 @@ def prepare_config(host: Host, config: Any, overrides: Iterable[str] = ()) -> Tr
             raise ConfigError("config", f"not valid YAML: {exc}") from exc
     if not isinstance(config, Mapping):
         raise ConfigError("config", "must be a mapping of key: value (a JSON object or YAML mapping)")
-    raw = dict(config)
+    raw, overrides = dict(config), list(overrides)
     require = ("train_data_dir",) if host.name == "webui" else ("train_data_dir", "base_model")
     cfg = load_config(raw, overrides, base_dir=base_dir, check_paths=False)
     if not cfg.train_data_dir:
@@ -72,7 +72,7 @@ def prepare_config(host: Host, config: Any, overrides: Iterable[str] = ()) -> Tr
     host_defaults = [f"output_name={name}"]
     if not cfg.output_dir:
         host_defaults.append(f"output_dir={os.path.join(host.work_dir(), 'runs', name)}")
-    return load_config(cfg, host_defaults, check_paths=True, require=require)
+    return load_config(raw, [*overrides, *host_defaults], base_dir=base_dir, check_paths=True, require=require)
 
 
 def check_dataset_access(host: Host, path: str, what: str = "train_data_dir") -> None:

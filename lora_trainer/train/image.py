@@ -187,6 +187,7 @@ class ImageLoRATask(Task):
                 self._cond(list(ds.load_batch(ids, 0, with_pixels=False)["captions"]))
 
     def teardown(self) -> None:
+        self._batches = None  # an unfinished loader iterator: its worker processes end with it
         if self.network is not None:
             self.network.detach()
         for undo in reversed(self._undo):
