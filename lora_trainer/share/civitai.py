@@ -13,7 +13,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 from lora_trainer.download.options import DownloadOptions
 from lora_trainer.errors import UserError
@@ -99,9 +99,13 @@ def write_civitai_sidecar(model: Path, found: CivitaiVersion, opts: DownloadOpti
     json_path, png_path = sidecar_paths(model)
     preview_tmp = None
     if found.image_urls and not png_path.exists():
-        data = get_bytes(found.image_urls[0], _opts(opts, base), "image/*", MAX_PREVIEW)
-        preview_tmp = model.with_name(f".{model.stem}.preview.download")
-        preview_tmp.write_bytes(data)
+        try:  # the preview is optional: an image host that fails costs the picture, not the look-up
+            data = get_bytes(urljoin(base + "/", found.image_urls[0]), _opts(opts, base), "image/*", MAX_PREVIEW)
+        except UserError:
+            data = b""
+        if data:
+            preview_tmp = model.with_name(f".{model.stem}.preview.download")
+            preview_tmp.write_bytes(data)
     try:
         old: dict = {}
         if json_path.is_file():
@@ -115,10 +119,14 @@ def write_civitai_sidecar(model: Path, found: CivitaiVersion, opts: DownloadOpti
         atomic_write_text(json_path, json.dumps(old, indent=4, ensure_ascii=False))
         words = old.get("activation text") or found.trained_words
         arch = next((v for k, v in _SD.items() if found.base_model.lower().startswith(k)), None)
-        out = write_sidecars(model, trigger_words=words, preferred_weight=old.get("preferred weight") or None,
-                             arch=None if old.get("sd version") else arch,
-                             description=old.get("description") or _plain(found.description),
-                             notes=old.get("notes") or found.page(base), preview=preview_tmp)
+        fields = {"trigger_words": words, "preferred_weight": old.get("preferred weight") or None,
+                  "arch": None if old.get("sd version") else arch,
+                  "description": old.get("description") or _plain(found.description),
+                  "notes": old.get("notes") or found.page(base)}
+        try:
+            out = write_sidecars(model, preview=preview_tmp, **fields)
+        except OSError:  # not an image after all: keep the facts, skip the picture
+            out = write_sidecars(model, **fields)
     finally:
         if preview_tmp is not None:
             preview_tmp.unlink(missing_ok=True)

@@ -6,6 +6,7 @@ comes from HF_TOKEN or `huggingface-cli login`, as everywhere in the Hub's own t
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import tempfile
@@ -36,7 +37,7 @@ def store_hf(spec: str, files: dict[str, Path]) -> dict[str, list[str]]:
         from huggingface_hub import HfApi
     except ImportError as exc:
         raise StoreError("--to hf://: needs the huggingface_hub package (pip install huggingface_hub)") from exc
-    api = HfApi()
+    api = HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None)  # read now, not at import
     with tempfile.TemporaryDirectory(prefix="lora-publish-") as tmp:
         for rel, src in files.items():
             dst = Path(tmp, rel)
@@ -58,6 +59,6 @@ def _reason(exc: Exception) -> str:
     low = text.lower()
     if "401" in low or "token" in low or "unauthorized" in low:
         return f"{text} (log in with `huggingface-cli login` or set HF_TOKEN)"
-    if any(w in low for w in ("connection", "resolve", "offline", "timed out", "max retries")):
+    if any(w in low for w in ("connect", "resolve", "offline", "timed out", "max retries", "errno", "name or service")):
         return f"{text} (cannot reach the Hub: check the network or HF_ENDPOINT)"
     return text
