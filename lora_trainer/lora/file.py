@@ -114,11 +114,12 @@ def _refuse_pickle(path: Path) -> None:
                             "code); convert it to .safetensors first")
     with open(path, "rb") as f:
         head = f.read(9)
+    n = _header_len(head, str(path))
+    if len(head) >= 9 and head[8:9] == b"{" and n <= path.stat().st_size:
+        return  # a safetensors header (its length may well start with byte 0x80 or "PK")
     if head[:2] == b"PK" or head[:1] == b"\x80":
         raise LoRAFileError(f"{path}: this is a pickle/zip checkpoint, not .safetensors; it is never loaded")
-    n = _header_len(head, str(path))
-    if len(head) < 9 or head[8:9] != b"{" or n > path.stat().st_size:
-        raise LoRAFileError(f"{path}: not a valid .safetensors file (bad header); re-download or re-save it")
+    raise LoRAFileError(f"{path}: not a valid .safetensors file (bad header); re-download or re-save it")
 
 
 def read_lora_metadata(path: str | os.PathLike[str]) -> dict[str, str]:

@@ -59,6 +59,7 @@ class Outcome:
     message: str = ""
     exit_code: int = 0
     downloaded: bool = False
+    path: str = ""  # where the wanted version now lies
 
     def line(self) -> str:
         return f"{self.name}: {self.message}"
@@ -234,7 +235,7 @@ class Puller:
         was = f" (was v{rec.version})" if rec is not None and rec.version != want.version else ""
         status = "updated" if rec is not None else "installed"
         return Outcome(entry.name, status, want.version, f"v{want.version} {status}{was} -> {target}",
-                       downloaded=fetched)
+                       downloaded=fetched, path=str(target))
 
     def _obtain(self, want: Version, rec: Pulled | None, source: Source,
                 staging: Path) -> tuple[Path, str, str, bool]:

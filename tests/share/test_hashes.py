@@ -72,3 +72,21 @@ def test_our_files_carry_the_same_hashes(tmp_path):
         rule = a1111["addnet_hash_safetensors"](f)
     assert meta["sshs_model_hash"] == rule == file_hashes(path).tensor_sha256
     assert meta["modelspec.hash_sha256"] == "0x" + rule
+
+
+def test_header_length_starting_with_0x80_is_not_taken_for_a_pickle(tmp_path, capsys):
+    """1 file in 32 has a header length whose low byte is 0x80 (a pickle's first byte): still a LoRA."""
+    from lora_trainer.cli import main
+
+    path = tmp_path / "odd.safetensors"
+    for k in range(300):
+        save_file(_tiny_state_dict(), str(path), {"ss_output_name": "odd", "pad": "x" * k})
+        if path.read_bytes()[0] == 0x80:
+            break
+    assert path.read_bytes()[0] == 0x80
+    assert main(["info", str(path), "--json"]) == 0
+    assert '"name": "odd"' in capsys.readouterr().out
+    pickle = tmp_path / "real.safetensors"
+    pickle.write_bytes(b"\x80\x04\x95" + b"\x00" * 64)
+    assert main(["info", str(pickle)]) == 2
+    assert "pickle/zip checkpoint" in capsys.readouterr().err
