@@ -237,27 +237,35 @@ def build_downloader_tab(host: Host) -> gr.Blocks:
                    else "All downloads finished."), render()
 
         def do_action(act: str):
+            """Quick and outside the queue (a running download's live view must not block Cancel);
+            a retried row is then followed live by `follow_retry`. Returns (message, table, retried id)."""
             verb, _, item_id = (act or "").partition(":")
             try:
                 if verb == "cancel":
                     downloads.cancel(host, item_id)
-                    yield f"Cancelled {_name(item_id)}.", render()
-                    return
+                    return f"Cancelled {_name(item_id)}.", render(), ""
                 if verb == "open":
-                    yield downloads.open_folder(host, item_id), render()
-                    return
+                    return downloads.open_folder(host, item_id), render(), ""
                 if verb == "retry":
                     downloads.retry(host, item_id)
-                    yield from follow(f"Retrying {_name(item_id)}…")
-                    yield f"Retried {_name(item_id)}: {queue().get(item_id).state}.", render()
-                    return
+                    return f"Retrying {_name(item_id)}…", render(), item_id
             except KeyError:
-                yield "That download is no longer in the queue.", render()
-                return
+                return "That download is no longer in the queue.", render(), ""
             except UserError as exc:
-                yield wording(str(exc)), render()
+                return wording(str(exc)), render(), ""
+            return "", render(), ""
+
+        def follow_retry(item_id: str):
+            if not item_id:
+                yield gr.update(), render()
                 return
-            yield "", render()
+            note = f"Retrying {_name(item_id)}…"
+            yield from follow(note)
+            try:
+                state = downloads.item(host, item_id).get("state")
+            except KeyError:
+                state = "removed"
+            yield f"Retried {_name(item_id)}: {state}.", render()
 
         def _name(item_id: str) -> str:
             try:
@@ -302,13 +310,15 @@ def build_downloader_tab(host: Host) -> gr.Blocks:
             yield from do_update(src, None)
 
         on(start.click, do_start, inputs=[links, dest, connections], outputs=[message, table])
-        on(refresh.click, render, inputs=[], outputs=[table])
-        on(clear.click, do_clear, inputs=[], outputs=[message, table])
-        take = "(x) => [window.ldAction || x]"
-        on(action_go.click, do_action, inputs=[action], outputs=[message, table], js=take)
+        on(refresh.click, render, inputs=[], outputs=[table], queue=False)
+        on(clear.click, do_clear, inputs=[], outputs=[message, table], queue=False)
+        retried = gr.State("")
+        acted = on(action_go.click, do_action, inputs=[action], outputs=[message, table, retried],
+                   js="(x) => [window.ldAction || x]", queue=False)
+        acted.then(follow_retry, inputs=[retried], outputs=[message, table])
         on(card_go.click, do_card, inputs=[action, manifest], outputs=[card_message, cards],
            js="(x, m) => [window.ldAction || x, m]")
-        on(load.click, show_cards, inputs=[manifest], outputs=[card_message, cards])
+        on(load.click, show_cards, inputs=[manifest], outputs=[card_message, cards], queue=False)
         on(update_all.click, do_update_all, inputs=[manifest], outputs=[card_message, cards])
         if settings_parts is not None:
             fields, save, saved = settings_parts

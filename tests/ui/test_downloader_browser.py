@@ -114,6 +114,12 @@ def _fill(page, elem_id: str, value: str) -> None:
     box.press("Tab")
 
 
+def _open_tab(page) -> None:
+    """The Downloader tab (a role=tab button on gradio 4+, a plain button on 3.41)."""
+    tab = page.locator("[role=tab]:has-text('LoRA Downloader'), .tab-nav button:has-text('LoRA Downloader')")
+    tab.first.click(timeout=60000)
+
+
 def _row(page, name: str):
     return page.locator("#ld_queue tr", has_text=name)
 
@@ -132,7 +138,7 @@ def test_download_with_per_row_cancel_retry_open_and_clear(app, browser, artifac
     page = browser.new_page(viewport={"width": 1400, "height": 1400})
     try:
         page.goto(app["url"])
-        page.get_by_role("tab", name="LoRA Downloader").click()
+        _open_tab(page)
         page.wait_for_selector("#ld_links", timeout=30000)
         _fill(page, "ld_links", url)
         page.locator("#ld_start").click()
@@ -197,7 +203,7 @@ def test_team_manifest_cards_install(app, browser, artifacts, tmp_path):
     page = browser.new_page(viewport={"width": 1400, "height": 1400})
     try:
         page.goto(app["url"])
-        page.get_by_role("tab", name="LoRA Downloader").click()
+        _open_tab(page)
         page.get_by_text("Team manifest (shared LoRAs)").first.click()
         page.wait_for_selector("#ld_manifest", timeout=30000)
         _fill(page, "ld_manifest", link)
