@@ -30,7 +30,7 @@ from lora_trainer.errors import UserError
 
 KIND = "lora-trainer-manifest"
 SCHEMA = 1
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._()\-]{0,99}$")
+NAME_RE = re.compile(r"^[^\W_][\w ._()\-]{0,99}$")  # any script's letters and digits (e.g. Chinese names)
 SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -45,7 +45,8 @@ def now_iso(t: float | None = None) -> str:
 def check_name(name: str, where: str = "name") -> str:
     """A LoRA name becomes a file name on every puller's disk: no folders, no dots in front."""
     if not NAME_RE.match(name or "") or ".." in name:
-        raise ManifestError(f"{where} '{name}': use letters, digits, space, . _ - ( ) (no folders); "
+        raise ManifestError(f"{where} '{name}': use letters, digits, space, . _ - ( ) (no folders, not starting "
+                            "with a dot); "
                             "rename the file or pass --name")
     return name
 

@@ -12,6 +12,7 @@ import datetime as dt
 import mimetypes
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 from lora_trainer.errors import UserError
 from lora_trainer.share.facts import LoraFacts, read_facts
@@ -37,9 +38,10 @@ class Published:
     new: bool
     sha256: str
     urls: list[str] = field(default_factory=list)
+    uploaded: bool = False
 
     def line(self) -> str:
-        what = "new version" if self.new else "unchanged, links refreshed" if self.urls else "unchanged"
+        what = "new version" if self.new else "unchanged, links refreshed" if self.uploaded else "unchanged"
         return f"{self.name} v{self.version} ({what}) sha256 {self.sha256}"
 
 
@@ -111,10 +113,12 @@ def _preview_ext(p: Path) -> str:
 
 
 def _links(item: _Item, rel: str, base_url: str | None, mirrors: list[str], primary: list[str]) -> list[str]:
+    """Links are URLs: names with spaces or non-ASCII letters are percent-encoded."""
     urls = list(primary)
+    path = quote(rel, safe="/")
     if base_url:
-        urls.append(base_url.rstrip("/") + "/" + rel)
-    urls += [m.rstrip("/") + "/" + rel for m in mirrors]
+        urls.append(base_url.rstrip("/") + "/" + path)
+    urls += [m.rstrip("/") + "/" + path for m in mirrors]
     return urls
 
 
@@ -141,7 +145,7 @@ def _store_local(manifest_path: Path, items: list[_Item]) -> dict[str, list[str]
             if dst.is_file() and dst.stat().st_size == src.stat().st_size and sha256_file(dst) == sha256_file(src):
                 continue
             atomic_copy(src, dst)
-    return {rel: [rel] for item in items for rel in item.files}
+    return {rel: [quote(rel, safe="/")] for item in items for rel in item.files}
 
 
 def _store_s3(spec: str, items: list[_Item], expires_s: int, endpoint: str | None,
@@ -193,8 +197,7 @@ def publish(paths: list[str], manifest_path: str | Path, *, base_url: str | None
     out = []
     for item in items:
         _set_links(item, primary, base_url, mirrors)
-        if to or item.new:
-            item.version.expires = expires
+        item.version.expires = expires
         entry = manifest.entry(item.facts.name)
         if entry is None:
             entry = Entry(item.facts.name)
@@ -202,6 +205,6 @@ def publish(paths: list[str], manifest_path: str | Path, *, base_url: str | None
         if item.new:
             entry.versions.append(item.version)
         out.append(Published(item.facts.name, item.version.version, item.new, item.version.sha256,
-                             list(item.version.urls) if (to or item.new) else []))
+                             list(item.version.urls), uploaded=bool(to)))
     manifest.save(manifest_path)
     return out

@@ -20,7 +20,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import unquote, urljoin, urlsplit
 
 from lora_trainer.download.options import DownloadOptions
 from lora_trainer.errors import UserError
@@ -91,7 +91,7 @@ class Source:
             return url
         if self.remote:
             return urljoin(self.base, url)
-        return str(Path(self.base, url))
+        return str(Path(self.base, unquote(url)))
 
 
 def read_manifest(src: str, opts: DownloadOptions) -> tuple[Manifest, Source]:
@@ -216,7 +216,8 @@ class Puller:
         staging = Path(tempfile.mkdtemp(prefix=".lora-pull-", dir=self.root))
         try:
             staged, kind, url, fetched = self._obtain(want, rec, source, staging)
-            folder = self.opts.folder_for(kind if kind in ("lora", "other") else kind)
+            # routed like any download; a file the classifier cannot place is still a LoRA here
+            folder = self.opts.folder_for(kind if kind in ("checkpoint", "vae", "embedding") else "lora")
             folder.mkdir(parents=True, exist_ok=True)
             target = folder / want.file
             preview = self._preview(want, source, staging)

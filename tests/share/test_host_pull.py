@@ -50,3 +50,14 @@ def test_engine_advice_points_at_the_screen():
                         "folder with --to"):
         shown = wording(engine_text)
         assert "--" not in shown and "same command" not in shown, shown
+
+
+def test_app_settings_reach_the_running_queue(tmp_path):
+    host = StandaloneHost(root=str(tmp_path))
+    downloads.apply_settings(host, {"civitai_token": " tok ", "hf_token": "", "proxy": "socks5h://127.0.0.1:9"})
+    mgr = downloads.manager(host)
+    try:
+        assert mgr.opts.civitai_token == "tok" and mgr.opts.hf_token is None
+        assert mgr.opts.proxy == "socks5h://127.0.0.1:9" and host.setting("proxy") == "socks5h://127.0.0.1:9"
+    finally:
+        mgr.shutdown(wait=False)

@@ -164,3 +164,33 @@ def test_foreign_file_with_same_name_is_not_overwritten(trained, tmp_path, opts,
     shutil.copyfile(trained[2] / "inkstyle.safetensors", lora / "inkstyle.safetensors")
     r = pull(str(manifest), tmp_path / "models", opts)
     assert r.outcomes[0].status == "failed" and "did not come from this manifest" in r.outcomes[0].message
+
+
+def test_unicode_name_round_trip(trained, tmp_path, opts):
+    """Chinese names are common; they are fine as file names and in links (percent-encoded)."""
+    share = tmp_path / "share"
+    manifest = share / "team.json"
+    with Served(str(share)) as srv:
+        assert main(["publish", str(trained[1] / "inkstyle.safetensors"), "--manifest", str(manifest),
+                     "--name", "水墨 style", "--base-url", srv.url]) == 0
+        m = load_manifest_file(manifest)
+        m.entry("水墨 style").versions[0].urls = m.entry("水墨 style").versions[0].urls[1:]  # only the http link
+        m.save(manifest)
+        r = pull(f"{srv.url}/team.json", tmp_path / "models", opts)
+        assert r.outcomes[0].status == "installed", r.outcomes[0].message
+    assert (tmp_path / "models" / "Lora" / "水墨 style.safetensors").is_file()
+    for bad in ("../x", ".hidden", "a/b"):
+        assert main(["publish", str(trained[1] / "inkstyle.safetensors"), "--manifest", str(manifest),
+                     "--name", bad]) == 2
+
+
+def test_expired_links_say_so(trained, tmp_path, opts):
+    manifest = tmp_path / "share" / "team.json"
+    main(["publish", str(trained[1]), "--manifest", str(manifest)])
+    m = load_manifest_file(manifest)
+    v = m.entry("inkstyle").latest
+    v.urls, v.expires = [closed_port_url() + "/inkstyle.safetensors"], "2026-01-01T00:00:00Z"
+    m.save(manifest)
+    r = pull(str(manifest), tmp_path / "models", opts)
+    assert r.outcomes[0].status == "failed" and "links expired at 2026-01-01T00:00:00Z" in r.outcomes[0].message
+    assert "publish again" in r.outcomes[0].message

@@ -167,3 +167,16 @@ def test_bad_targets_named(tmp_path, trained, monkeypatch, capsys):
     assert main(["publish", str(trained[1]), "--manifest", str(tmp_path / "m.json"), "--to", "s3://bucket/x"]) == 2
     assert "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY" in capsys.readouterr().err
     assert not (tmp_path / "m.json").exists()
+
+
+def test_unreachable_store_one_line(trained, tmp_path, monkeypatch, capsys):
+    from shareserver import closed_port_url
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    manifest = tmp_path / "team.json"
+    assert main(["publish", str(trained[1]), "--manifest", str(manifest), "--to", f"s3://{BUCKET}/x",
+                 "--endpoint-url", closed_port_url()]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot reach the S3 endpoint" in err[0]
+    assert not manifest.exists()
