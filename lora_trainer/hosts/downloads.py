@@ -157,8 +157,36 @@ def read_team_manifest(host: Host, src: str) -> tuple[Any, Any, dict[str, tuple[
     return manifest, source, {e.name: puller.status(e) for e in manifest.loras}
 
 
+def _queue_fetch(host: Host) -> Any:
+    """Fetch through the host's queue, so a pulled file gets a row with its progress bar and Cancel;
+    the row goes once the file is verified (it then moves on from the staging folder)."""
+    import time
+
+    from lora_trainer.download import DownloadRequest
+    from lora_trainer.share.pull import Fetched, engine_fetch
+
+    mgr = manager(host)
+    direct = engine_fetch(mgr.opts)
+
+    def fetch(urls: list[str], name: str, sha256: str, folder: Any) -> Fetched:
+        if not all(u.startswith(("http://", "https://")) for u in urls):
+            return direct(urls, name, sha256, folder)  # a manifest on a server folder: plain copies
+        item_id = mgr.add(DownloadRequest(list(urls), name, sha256), to=str(folder))
+        while (row := item(host, item_id))["state"] not in FINAL_STATES:
+            time.sleep(0.2)
+        if row["state"] != "done":
+            raise UserError(row["error"] or f"download {row['state']}")
+        result = mgr.get(item_id).result or {}
+        mgr.remove(item_id)
+        from pathlib import Path
+
+        return Fetched(Path(row["path"]), row["kind"] or "lora", str(result.get("url") or urls[0]))
+
+    return fetch
+
+
 def pull_team(host: Host, src: str, names: list[str] | None = None) -> Any:
-    """Pull entries of a manifest into the host's model folders, with the queue's tokens and proxy."""
+    """Pull entries of a manifest into the host's model folders, through the host's queue."""
     import dataclasses
 
     from lora_trainer.share.pull import pull
@@ -167,7 +195,7 @@ def pull_team(host: Host, src: str, names: list[str] | None = None) -> Any:
     if "://" not in src:
         src = host.check_server_path(src, "manifest file")
     opts = dataclasses.replace(manager(host).opts)
-    report = pull(src, _models_root(host), opts, names=names)
+    report = pull(src, _models_root(host), opts, names=names, fetch=_queue_fetch(host))
     landed = getattr(host, "file_landed", None)
     for o in report.outcomes:
         if o.status in ("installed", "updated") and landed is not None:

@@ -288,21 +288,35 @@ def build_downloader_tab(host: Host) -> gr.Blocks:
             return note, cards_html(m, source, statuses)
 
         def do_update(src: str, names: list[str] | None):
+            """Pull in a thread; meanwhile the queue shows each file's progress (and its Cancel)."""
+            import threading
+
             what = ", ".join(names) if names else "every LoRA"
-            yield f"Updating {what}…", gr.update()
-            try:
-                report = downloads.pull_team(host, src, names)
-            except UserError as exc:
-                yield f"**Not updated:** {wording(str(exc))}", gr.update()
+            done: dict[str, Any] = {}
+
+            def work() -> None:
+                try:
+                    done["report"] = downloads.pull_team(host, src, names)
+                except UserError as exc:
+                    done["error"] = exc
+
+            worker = threading.Thread(target=work, daemon=True)
+            worker.start()
+            while worker.is_alive():
+                yield f"Updating {what}…", gr.update(), render()
+                worker.join(POLL_S)
+            if "error" in done:
+                yield f"**Not updated:** {wording(str(done['error']))}", gr.update(), render()
                 return
+            report = done["report"]
             lines = "\n".join(f"- {html.escape(wording(o.line()))}" for o in report.outcomes)
             _, cards_value = show_cards(src)
-            yield lines or "Nothing to do.", cards_value
+            yield lines or "Nothing to do.", cards_value, render()
 
         def do_card(act: str, src: str):
             verb, _, name = (act or "").partition(":")
             if verb != "update" or not name:
-                yield "", gr.update()
+                yield "", gr.update(), render()
                 return
             yield from do_update(src, [name])
 
@@ -316,10 +330,10 @@ def build_downloader_tab(host: Host) -> gr.Blocks:
         acted = on(action_go.click, do_action, inputs=[action], outputs=[message, table, retried],
                    js="(x) => [window.ldAction || x]", queue=False)
         acted.then(follow_retry, inputs=[retried], outputs=[message, table])
-        on(card_go.click, do_card, inputs=[action, manifest], outputs=[card_message, cards],
+        on(card_go.click, do_card, inputs=[action, manifest], outputs=[card_message, cards, table],
            js="(x, m) => [window.ldAction || x, m]")
         on(load.click, show_cards, inputs=[manifest], outputs=[card_message, cards], queue=False)
-        on(update_all.click, do_update_all, inputs=[manifest], outputs=[card_message, cards])
+        on(update_all.click, do_update_all, inputs=[manifest], outputs=[card_message, cards, table])
         if settings_parts is not None:
             fields, save, saved = settings_parts
 

@@ -24,9 +24,19 @@ def test_host_status_then_pull_into_its_lora_folder(trained, tmp_path):
         assert [o.status for o in report.outcomes] == ["installed"]
         assert report.outcomes[0].path.startswith(host.lora_dir())
         assert downloads.read_team_manifest(host, link)[2]["inkstyle"][0] == "current"
+        assert downloads.items(host) == []  # verified files leave the queue (they moved on from staging)
         main(["publish", str(trained[2]), "--manifest", str(share / "team.json")])
         state, want = downloads.read_team_manifest(host, link)[2]["inkstyle"]
         assert state == "outdated" and want.version == 2
+        stored = share / "inkstyle" / "v2" / "inkstyle.safetensors"
+        damaged = bytearray(stored.read_bytes())
+        damaged[-1] ^= 0xFF  # one flipped bit in the store
+        stored.write_bytes(bytes(damaged))
+        report = downloads.pull_team(host, link)
+        assert report.outcomes[0].status == "failed"
+        rows = downloads.items(host)
+        assert [r["state"] for r in rows] == ["failed"] and "SHA-256" in rows[0]["error"]  # shown, with Retry
+    downloads.manager(host).shutdown(wait=False)
 
 
 def test_exposed_app_refuses_manifests(tmp_path):
