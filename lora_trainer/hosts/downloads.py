@@ -158,8 +158,8 @@ def read_team_manifest(host: Host, src: str) -> tuple[Any, Any, dict[str, tuple[
 
 
 def _queue_fetch(host: Host) -> Any:
-    """Fetch through the host's queue, so a pulled file gets a row with its progress bar and Cancel;
-    the row goes once the file is verified (it then moves on from the staging folder)."""
+    """Fetch through the host's queue, so a pulled file gets a row with its progress bar and Cancel
+    while it downloads; the row goes when it ends (the outcome shows on the card)."""
     import time
 
     from lora_trainer.download import DownloadRequest
@@ -174,10 +174,10 @@ def _queue_fetch(host: Host) -> Any:
         item_id = mgr.add(DownloadRequest(list(urls), name, sha256), to=str(folder))
         while (row := item(host, item_id))["state"] not in FINAL_STATES:
             time.sleep(0.2)
-        if row["state"] != "done":
-            raise UserError(row["error"] or f"download {row['state']}")
         result = mgr.get(item_id).result or {}
-        mgr.remove(item_id)
+        mgr.remove(item_id)  # also when it failed: the staging folder goes, so a row Retry would lead nowhere;
+        if row["state"] != "done":  # the card's Update button is the retry
+            raise UserError(row["error"] or f"download {row['state']}")
         from pathlib import Path
 
         return Fetched(Path(row["path"]), row["kind"] or "lora", str(result.get("url") or urls[0]))

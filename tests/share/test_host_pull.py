@@ -33,9 +33,8 @@ def test_host_status_then_pull_into_its_lora_folder(trained, tmp_path):
         damaged[-1] ^= 0xFF  # one flipped bit in the store
         stored.write_bytes(bytes(damaged))
         report = downloads.pull_team(host, link)
-        assert report.outcomes[0].status == "failed"
-        rows = downloads.items(host)
-        assert [r["state"] for r in rows] == ["failed"] and "SHA-256" in rows[0]["error"]  # shown, with Retry
+        assert report.outcomes[0].status == "failed" and "SHA-256" in report.outcomes[0].message
+        assert downloads.items(host) == []  # the card's Update button is the retry
     downloads.manager(host).shutdown(wait=False)
 
 
