@@ -147,6 +147,19 @@ def _copy_verified(src: Path, dst: Path, sha256: str) -> Path:
     return dst
 
 
+STALE_STAGING_S = 6 * 3600
+
+
+def _clean_stale_staging(root: Path) -> None:
+    """Staging folders left by a pull that was killed (a live pull's folder is younger than this)."""
+    import time
+
+    for d in root.glob(".lora-pull-*"):
+        with contextlib.suppress(OSError):
+            if d.is_dir() and time.time() - d.stat().st_mtime > STALE_STAGING_S:
+                shutil.rmtree(d, ignore_errors=True)
+
+
 def _side_paths(model: Path) -> list[Path]:
     return [model.with_name(model.stem + ext) for ext in SIDE_EXTS]
 
@@ -212,7 +225,14 @@ class Puller:
             if sha256_file(target) != want.sha256:
                 raise UserError(f"{target} exists and did not come from this manifest; rename or move it, "
                                 "then pull again")
+            st = target.stat()  # the same bytes, put there by hand: recorded, not downloaded again
+            self.record.loras[entry.name] = Pulled(entry.name, want.version, want.sha256, str(target), st.st_size,
+                                                   st.st_mtime, source.text, str(target), now_iso())
+            self.record.save()
+            return Outcome(entry.name, "current", want.version, f"v{want.version} is current (already in place)",
+                           path=str(target))
         self.root.mkdir(parents=True, exist_ok=True)
+        _clean_stale_staging(self.root)
         staging = Path(tempfile.mkdtemp(prefix=".lora-pull-", dir=self.root))
         try:
             staged, kind, url, fetched = self._obtain(want, rec, source, staging)

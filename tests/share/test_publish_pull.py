@@ -6,7 +6,6 @@ import json
 import shutil
 from pathlib import Path
 
-import pytest
 from shareserver import Served, closed_port_url
 
 from lora_trainer.cli import main
@@ -155,8 +154,7 @@ def test_bad_input_named(trained, tmp_path, capsys):
     assert "nope: no such file or folder" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("stray", ["user"])
-def test_foreign_file_with_same_name_is_not_overwritten(trained, tmp_path, opts, stray):
+def test_foreign_file_with_same_name_is_not_overwritten(trained, tmp_path, opts):
     manifest = tmp_path / "share" / "team.json"
     main(["publish", str(trained[1]), "--manifest", str(manifest)])
     lora = tmp_path / "models" / "Lora"
@@ -164,6 +162,10 @@ def test_foreign_file_with_same_name_is_not_overwritten(trained, tmp_path, opts,
     shutil.copyfile(trained[2] / "inkstyle.safetensors", lora / "inkstyle.safetensors")
     r = pull(str(manifest), tmp_path / "models", opts)
     assert r.outcomes[0].status == "failed" and "did not come from this manifest" in r.outcomes[0].message
+    shutil.copyfile(trained[1] / "inkstyle.safetensors", lora / "inkstyle.safetensors")  # the same bytes
+    r = pull(str(manifest), tmp_path / "models", opts)
+    assert r.outcomes[0].status == "current" and not r.downloaded
+    assert pull(str(manifest), tmp_path / "models", opts).outcomes[0].message == "v1 is current"
 
 
 def test_unicode_name_round_trip(trained, tmp_path, opts):
