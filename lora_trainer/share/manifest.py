@@ -135,6 +135,8 @@ def _version(raw: dict[str, Any], where: str) -> Version:
             raise ManifestError(f"{where}: '{key}' is missing")
     if not isinstance(data["version"], int) or data["version"] < 1:
         raise ManifestError(f"{where}: 'version' must be a whole number from 1")
+    if not isinstance(data["size"], int) or data["size"] < 0:
+        raise ManifestError(f"{where}: 'size' must be a number of bytes")
     if not SHA_RE.match(str(data["sha256"]).lower()):
         raise ManifestError(f"{where}: 'sha256' is not 64 hex digits")
     data["sha256"] = str(data["sha256"]).lower()
@@ -161,11 +163,16 @@ def parse_manifest(text: str, source: str) -> Manifest:
     if not isinstance(data, dict) or data.get("kind") != KIND:
         raise ManifestError(f"{source}: not a LoRA manifest (no \"kind\": \"{KIND}\"); "
                             "write one with `lora-trainer publish`")
-    if int(data.get("schema", 0)) > SCHEMA:
+    if not isinstance(data.get("schema", 0), int) or not isinstance(data.get("loras", []), list):
+        raise ManifestError(f"{source}: damaged manifest ('schema' must be a number, 'loras' a list)")
+    if data.get("schema", 0) > SCHEMA:
         raise ManifestError(f"{source}: manifest schema {data.get('schema')} is newer than this program "
                             f"understands ({SCHEMA}); update lora-trainer")
     out = Manifest(title=str(data.get("title") or ""), updated=str(data.get("updated") or ""))
     for i, raw in enumerate(data.get("loras") or []):
+        if not isinstance(raw, dict) or not isinstance(raw.get("versions", []), list) or \
+                not all(isinstance(v, dict) for v in raw.get("versions", [])):
+            raise ManifestError(f"{source}: loras[{i}] is not an entry with a list of versions")
         name = check_name(str(raw.get("name", "")), f"{source}: loras[{i}].name")
         versions = [_version(v, f"{source}: {name} version #{j + 1}") for j, v in enumerate(raw.get("versions") or [])]
         if not versions:

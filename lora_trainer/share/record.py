@@ -55,9 +55,12 @@ class Record:
                 data = json.loads(self.path.read_text(encoding="utf-8"))
             except (OSError, ValueError):
                 data = {}
-            for name, raw in (data.get("loras") or {}).items():
-                kept = [Kept(**k) for k in raw.pop("kept", [])]
-                self.loras[name] = Pulled(**raw, kept=kept)
+            try:
+                for name, raw in (data.get("loras") or {}).items():
+                    kept = [Kept(**k) for k in raw.pop("kept", [])]
+                    self.loras[name] = Pulled(**raw, kept=kept)
+            except (AttributeError, TypeError):  # edited by hand: start over (files in place are re-hashed)
+                self.loras = {}
 
     def save(self) -> None:
         from lora_trainer.atomic import atomic_write_text

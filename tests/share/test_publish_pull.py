@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
+import pytest
 from shareserver import Served, closed_port_url
 
 from lora_trainer.cli import main
@@ -196,3 +198,22 @@ def test_expired_links_say_so(trained, tmp_path, opts):
     r = pull(str(manifest), tmp_path / "models", opts)
     assert r.outcomes[0].status == "failed" and "links expired at 2026-01-01T00:00:00Z" in r.outcomes[0].message
     assert "publish again" in r.outcomes[0].message
+
+
+def test_damaged_manifests_and_records_are_named_not_crashes(tmp_path, trained, opts):
+    from lora_trainer.share.manifest import ManifestError, parse_manifest
+
+    for text, says in (('{"kind": "lora-trainer-manifest", "schema": "x"}', "damaged manifest"),
+                       ('{"kind": "lora-trainer-manifest", "loras": [3]}', "loras[0] is not an entry"),
+                       ('{"kind": "lora-trainer-manifest", "loras": [{"name": "a", "versions": [{"version": 1, '
+                        '"file": "a.safetensors", "sha256": "' + "0" * 64 + '", "size": "big"}]}]}', "'size'"),
+                       ('{"kind": "lora-trainer-manifest", "loras": [{"name": "../a", "versions": []}]}', "no folders")):
+        with pytest.raises(ManifestError, match=re.escape(says)):
+            parse_manifest(text, "t.json")
+    manifest = tmp_path / "share" / "team.json"
+    main(["publish", str(trained[1]), "--manifest", str(manifest)])
+    models = tmp_path / "models"
+    pull(str(manifest), models, opts)
+    (models / RECORD_NAME).write_text('{"loras": {"inkstyle": {"name": 1}}}')
+    r = pull(str(manifest), models, opts)  # the record is unusable: the file in place is re-hashed, kept
+    assert r.outcomes[0].status == "current" and not r.downloaded
