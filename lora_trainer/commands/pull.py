@@ -28,6 +28,7 @@ def register(subparsers) -> None:
     p.add_argument("--ca-file", help="extra CA certificates (PEM) for https")
     p.add_argument("--connections", "-x", type=int, default=8, help="connections per file (default 8)")
     p.add_argument("--hf-token", help="HuggingFace token for private repos (default: env HF_TOKEN)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
 
@@ -41,12 +42,17 @@ def run(args: argparse.Namespace) -> int:
     opts = DownloadOptions(root=Path(args.to), proxy=args.proxy, ca_file=args.ca_file,
                            connections=max(1, args.connections), hf_token=args.hf_token)
     opts.folders["lora"] = args.lora_dir
+    from lora_trainer.commands.download import _Bars  # the download command's progress bars
+
+    bars = _Bars(quiet=args.quiet)
     try:
         report = pull(args.manifest, args.to, opts, pins=parse_pins(args.pins), names=args.only or None,
-                      prune=args.prune)
+                      prune=args.prune, emit=bars)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return getattr(exc, "exit_code", 2)
+    finally:
+        bars.close()
     for o in report.outcomes:
         print(o.line(), file=sys.stderr if o.status == "failed" else sys.stdout)
     if not report.downloaded and not report.exit_code:

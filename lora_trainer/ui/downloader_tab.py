@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 HEADERS = ["name", "state", "progress", "speed", "ETA", "saved to / error", ""]
 DESTINATIONS = ["auto", "lora", "checkpoint", "vae", "embedding"]
 POLL_S = 1.0
-HELP = ("One download per line: `url`, or `name | url | sha256`; extra URLs on the same line "
+HELP = ("One download per line: a link, or name | link | sha256; more links on the same line "
         "(space-separated) are mirrors.")
 DESTINATION_HELP = "auto = by what the file is (LoRA, checkpoint, VAE, embedding)"
 FINAL_STATES = ("done", "failed", "cancelled")
@@ -56,7 +56,6 @@ STYLE = """<style>
 .ld-cards{display:flex;flex-wrap:wrap;gap:12px}
 .ld-card{width:220px;border:1px solid #8885;border-radius:8px;padding:8px}
 .ld-card img{width:100%;height:160px;object-fit:cover;border-radius:6px;background:#8882}
-.ld-status-current{color:#3bb36b}.ld-status-outdated{color:#e0a030}.ld-status-missing{color:#4a8cf7}
 </style>"""
 
 
@@ -128,6 +127,7 @@ def queue_html(items: list[dict[str, Any]], can_open: bool = True) -> str:
 
 
 _STATUS_TEXT = {"current": "up to date", "outdated": "update available", "missing": "not installed"}
+_STATUS_COLOR = {"current": "#3bb36b", "outdated": "#e0a030", "missing": "#4a8cf7"}
 
 
 def _preview_src(source: Any, version: Any) -> str:
@@ -159,7 +159,7 @@ def cards_html(manifest: Any, source: Any, statuses: dict[str, tuple[str, Any]])
         cards.append(
             f"<div class='ld-card' data-name='{html.escape(entry.name, quote=True)}'>{pic}"
             f"<div><b>{html.escape(entry.name)}</b> v{want.version}</div>"
-            f"<div class='ld-status-{state}'>{_STATUS_TEXT[state]}</div>"
+            f"<div class='ld-status-{state}' style='color:{_STATUS_COLOR[state]}'>{_STATUS_TEXT[state]}</div>"
             f"<div>trigger words: <code>{html.escape(words)}</code></div>"
             f"<div>{html.escape(want.sd_version or want.architecture)}</div>{button}</div>")
     return f"<div class='ld-cards'>{''.join(cards)}</div>"
@@ -174,7 +174,10 @@ def build_downloader_tab(host: Host) -> gr.Blocks:
         gr.Markdown("### Download LoRAs and models from direct links")
         if host.restricted:
             gr.Markdown(f"**Downloads are disabled here:** {host.restriction_reason()}")
-        links = make(gr.Textbox, label="Links", lines=5, placeholder="https://…", info=HELP, elem_id="ld_links")
+        where = ("Tokens and proxy: the section at the bottom of this tab." if host.name == "standalone"
+                 else "Tokens and proxy: Settings → LoRA Trainer.")
+        links = make(gr.Textbox, label="Links", lines=5, placeholder="https://…", info=f"{HELP} {where}",
+                     elem_id="ld_links")
         with gr.Row():
             dest = make(gr.Dropdown, label="Destination", choices=DESTINATIONS, value="auto", elem_id="ld_dest",
                         info=DESTINATION_HELP)
@@ -190,7 +193,7 @@ def build_downloader_tab(host: Host) -> gr.Blocks:
             with gr.Row():
                 manifest = make(gr.Textbox, label="Manifest link or file", elem_id="ld_manifest",
                                 placeholder="https://…/team.json",
-                                info="What `lora-trainer publish` wrote; every LoRA in it shows as a card.")
+                                info="What lora-trainer publish wrote; every LoRA in it shows as a card.")
                 load = make(gr.Button, value="Show", elem_id="ld_manifest_load")
                 update_all = make(gr.Button, value="Update all", elem_id="ld_update_all")
             card_message = make(gr.Markdown, value="", elem_id="ld_card_message")
