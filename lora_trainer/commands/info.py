@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     data = {"file": str(facts.path), "name": facts.name, "architecture": facts.architecture,
             "base_model_version": facts.base_model_version, "sd_version": facts.sd_version, **hashes.to_dict(),
             "trigger_words": facts.trigger_words, "preferred_weight": facts.preferred_weight,
-            "training": facts.training}
+            "training": facts.training, "team_version": facts.shared_version, "team_manifest": facts.shared_from}
     if args.civitai:
         data["civitai"] = found
     if args.json:
@@ -52,6 +52,8 @@ def run(args: argparse.Namespace) -> int:
             ("tensor sha256", hashes.tensor_sha256), ("trigger words", ", ".join(facts.trigger_words) or "none"),
             ("preferred weight", facts.preferred_weight)]
     rows += [(k, v) for k, v in facts.training.items()]
+    if facts.shared_version:
+        rows += [("team version", f"v{facts.shared_version} from {facts.shared_from}")]
     if args.civitai:
         rows += [("civitai", found.get("summary") if found else "not found on Civitai")]
         if found and found.get("newer"):

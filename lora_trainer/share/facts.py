@@ -38,6 +38,8 @@ class LoraFacts:
     preview: Path | None = None
     training: dict[str, str] = field(default_factory=dict)
     metadata: dict[str, str] = field(default_factory=dict)
+    shared_version: int | None = None  # set by `pull` in the sidecar: the team manifest's version
+    shared_from: str = ""
 
 
 def split_words(text: str) -> list[str]:
@@ -84,4 +86,5 @@ def read_facts(path: str | Path) -> LoraFacts:
         description=str(side.get("description") or meta.get("modelspec.description") or ""),
         preview=find_preview(p),
         training={label: meta[key] for key, label in TRAINING_KEYS if meta.get(key) not in (None, "", "None")},
-        metadata=meta)
+        metadata=meta, shared_version=side.get("version") if isinstance(side.get("version"), int) else None,
+        shared_from=str(side.get("manifest") or ""))

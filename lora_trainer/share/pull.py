@@ -17,6 +17,7 @@ import dataclasses
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -349,10 +350,21 @@ def pull(src: str, root: str | Path, opts: DownloadOptions, *, pins: dict[str, i
             raise ManifestError(f"'{name}' is not in {src} (it has: {', '.join(e.name for e in manifest.loras)})")
     for name, number in pins.items():
         manifest.entry(name).get(number)  # type: ignore[union-attr] - checked above
-    puller = Puller(root, opts, fetch, emit, stop)
     report = PullReport()
-    for name in wanted:
-        report.outcomes.append(puller.pull_entry(manifest.entry(name), source, pins.get(name)))  # type: ignore[arg-type]
-    if prune:
-        report.outcomes += puller.prune(wanted)
+    with _root_lock(root):  # two pulls into one folder (two clicks in the tab) take turns
+        puller = Puller(root, opts, fetch, emit, stop)
+        for name in wanted:
+            report.outcomes.append(puller.pull_entry(manifest.entry(name), source, pins.get(name)))  # type: ignore[arg-type]
+        if prune:
+            report.outcomes += puller.prune(wanted)
     return report
+
+
+_locks: dict[str, threading.Lock] = {}
+_locks_guard = threading.Lock()
+
+
+def _root_lock(root: str | Path) -> threading.Lock:
+    key = os.path.abspath(root)
+    with _locks_guard:
+        return _locks.setdefault(key, threading.Lock())

@@ -52,6 +52,9 @@ def test_train_publish_two_versions_pull_latest_then_noop(trained, tmp_path, opt
         assert side["sd version"] == "SD1"
         assert (models / "Lora" / "inkstyle.preview.png").is_file()
         assert sorted(p.name for p in models.iterdir()) == sorted(["Lora", RECORD_NAME])  # no staging left
+        capsys.readouterr()
+        main(["info", str(lora)])
+        assert f"team version: v2 from {url}" in capsys.readouterr().out
         fetched = srv.downloads()
         assert fetched == 1
         capsys.readouterr()
