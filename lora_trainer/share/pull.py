@@ -276,8 +276,10 @@ class Puller:
             got = self.fetch([source.resolve(u) for u in want.urls], want.file, want.sha256, staging)
         except UserError as exc:
             if want.expired():
-                raise type(exc)(f"{exc} — the manifest's links expired at {want.expires}; ask its publisher to "
-                                "publish again (that refreshes the links)") from exc
+                err = UserError(f"{exc} — the manifest's links expired at {want.expires}; ask its publisher to "
+                                "publish again (that refreshes the links)")
+                err.exit_code = getattr(exc, "exit_code", 2)  # keeps the download's exit code
+                raise err from exc
             raise
         return got.path, got.kind, got.url, True
 
