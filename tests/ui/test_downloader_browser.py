@@ -222,6 +222,12 @@ def test_team_manifest_cards_install(app, browser, artifacts, tmp_path):
         got = app["root"] / "models" / "Lora"
         assert sorted(p.name for p in got.glob("teamink*")) == ["teamink.json", "teamink.preview.png",
                                                                "teamink.safetensors"]
+        # the app's own tokens/proxy section (the WebUI has its Settings page instead)
+        page.get_by_text("Tokens and proxy", exact=True).first.click()
+        page.wait_for_selector("#ld_civitai_token", timeout=30000)
+        _fill(page, "ld_civitai_token", "civitai-test-token")
+        page.locator("#ld_settings_save").click()
+        _wait_text(page, "#ld_settings_saved", "Saved for this session")
     finally:
         page.close()
         server.shutdown()
