@@ -11,7 +11,7 @@ import importlib
 import sys
 
 # module name inside lora_trainer.commands, in the order shown by --help
-COMMANDS = ("train", "demo", "caption", "auto_label", "download", "app", "generate")
+COMMANDS = ("train", "demo", "caption", "auto_label", "download", "publish", "pull", "info", "app", "generate")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -83,7 +83,7 @@ def _prepare(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def save_lora_file(path: str | os.PathLike[str], state_dict: dict[str, torch.Tensor],
                    metadata: dict[str, Any] | None = None) -> dict[str, str]:
-    """Write a kohya LoRA atomically; returns the metadata as written (with the two hashes).
+    """Write a kohya LoRA atomically; returns the metadata as written (with the hashes).
 
     Metadata values are stored as strings (dicts/lists as JSON). The hashes are computed on the
     tensor data section, which does not depend on the metadata, so they match the final file.
@@ -95,11 +95,14 @@ def save_lora_file(path: str | os.PathLike[str], state_dict: dict[str, torch.Ten
     meta = {str(k): _as_str(str(k), v) for k, v in (metadata or {}).items()}
     meta.pop("sshs_model_hash", None)
     meta.pop("sshs_legacy_hash", None)
+    meta.pop("modelspec.hash_sha256", None)
     # like kohya: hash a serialisation with only the training (ss_*) metadata
     probe = st_save(tensors, {k: v for k, v in meta.items() if k.startswith("ss_")})
     n = _header_len(probe, str(path))
     meta["sshs_model_hash"] = hashlib.sha256(memoryview(probe)[8 + n:]).hexdigest()
     meta["sshs_legacy_hash"] = _legacy_hash(probe)
+    # the SAI model spec's form of the same tensor-data hash (its reference code: "0x" + hex)
+    meta["modelspec.hash_sha256"] = "0x" + meta["sshs_model_hash"]
     del probe
     atomic_write_bytes(path, st_save(tensors, meta))
     return meta
@@ -111,11 +114,12 @@ def _refuse_pickle(path: Path) -> None:
                             "code); convert it to .safetensors first")
     with open(path, "rb") as f:
         head = f.read(9)
+    n = _header_len(head, str(path))
+    if len(head) >= 9 and head[8:9] == b"{" and n <= path.stat().st_size:
+        return  # a safetensors header (its length may well start with byte 0x80 or "PK")
     if head[:2] == b"PK" or head[:1] == b"\x80":
         raise LoRAFileError(f"{path}: this is a pickle/zip checkpoint, not .safetensors; it is never loaded")
-    n = _header_len(head, str(path))
-    if len(head) < 9 or head[8:9] != b"{" or n > path.stat().st_size:
-        raise LoRAFileError(f"{path}: not a valid .safetensors file (bad header); re-download or re-save it")
+    raise LoRAFileError(f"{path}: not a valid .safetensors file (bad header); re-download or re-save it")
 
 
 def read_lora_metadata(path: str | os.PathLike[str]) -> dict[str, str]:

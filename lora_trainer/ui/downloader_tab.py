@@ -1,9 +1,18 @@
-"""The LoRA Downloader tab: paste links, watch the queue, cancel/retry. The engine does the work."""
+"""The LoRA Downloader tab: paste links or a team manifest, watch the queue, act on each row.
+
+Row buttons (Cancel, Retry, Open folder) and card buttons (Update) live inside HTML, not gradio
+components: they put "verb:target" into `window.ldAction` and click a hidden gradio button whose
+`js` hands that value to Python. The queue is an HTML table rather than a gr.Dataframe because
+gradio 4.17-4.44 (Forge: 4.40) never re-renders a Dataframe after a generator's first yield, so
+live progress would freeze there.
+"""
 
 from __future__ import annotations
 
+import base64
 import html
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import gradio as gr
@@ -14,12 +23,47 @@ from lora_trainer.ui.compat import make, on
 if TYPE_CHECKING:
     from lora_trainer.hosts.base import Host
 
-HEADERS = ["id", "name", "state", "progress", "speed", "ETA", "saved to / error"]
+HEADERS = ["name", "state", "progress", "speed", "ETA", "saved to / error", ""]
 DESTINATIONS = ["auto", "lora", "checkpoint", "vae", "embedding"]
 POLL_S = 1.0
-HELP = ("One download per line: `url`, or `name | url | sha256`; extra URLs on the same line "
-        "(space-separated) are mirrors. Civitai and HuggingFace tokens are read from the settings.")
+HELP = ("One download per line: a link, or name | link | sha256; more links on the same line "
+        "(space-separated) are mirrors.")
 DESTINATION_HELP = "auto = by what the file is (LoRA, checkpoint, VAE, embedding)"
+FINAL_STATES = ("done", "failed", "cancelled")
+ACTIVE_STATES = ("queued", "running")
+# what the engine says for its command line, said the way this screen works
+_WORDING = (
+    ("run the same command again to resume", "press Retry to resume"),
+    ("raise --max-size to allow it", "raise the size cap to allow it"),
+    ("raise --max-size", "raise the size cap"),
+    ("allow pickles (--allow-pickle)", "allow pickle files in the settings"),
+    ("pass --token, set 'Civitai API token' in the settings, or set CIVITAI_TOKEN",
+     "set the Civitai API token in the settings"),
+    ("pass --token, set 'HuggingFace token' in the settings, or set HF_TOKEN", "set the HuggingFace token in the settings"),
+    ("pass --token, set", "set"),
+    ("choose another folder with --to", "choose another destination"),
+)
+STYLE = """<style>
+#ld_hidden_row{display:none !important}
+.ld-queue{width:100%;border-collapse:collapse}
+.ld-queue td,.ld-queue th{padding:4px 6px;border-bottom:1px solid #8884;text-align:left;vertical-align:middle}
+.ld-bar{display:inline-block;width:120px;height:8px;background:#8883;border-radius:4px;overflow:hidden;
+ vertical-align:middle;margin-right:6px}
+.ld-bar>div{height:100%;background:#4a8cf7}
+.ld-failed .ld-bar>div{background:#e05252}.ld-done .ld-bar>div{background:#3bb36b}
+.ld-row-btn,.ld-card-btn{cursor:pointer;border:1px solid #8886;border-radius:6px;padding:2px 8px;margin:0 2px;
+ background:transparent;color:inherit}
+.ld-cards{display:flex;flex-wrap:wrap;gap:12px}
+.ld-card{width:220px;border:1px solid #8885;border-radius:8px;padding:8px}
+.ld-card img{width:100%;height:160px;object-fit:cover;border-radius:6px;background:#8882}
+</style>"""
+
+
+def wording(message: str) -> str:
+    """Engine messages name command-line flags; here the same advice points at this screen."""
+    for old, new in _WORDING:
+        message = message.replace(old, new)
+    return message
 
 
 def _size(n: float | None) -> str:
@@ -32,110 +76,289 @@ def _size(n: float | None) -> str:
     return f"{n:.1f} TB"
 
 
-FINAL_STATES = ("done", "failed", "cancelled")
+def _button(verb: str, target: str, label: str, go: str, cls: str = "ld-row-btn") -> str:
+    act = html.escape(f"{verb}:{target}", quote=True)
+    js = ("window.ldAction=this.dataset.act;"
+          f"var r=this.getRootNode();(r.querySelector('#{go}')||document.querySelector('#{go}')).click()")
+    return (f"<button class='{cls}' data-act='{act}' data-verb='{verb}' onclick=\"{js}\">"
+            f"{html.escape(label)}</button>")
 
 
-def queue_rows(items: list[dict[str, Any]]) -> list[list[Any]]:
-    """Queue rows from the download manager's items (newest first)."""
-    rows = []
-    for it in reversed(items):
-        done, total = it.get("done_bytes") or 0, it.get("total_bytes")
-        pct = f"{100 * done / total:.0f}% of {_size(total)}" if total else _size(done)
-        running = it.get("state") == "running"
-        eta = it.get("eta_s")
-        last = it.get("error") or it.get("path") or ""
-        if it.get("existed"):
-            last = f"already there: {last}"
-        rows.append([it.get("id", ""), it.get("name", ""), it.get("state", ""), pct,
-                     f"{_size(it.get('speed_bps'))}/s" if running and it.get("speed_bps") else "",
-                     f"{int(eta)} s" if running and isinstance(eta, (int, float)) else "", last])
-    return rows
+def _progress(it: dict[str, Any]) -> str:
+    done, total = it.get("done_bytes") or 0, it.get("total_bytes")
+    state = it.get("state")
+    pct = 100.0 if state == "done" else (100 * done / total if total else 0.0)
+    text = f"{pct:.0f}% of {_size(total)}" if total else _size(done)
+    return f"<div class='ld-bar'><div style='width:{pct:.0f}%'></div></div><span>{html.escape(text)}</span>"
 
 
-def queue_html(items: list[dict[str, Any]]) -> str:
-    """The queue as an HTML table. HTML rather than gr.Dataframe: gradio 4.17-4.44 never re-renders
-    a Dataframe after a generator's first yield, so live progress would freeze on Forge."""
-    rows = queue_rows(items)
-    if not rows:
+def _actions(it: dict[str, Any], can_open: bool) -> str:
+    state, item_id = it.get("state"), str(it.get("id", ""))
+    out = []
+    if state in ACTIVE_STATES:
+        out.append(_button("cancel", item_id, "Cancel", "ld_action_go"))
+    if state in ("failed", "cancelled"):
+        out.append(_button("retry", item_id, "Retry", "ld_action_go"))
+    if state == "done" and it.get("path") and can_open:
+        out.append(_button("open", item_id, "Open folder", "ld_action_go"))
+    return "".join(out)
+
+
+def queue_html(items: list[dict[str, Any]], can_open: bool = True) -> str:
+    """The queue as an HTML table (newest first): a progress bar and action buttons on every row."""
+    if not items:
         return "<p class='ld-empty'>The queue is empty.</p>"
     head = "".join(f"<th>{html.escape(h)}</th>" for h in HEADERS)
     body = []
-    for row in rows:
-        cells = "".join(f"<td>{html.escape(str(c))}</td>" for c in row)
-        body.append(f"<tr class='ld-{html.escape(str(row[2]))}'>{cells}</tr>")
+    for it in reversed(items):
+        running = it.get("state") == "running"
+        eta = it.get("eta_s")
+        last = wording(str(it.get("error") or "")) or it.get("path") or ""
+        if it.get("existed"):
+            last = f"already there: {last}"
+        cells = [html.escape(str(it.get("name", ""))), html.escape(str(it.get("state", ""))), _progress(it),
+                 html.escape(f"{_size(it.get('speed_bps'))}/s" if running and it.get("speed_bps") else ""),
+                 html.escape(f"{int(eta)} s" if running and isinstance(eta, (int, float)) else ""),
+                 html.escape(last), _actions(it, can_open)]
+        state = html.escape(str(it.get("state", "")))
+        item_id = html.escape(str(it.get("id", "")), quote=True)
+        body.append(f"<tr class='ld-{state}' data-id='{item_id}'>{''.join(f'<td>{c}</td>' for c in cells)}</tr>")
     return f"<table class='ld-queue'><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
-def build_downloader_tab(host: Host) -> gr.Blocks:
+_STATUS_TEXT = {"current": "up to date", "outdated": "update available", "missing": "not installed"}
+_STATUS_COLOR = {"current": "#3bb36b", "outdated": "#e0a030", "missing": "#4a8cf7"}
 
+
+def _preview_src(source: Any, version: Any) -> str:
+    """A link the browser can load: the store's own link, or the server file inlined (small images)."""
+    if version.preview is None or not version.preview.urls:
+        return ""
+    src = source.resolve(version.preview.urls[0])
+    if src.startswith(("http://", "https://")):
+        return src
+    p = Path(src)
+    if p.is_file() and p.stat().st_size <= 4 << 20:
+        kind = "png" if p.suffix.lower() == ".png" else "jpeg"
+        return f"data:image/{kind};base64," + base64.b64encode(p.read_bytes()).decode()
+    return ""
+
+
+def cards_html(manifest: Any, source: Any, statuses: dict[str, tuple[str, Any]]) -> str:
+    """One card per LoRA of a team manifest: preview, trigger words, version, local status, Update."""
+    if not manifest.loras:
+        return "<p>This manifest lists no LoRAs.</p>"
+    cards = []
+    for entry in sorted(manifest.loras, key=lambda e: e.name.lower()):
+        state, want = statuses[entry.name]
+        img = _preview_src(source, want)
+        pic = f"<img src='{html.escape(img, quote=True)}' alt=''>" if img else "<img alt=''>"
+        words = ", ".join(want.trigger_words) or "none"
+        label = "Install" if state == "missing" else "Update"
+        button = "" if state == "current" else _button("update", entry.name, label, "ld_card_go", "ld-card-btn")
+        cards.append(
+            f"<div class='ld-card' data-name='{html.escape(entry.name, quote=True)}'>{pic}"
+            f"<div><b>{html.escape(entry.name)}</b> v{want.version}</div>"
+            f"<div class='ld-status-{state}' style='color:{_STATUS_COLOR[state]}'>{_STATUS_TEXT[state]}</div>"
+            f"<div>trigger words: <code>{html.escape(words)}</code></div>"
+            f"<div>{html.escape(want.sd_version or want.architecture)}</div>{button}</div>")
+    return f"<div class='ld-cards'>{''.join(cards)}</div>"
+
+
+def build_downloader_tab(host: Host) -> gr.Blocks:
+    from lora_trainer.hosts import downloads
+
+    can_open = not host.restricted
     with gr.Blocks(analytics_enabled=False) as tab:
+        make(gr.HTML, value=STYLE)
         gr.Markdown("### Download LoRAs and models from direct links")
         if host.restricted:
             gr.Markdown(f"**Downloads are disabled here:** {host.restriction_reason()}")
-        links = make(gr.Textbox, label="Links", lines=5, placeholder="https://…", info=HELP, elem_id="ld_links")
+        where = ("Tokens and proxy: the section at the bottom of this tab." if host.name == "standalone"
+                 else "Tokens and proxy: Settings → LoRA Trainer.")
+        links = make(gr.Textbox, label="Links", lines=5, placeholder="https://…", info=f"{HELP} {where}",
+                     elem_id="ld_links")
         with gr.Row():
-            dest = make(gr.Dropdown, label="Destination", choices=DESTINATIONS, value="auto", elem_id="ld_dest")
+            dest = make(gr.Dropdown, label="Destination", choices=DESTINATIONS, value="auto", elem_id="ld_dest",
+                        info=DESTINATION_HELP)
             connections = make(gr.Slider, label="Connections per file", minimum=1, maximum=32, step=1, value=8,
                                elem_id="ld_connections")
             start = make(gr.Button, value="Download", variant="primary", elem_id="ld_start")
         message = make(gr.Markdown, value="", elem_id="ld_message")
         table = make(gr.HTML, value=queue_html([]), elem_id="ld_queue")
         with gr.Row():
-            selected = make(gr.Textbox, label="Download id", elem_id="ld_selected")
-            cancel = make(gr.Button, value="Cancel", elem_id="ld_cancel")
-            retry = make(gr.Button, value="Retry", elem_id="ld_retry")
-            refresh = make(gr.Button, value="Refresh", elem_id="ld_refresh")
+            refresh = make(gr.Button, value="Refresh", elem_id="ld_refresh", size="sm")
+            clear = make(gr.Button, value="Clear finished", elem_id="ld_clear", size="sm")
+        with gr.Accordion("Team manifest (shared LoRAs)", open=False):
+            with gr.Row():
+                manifest = make(gr.Textbox, label="Manifest link or file", elem_id="ld_manifest",
+                                placeholder="https://…/team.json",
+                                info="What lora-trainer publish wrote; every LoRA in it shows as a card.")
+                load = make(gr.Button, value="Show", elem_id="ld_manifest_load")
+                update_all = make(gr.Button, value="Update all", elem_id="ld_update_all")
+            card_message = make(gr.Markdown, value="", elem_id="ld_card_message")
+            cards = make(gr.HTML, value="", elem_id="ld_cards")
+        settings_parts = _settings(host) if host.name == "standalone" else None
+        with gr.Row(elem_id="ld_hidden_row"):
+            action = make(gr.Textbox, value="", elem_id="ld_action", show_label=False)
+            action_go = make(gr.Button, value="act", elem_id="ld_action_go")
+            card_go = make(gr.Button, value="card", elem_id="ld_card_go")
 
         def queue():
-            from lora_trainer.hosts.downloads import manager
+            return downloads.manager(host)
 
-            return manager(host)
+        def render() -> str:
+            try:
+                return queue_html(queue().items(), can_open)
+            except UserError:
+                return queue_html([])
+
+        def follow(note: str):
+            """Yield the table until nothing is queued or running (live progress for every row)."""
+            mgr = queue()
+            while True:
+                items = mgr.items()
+                yield note, queue_html(items, can_open)
+                if not any(it.get("state") in ACTIVE_STATES for it in items):
+                    return
+                time.sleep(POLL_S)
 
         def do_start(text: str, destination: str, conns: float):
-            from lora_trainer.hosts.downloads import start_downloads
-
             body = {"links": text or "", "connections": int(conns)}
             if destination != "auto":
                 body["kind"] = destination
             try:
-                ids = [row["id"] for row in start_downloads(host, body)]
-                mgr = queue()
+                ids = [row["id"] for row in downloads.start_downloads(host, body)]
             except UserError as exc:
-                yield f"**Not started:** {exc}", do_refresh()
+                yield f"**Not started:** {wording(str(exc))}", render()
                 return
-            while True:
-                items = mgr.items()
-                mine = [it for it in items if it.get("id") in ids]
-                yield f"{len(ids)} download(s) queued…", queue_html(items)
-                if all(it.get("state") in FINAL_STATES for it in mine):
-                    break
-                time.sleep(POLL_S)
+            note = f"{len(ids)} download(s) queued…"
+            yield from follow(note)
+            mine = [it for it in queue().items() if it.get("id") in ids]
             failed = [it for it in mine if it.get("state") != "done"]
-            yield (f"**{len(failed)} did not finish** — see the last column." if failed
-                   else "All downloads finished."), queue_html(mgr.items())
+            yield (f"**{len(failed)} did not finish** — see the last columns." if failed
+                   else "All downloads finished."), render()
 
-        def do_refresh():
+        def do_action(act: str):
+            """Quick and outside the queue (a running download's live view must not block Cancel);
+            a retried row is then followed live by `follow_retry`. Returns (message, table, retried id)."""
+            verb, _, item_id = (act or "").partition(":")
             try:
-                return queue_html(queue().items())
-            except UserError:
-                return queue_html([])
-
-        def do_cancel(item_id: str):
-            try:
-                queue().cancel((item_id or "").strip())
+                if verb == "cancel":
+                    downloads.cancel(host, item_id)
+                    return f"Cancelled {_name(item_id)}.", render(), ""
+                if verb == "open":
+                    return downloads.open_folder(host, item_id), render(), ""
+                if verb == "retry":
+                    downloads.retry(host, item_id)
+                    return f"Retrying {_name(item_id)}…", render(), item_id
             except KeyError:
-                return "No download with that id.", do_refresh()
-            return f"Cancelled {item_id}.", do_refresh()
+                return "That download is no longer in the queue.", render(), ""
+            except UserError as exc:
+                return wording(str(exc)), render(), ""
+            return "", render(), ""
 
-        def do_retry(item_id: str):
+        def follow_retry(item_id: str):
+            if not item_id:
+                yield gr.update(), render()
+                return
+            note = f"Retrying {_name(item_id)}…"
+            yield from follow(note)
             try:
-                queue().retry((item_id or "").strip())
+                state = downloads.item(host, item_id).get("state")
             except KeyError:
-                return "No download with that id.", do_refresh()
-            return f"Retrying {item_id}.", do_refresh()
+                state = "removed"
+            yield f"Retried {_name(item_id)}: {state}.", render()
+
+        def _name(item_id: str) -> str:
+            try:
+                return str(downloads.item(host, item_id).get("name") or item_id)
+            except KeyError:
+                return item_id
+
+        def do_clear():
+            n = downloads.clear_finished(host)
+            return f"Cleared {n} finished download(s).", render()
+
+        def show_cards(src: str):
+            try:
+                m, source, statuses = downloads.read_team_manifest(host, src)
+            except UserError as exc:
+                return f"**Cannot read the manifest:** {wording(str(exc))}", ""
+            todo = sum(s != "current" for s, _ in statuses.values())
+            note = f"{len(m.loras)} LoRA(s), {todo} to install or update." if todo else \
+                f"{len(m.loras)} LoRA(s), all up to date."
+            return note, cards_html(m, source, statuses)
+
+        def do_update(src: str, names: list[str] | None):
+            """Pull in a thread; meanwhile the queue shows each file's progress (and its Cancel)."""
+            import threading
+
+            what = ", ".join(names) if names else "every LoRA"
+            done: dict[str, Any] = {}
+
+            def work() -> None:
+                try:
+                    done["report"] = downloads.pull_team(host, src, names)
+                except UserError as exc:
+                    done["error"] = exc
+
+            worker = threading.Thread(target=work, daemon=True)
+            worker.start()
+            while worker.is_alive():
+                yield f"Updating {what}…", gr.update(), render()
+                worker.join(POLL_S)
+            if "error" in done:
+                yield f"**Not updated:** {wording(str(done['error']))}", gr.update(), render()
+                return
+            report = done["report"]
+            lines = "\n".join(f"- {html.escape(wording(o.line()))}" for o in report.outcomes)
+            _, cards_value = show_cards(src)
+            yield lines or "Nothing to do.", cards_value, render()
+
+        def do_card(act: str, src: str):
+            verb, _, name = (act or "").partition(":")
+            if verb != "update" or not name:
+                yield "", gr.update(), render()
+                return
+            yield from do_update(src, [name])
+
+        def do_update_all(src: str):
+            yield from do_update(src, None)
 
         on(start.click, do_start, inputs=[links, dest, connections], outputs=[message, table])
-        on(refresh.click, do_refresh, inputs=[], outputs=[table])
-        on(cancel.click, do_cancel, inputs=[selected], outputs=[message, table])
-        on(retry.click, do_retry, inputs=[selected], outputs=[message, table])
+        on(refresh.click, render, inputs=[], outputs=[table], queue=False)
+        on(clear.click, do_clear, inputs=[], outputs=[message, table], queue=False)
+        retried = gr.State("")
+        acted = on(action_go.click, do_action, inputs=[action], outputs=[message, table, retried],
+                   js="(x) => [window.ldAction || x]", queue=False)
+        acted.then(follow_retry, inputs=[retried], outputs=[message, table])
+        on(card_go.click, do_card, inputs=[action, manifest], outputs=[card_message, cards, table],
+           js="(x, m) => [window.ldAction || x, m]")
+        on(load.click, show_cards, inputs=[manifest], outputs=[card_message, cards], queue=False)
+        on(update_all.click, do_update_all, inputs=[manifest], outputs=[card_message, cards, table])
+        if settings_parts is not None:
+            fields, save, saved = settings_parts
+
+            def do_save(civitai: str, hf: str, proxy: str) -> str:
+                downloads.apply_settings(host, {"civitai_token": civitai, "hf_token": hf, "proxy": proxy})
+                return "Saved for this session (set LORA_TRAINER_CIVITAI_TOKEN, LORA_TRAINER_HF_TOKEN or " \
+                       "LORA_TRAINER_PROXY to keep them across restarts)."
+
+            on(save.click, do_save, inputs=fields, outputs=[saved])
     return tab
+
+
+def _settings(host: Host) -> tuple[list[Any], Any, Any]:
+    """Tokens and proxy for the standalone app (inside the WebUI they are on its Settings page)."""
+    with gr.Accordion("Tokens and proxy", open=False):
+        civitai = make(gr.Textbox, label="Civitai API token", type="password", elem_id="ld_civitai_token",
+                       value=host.setting("civitai_token") or "", info="for files that need a Civitai login")
+        hf = make(gr.Textbox, label="HuggingFace token", type="password", elem_id="ld_hf_token",
+                  value=host.setting("hf_token") or "", info="for gated or private repositories")
+        proxy = make(gr.Textbox, label="Proxy", elem_id="ld_proxy", value=host.setting("proxy") or "",
+                     placeholder="socks5h://127.0.0.1:1080", info="http://, socks5:// or socks5h://; empty = "
+                                                                  "the system's proxy settings")
+        save = make(gr.Button, value="Save", elem_id="ld_settings_save")
+        saved = make(gr.Markdown, value="", elem_id="ld_settings_saved")
+    return [civitai, hf, proxy], save, saved
