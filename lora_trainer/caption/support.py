@@ -47,9 +47,11 @@ def unavailable_reason(captioner: str, *, in_webui: bool = False) -> str | None:
         if have is None:
             return f"{captioner} needs the transformers package, which is not installed"
         if version_tuple(have) < need:
-            where = "the WebUI's" if in_webui else "this"
-            return (f"{captioner} needs transformers ≥ {_dotted(need)}; {where} Python has {have} "
-                    "(nothing is upgraded inside the WebUI; use the standalone app or the command line)")
+            if in_webui:
+                return (f"{captioner} needs transformers ≥ {_dotted(need)}; the WebUI has {have} and nothing is "
+                        "upgraded inside it: use the standalone app or the command line in their own environment")
+            return (f"{captioner} needs transformers ≥ {_dotted(need)}; this Python has {have} (use an environment "
+                    "with a newer transformers, not the WebUI's own)")
         return None
     if captioner == "wd14":
         if importlib.util.find_spec("onnxruntime") is None:

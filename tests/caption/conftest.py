@@ -198,7 +198,7 @@ def llava_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 pad_token_id=tokenizer.eos_token_id, initializer_range=INIT_STD)
     torch.manual_seed(0)
     config = LlavaConfig(vision_config=vision, text_config=text, image_token_index=image_id,
-                         vision_feature_select_strategy="default", vision_feature_layer=-2,
+                         vision_feature_select_strategy="default", vision_feature_layer=-2, image_seq_length=16,
                          initializer_range=INIT_STD)
     transformers.LlavaForConditionalGeneration(config).save_pretrained(folder)
     processor.save_pretrained(folder)

@@ -28,7 +28,7 @@ def test_section_builds_in_blocks_and_returns_components():
         for key in ("folder", "upload", "dataset_dir", "check", "report", "tags", "add_trigger", "replace",
                     "remove", "undo", "caption", "caption_status", "gallery", "caption_edit", "save_caption"):
             assert key in comps
-        assert comps["folder"].visible is allow and comps["upload"].visible is (not allow)
+        assert comps["folder"].visible is allow and comps["upload"].visible is not False  # upload everywhere
 
 
 def test_handlers_open_check_edit_undo(folder):

@@ -78,6 +78,8 @@ def test_missing_files_are_named_with_the_folder(tmp_path, florence2_dir):
 
 def test_hub_ids_come_from_the_cache_only(tmp_path, monkeypatch):
     """No download at run time, even when the environment allows one."""
+    if support.unavailable_reason("florence2"):
+        pytest.skip(support.unavailable_reason("florence2"))
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
@@ -130,6 +132,7 @@ def test_transformers_version_gates(monkeypatch, version, florence, vlm):
     monkeypatch.setattr(support, "installed_version", lambda package: "4.30.2")
     with pytest.raises(UserError, match="florence2 needs transformers ≥ 4.56.0"):
         make_captioner("florence2", model="anything")
+    assert "the WebUI has 4.30.2" in support.unavailable_reason("vlm", in_webui=True)
 
 
 def test_compose_prose_keeps_sentences_whole():
