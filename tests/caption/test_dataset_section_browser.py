@@ -67,7 +67,7 @@ def test_upload_then_florence2_captions_with_trigger(served, page, florence2_dir
     assert sorted(p.name for p in folder.iterdir()) == ["noisy.png", "red.png"]
 
     page.get_by_text("Auto-caption").first.click()
-    assert page.get_by_label("WD14: add the rating tag").count() == 1  # the checkbox has its label
+    page.get_by_label("WD14: add the rating tag").wait_for(timeout=30000)  # the checkbox has its label
 
     # transformers as Forge pins it: florence2 greyed out with the reason
     monkeypatch.setattr(support, "installed_version", lambda package: "4.46.1")
