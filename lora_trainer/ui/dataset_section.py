@@ -14,7 +14,6 @@ onnxruntime) stays in the list, but choosing it greys out the Caption button and
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -51,6 +50,8 @@ def resolve_folder(folder: str, allow_server_paths: bool, current: str = "") -> 
 
 def save_uploads(files: list[Any] | None, upload_dir: str | None = None) -> str:
     """Copy uploaded images (and captions / metadata.csv) into a fresh folder; return it."""
+    from lora_trainer.atomic import atomic_copy
+
     if not files:
         raise UserError("no files uploaded")
     base = upload_dir or tempfile.gettempdir()
@@ -60,7 +61,7 @@ def save_uploads(files: list[Any] | None, upload_dir: str | None = None) -> str:
         src = item if isinstance(item, str) else getattr(item, "name", None) or getattr(item, "path", "")
         name = os.path.basename(src)
         if name.lower().endswith(UPLOAD_EXTS) and os.path.isfile(src):
-            shutil.copyfile(src, os.path.join(folder, name))
+            atomic_copy(src, os.path.join(folder, name))
     return folder
 
 
