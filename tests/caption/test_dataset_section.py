@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from lora_trainer.caption import support
 from lora_trainer.errors import UserError
 from lora_trainer.ui import dataset_section as ds
 
@@ -117,5 +118,12 @@ def test_served_section_answers_over_http(folder):
         message = call("handler", "ohwx")[0] if major >= 4 else call("handler", "", "ohwx")[0]
         assert "1 of 2 captions changed" in message  # the add-trigger button
         assert (folder / "3_red" / "b.txt").read_text() == "ohwx, cat, sitting"
+        # the installed transformers decides: 4.30.2 (A1111 pins) greys florence2 out, 5.x does not
+        reason = support.unavailable_reason("florence2")
+        answer = call("do_captioner", "florence2")
+        note = answer if isinstance(answer, str) else answer[0]  # gradio 4.40's client drops the button
+        assert ("Not available here" in note) is bool(reason) and (not reason or reason in note)
+        if major < 4:  # 3.41 sends a button's interactive=False as mode "static"
+            assert (answer[1].get("mode") != "static") is (reason is None)
     finally:
         demo.close()
