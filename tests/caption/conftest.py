@@ -203,3 +203,43 @@ def llava_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     transformers.LlavaForConditionalGeneration(config).save_pretrained(folder)
     processor.save_pretrained(folder)
     return folder
+
+
+IDEFICS3_TEMPLATE = ("{% for m in messages %}{{ m['role'] | capitalize }}:{% for c in m['content'] %}"
+                     "{% if c['type'] == 'image' %}<image>{% else %} {{ c['text'] }}{% endif %}{% endfor %}"
+                     "<end_of_utterance>\\n{% endfor %}{% if add_generation_prompt %}Assistant:{% endif %}")
+
+
+@pytest.fixture(scope="session")
+def idefics3_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Idefics3ForConditionalGeneration (the SmolVLM family): images are split into 32 px
+    tiles plus a global view, so images of other shapes give prompts of other lengths and a batch
+    really pads (4 image tokens per tile)."""
+    transformers = pytest.importorskip("transformers")
+    if not hasattr(transformers, "AutoModelForImageTextToText"):
+        pytest.skip(f"transformers {transformers.__version__} has no AutoModelForImageTextToText (needs 4.46)")
+    import torch
+    from transformers import GPT2Tokenizer, Idefics3Config, Idefics3ImageProcessor, Idefics3Processor
+
+    folder = tmp_path_factory.mktemp("tiny_idefics3")
+    vocab, merges = word_bpe_files(folder, ["<|endoftext|>", "<unk>"])
+    tokenizer = GPT2Tokenizer(str(vocab), str(merges), unk_token="<unk>")
+    tiles = [f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)]
+    tokenizer.add_special_tokens({"additional_special_tokens": [
+        "<fake_token_around_image>", "<image>", "<end_of_utterance>", "<global-img>", *tiles]})
+    image_processor = Idefics3ImageProcessor(do_image_splitting=True, size={"longest_edge": 64},
+                                             max_image_size={"longest_edge": 32})
+    processor = Idefics3Processor(image_processor=image_processor, tokenizer=tokenizer, image_seq_len=4,
+                                  chat_template=IDEFICS3_TEMPLATE)
+    text = dict(model_type="llama", vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
+                eos_token_id=tokenizer.convert_tokens_to_ids("<end_of_utterance>"),
+                pad_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id, initializer_range=INIT_STD)
+    vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=32,
+                  patch_size=8, initializer_range=INIT_STD)
+    torch.manual_seed(0)
+    config = Idefics3Config(text_config=text, vision_config=vision, scale_factor=2,
+                            image_token_id=tokenizer.convert_tokens_to_ids("<image>"))
+    transformers.Idefics3ForConditionalGeneration(config).save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder

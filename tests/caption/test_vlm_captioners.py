@@ -52,6 +52,19 @@ def test_vlm_llava_batch_pads_left_and_equals_one_by_one(llava_dir):
     assert "describe" not in " ".join(batch).lower()  # only the new tokens, not the prompt
 
 
+def test_vlm_batch_of_unequal_prompts_pads_left(idefics3_dir):
+    """Idefics3 (SmolVLM) tiles each image: a wide, a square and a tall image give prompts of
+    different lengths, so the batch is padded; captions must equal those of one image at a time."""
+    images = [noise(1, (64, 20)), noise(2, (64, 64)), solid((200, 10, 10), (30, 64))]
+    captioner = make_captioner("vlm", model=str(idefics3_dir), device="cpu", batch_size=3, max_length=6,
+                               min_length=3)
+    captioner.load()
+    lengths = captioner._inputs(images)["attention_mask"].sum(1).tolist()
+    assert len(set(lengths)) > 1  # the batch really pads
+    batch = captioner.caption(images)
+    assert all(batch) and batch == [captioner.caption([im])[0] for im in images]
+
+
 def test_vlm_custom_prompt_and_options(llava_dir):
     captioner = make_captioner("vlm", model=str(llava_dir), prompt="  What is in the picture?  ", detail="short")
     assert captioner.prompt == "What is in the picture?" and captioner.max_length == 48
