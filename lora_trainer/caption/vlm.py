@@ -127,7 +127,7 @@ class VLMCaptioner:
 
     def __init__(self, model: str | None = None, *, device: str = "auto", batch_size: int = 4,
                  detail: str = "detailed", prompt: str = "", max_length: int | None = None, min_length: int = 0,
-                 num_beams: int | None = None, precision: str = "auto", **_ignored: Any):
+                 num_beams: int | None = None, precision: str = "auto"):
         if detail not in DETAILS:
             raise UserError(f"detail '{detail}' is unknown; use one of {', '.join(DETAILS)}")
         self.max_length = MAX_NEW_TOKENS[detail] if max_length is None else int(max_length)

@@ -127,3 +127,15 @@ def test_served_section_answers_over_http(folder):
             assert (answer[1].get("mode") != "static") is (reason is None)
     finally:
         demo.close()
+
+
+def test_caption_options_for_prose_captioners_use_defaults_for_zero():
+    options = ds.caption_options("florence2", "", "deepbooru", 2, "cpu", "", 0, 0, 0.35, 0.85, False, "",
+                                 allow_server_paths=True, detail="short", precision="bf16")
+    assert options == {"batch_size": 2, "model": None, "device": "cpu", "prompt": "", "detail": "short",
+                       "precision": "bf16", "max_length": None, "num_beams": None}
+    blip = ds.caption_options("blip", "", "", 1, "cpu", "", 0, 0, 0.35, 0.85, False, "", allow_server_paths=True)
+    assert (blip["max_length"], blip["num_beams"], blip["min_length"]) == (40, 3, 5)
+    with pytest.raises(UserError, match="only hub ids"):
+        ds.caption_options("vlm", "/srv/models/x", "", 1, "cpu", "", 0, 0, 0.3, 0.8, False, "", False)
+    assert ds.captioner_state("host", webui=False)[1] is False and ds.captioner_state("host", webui=True)[1]
