@@ -95,11 +95,47 @@ def test_hub_ids_come_from_the_cache_only(tmp_path, monkeypatch):
         pytest.skip(support.unavailable_reason("florence2"))
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    use_hub_cache(monkeypatch, tmp_path / "hf" / "hub")
     with pytest.raises(ModelLoadError) as info:
         make_captioner("florence2")
     message = str(info.value)
     assert "florence-community/Florence-2-base" in message and "offline" in message and "--model" in message
+
+
+def use_hub_cache(monkeypatch, cache) -> None:
+    """huggingface_hub reads HF_HUB_CACHE once, at import: set the environment and its constant."""
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+
+
+def fake_hub_cache(root, repo_id: str, folder) -> None:
+    """The layout huggingface_hub keeps: models--org--name/{refs/main, snapshots/<rev>/files}."""
+    entry = root / ("models--" + repo_id.replace("/", "--"))
+    shutil.copytree(folder, entry / "snapshots" / "0123456789abcdef")
+    (entry / "refs").mkdir()
+    (entry / "refs" / "main").write_text("0123456789abcdef")
+
+
+def test_folders_and_hub_cache_load_without_network(monkeypatch, tmp_path, florence2_dir, llava_dir):
+    import socket
+
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("a captioner tried to open a network connection")
+
+    cache = tmp_path / "hub"
+    fake_hub_cache(cache, "tiny/florence2", florence2_dir)
+    fake_hub_cache(cache, "tiny/llava", llava_dir)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    use_hub_cache(monkeypatch, cache)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    for name, model in (("florence2", str(florence2_dir)), ("vlm", str(llava_dir)),
+                        ("florence2", "tiny/florence2"), ("vlm", "tiny/llava")):
+        captioner = make_captioner(name, model=model, device="cpu", max_length=4, min_length=2, num_beams=1)
+        assert captioner.caption([noise(4)])[0]
+    assert str(captioner.model_dir).startswith(str(cache))
 
 
 def test_loading_runs_offline_and_restores_the_environment(monkeypatch):
