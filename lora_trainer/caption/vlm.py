@@ -99,8 +99,6 @@ def pick_dtype(device: str, precision: str) -> Any:
     """CPU: fp32 (bf16 if asked); GPU: bf16 where supported, else fp16, unless told otherwise."""
     import torch
 
-    if precision not in PRECISIONS:
-        raise UserError(f"precision '{precision}' is unknown; use one of {', '.join(PRECISIONS)}")
     if precision == "fp32":
         return torch.float32
     if not device.startswith("cuda"):
@@ -174,6 +172,7 @@ class VLMCaptioner:
         with hub_offline():
             try:
                 processor = AutoProcessor.from_pretrained(self.model_dir, local_files_only=True)
+                self._check_processor(processor)  # before the (large) weights are read
                 model = self._model_class().from_pretrained(self.model_dir, local_files_only=True,
                                                             **{_dtype_kwarg(): dtype})
             except (KeyError, ValueError) as exc:  # unknown model type / no auto-class entry for it
@@ -182,15 +181,17 @@ class VLMCaptioner:
                     f"model ({str(exc).splitlines()[0][:200]}); it may need a newer transformers") from exc
             except OSError as exc:
                 raise ModelLoadError(f"cannot load the captioning model in '{self.model_dir}': {exc}") from exc
-        self._prepare_processor(processor, model)
+        self._pad_for(processor, model)
         self._processor, self._model = processor, model.to(device).eval()
         self._device, self._dtype = device, dtype
 
-    def _prepare_processor(self, processor: Any, model: Any) -> None:
-        """Decoder-only models generate after the prompt, so a batch pads on the left."""
+    def _check_processor(self, processor: Any) -> None:
         if not getattr(processor, "chat_template", None):
             raise ModelLoadError(f"the model in '{self.model_dir}' has no chat template (chat_template.json or "
                                  "chat_template.jinja): use an instruction-tuned image-text-to-text model")
+
+    def _pad_for(self, processor: Any, model: Any) -> None:
+        """Decoder-only models generate after the prompt, so a batch pads on the left."""
         tokenizer = processor.tokenizer
         if not model.config.is_encoder_decoder:
             tokenizer.padding_side = "left"
@@ -250,8 +251,11 @@ class Florence2Captioner(VLMCaptioner):
 
         return transformers.Florence2ForConditionalGeneration
 
-    def _prepare_processor(self, processor: Any, model: Any) -> None:
-        pass
+    def _check_processor(self, processor: Any) -> None:
+        pass  # task tokens, no chat template
+
+    def _pad_for(self, processor: Any, model: Any) -> None:
+        pass  # encoder-decoder: the prompt goes to the encoder, right padding is right
 
     def _inputs(self, rgb: list[Image.Image]) -> Any:
         return self._processor(images=rgb, text=[self.prompt] * len(rgb), return_tensors="pt")

@@ -207,3 +207,13 @@ def test_prose_captioning_on_the_gpu_in_half_precision(florence2_dir, llava_dir)
             assert captioner._device == "cuda" and dtype in (torch.float16, torch.bfloat16)
             assert all(texts) and len(texts) == 3
             captioner.close()
+
+
+def test_a_model_without_chat_template_is_refused_before_its_weights_load(tmp_path, llava_dir):
+    folder = tmp_path / "base_model"
+    shutil.copytree(llava_dir, folder)
+    for name in ("chat_template.jinja", "chat_template.json"):
+        (folder / name).unlink(missing_ok=True)
+    (folder / "model.safetensors").write_bytes(b"not read")  # the check comes first
+    with pytest.raises(ModelLoadError, match="no chat template"):
+        make_captioner("vlm", model=str(folder), device="cpu").load()
