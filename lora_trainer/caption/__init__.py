@@ -1,5 +1,6 @@
-"""Auto-captioning: BLIP-style image-to-text (transformers), WD14 taggers (onnxruntime) and the
-WebUI's own interrogators. Import-light: each captioner imports its library when it loads.
+"""Auto-captioning: BLIP-style image-to-text (transformers), WD14 taggers (onnxruntime), prose
+captions from vision-language models (Florence-2, any image-text-to-text model) and the WebUI's
+own interrogators. Import-light: each captioner imports its library when it loads.
 
 Use `make_captioner(name, **options)` then `caption_dataset(root, captioner, ...)` (run.py).
 """
@@ -11,7 +12,7 @@ from typing import Any
 from lora_trainer.caption.base import Captioner
 from lora_trainer.errors import UserError
 
-CAPTIONERS = ("blip", "wd14", "host")
+CAPTIONERS = ("blip", "wd14", "florence2", "vlm", "host")
 
 
 def make_captioner(name: str, **options: Any) -> Captioner:
@@ -22,6 +23,12 @@ def make_captioner(name: str, **options: Any) -> Captioner:
     if name == "wd14":
         from lora_trainer.caption.wd14 import WD14Tagger
         return WD14Tagger(**options)
+    if name == "florence2":
+        from lora_trainer.caption.vlm import Florence2Captioner
+        return Florence2Captioner(**options)
+    if name == "vlm":
+        from lora_trainer.caption.vlm import VLMCaptioner
+        return VLMCaptioner(**options)
     if name == "host":
         from lora_trainer.caption.host import HostCaptioner
         return HostCaptioner(**options)

@@ -12,6 +12,7 @@ from lora_trainer.errors import UserError
 class Captioner(Protocol):
     name: str
     batch_size: int
+    prose: bool  # True: captions are sentences (kept whole), False: comma-separated tags
 
     def load(self) -> None:
         """Load the model (heavy); called once before the first batch."""

@@ -39,6 +39,7 @@ def _model_class(model_type: str) -> Any:
 
 class BlipCaptioner:
     name = "blip"
+    prose = False
 
     def __init__(self, model: str | None = None, *, device: str = "auto", batch_size: int = 4,
                  prompt: str = "", max_length: int = 40, min_length: int = 5, num_beams: int = 3,

@@ -26,6 +26,7 @@ def _host_modules() -> tuple[Any, Any]:
 
 class HostCaptioner:
     name = "host"
+    prose = False
 
     def __init__(self, model: str | None = None, *, batch_size: int = 1, **_ignored: Any):
         self.kind = (model or "blip").lower()

@@ -37,15 +37,37 @@ class CaptionResult:
         return asdict(self)
 
 
-def compose(existing: str | None, new: str, mode: str, trigger: str = "") -> str:
+def compose(existing: str | None, new: str, mode: str, trigger: str = "", prose: bool = False) -> str:
     """The caption to store: new (overwrite/empty) or existing + new tags not already there
-    (append), with the trigger word(s) first, each tag once."""
+    (append), with the trigger word(s) first, each tag once. `prose`: `new` is sentences, kept
+    whole (commas inside a sentence are not tag separators)."""
+    if prose:
+        return compose_prose(existing, new, mode, trigger)
     tags = split_tags(new)
     if mode == "append" and existing:
         have = split_tags(existing)
         keys = {norm_tag(t) for t in have}
         tags = have + [t for t in tags if norm_tag(t) not in keys]
     return join_tags(put_first(tags, split_tags(trigger)) if trigger.strip() else dedupe(tags))
+
+
+def compose_prose(existing: str | None, new: str, mode: str, trigger: str = "") -> str:
+    """Prose caption: append adds the new text after the old one unless it is already there; the
+    trigger word(s) lead, as `ohwx, A woman in a red coat ...`, once."""
+    text = " ".join(new.split())
+    if mode == "append" and existing and existing.strip():
+        base = " ".join(existing.split())
+        if norm_tag(text) in norm_tag(base):
+            text = base
+        elif text:
+            text = base + (" " if base.endswith((".", "!", "?")) else ", ") + text
+    first = split_tags(trigger)
+    if not first or not text:
+        return text
+    lead = [norm_tag(t) for t in split_tags(text)[:len(first)]]
+    if lead == [norm_tag(t) for t in first]:
+        return text
+    return join_tags([*first, text])
 
 
 def caption_dataset(root: str | os.PathLike, captioner: Captioner, *, mode: str = "skip-existing",
@@ -84,7 +106,7 @@ def caption_dataset(root: str | os.PathLike, captioner: Captioner, *, mode: str 
             if opened:
                 captions = captioner.caption([im for _, im in opened])
                 for (path, _), text in zip(opened, captions, strict=True):
-                    caption = compose(existing[path], text, mode, trigger)
+                    caption = compose(existing[path], text, mode, trigger, captioner.prose)
                     if not caption:
                         emit(Event("log", {"level": "warning", "message": f"{path.name}: the model gave an empty caption"}))
                         continue

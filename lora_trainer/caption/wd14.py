@@ -45,6 +45,7 @@ def prepare(image: Image.Image, size: int) -> np.ndarray:
 
 class WD14Tagger:
     name = "wd14"
+    prose = False
 
     def __init__(self, model: str | None = None, *, device: str = "auto", batch_size: int = 4,
                  general_threshold: float = 0.35, character_threshold: float = 0.85,

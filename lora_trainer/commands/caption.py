@@ -1,4 +1,5 @@
-"""`python -m lora_trainer caption DIR`: auto-caption a dataset folder (BLIP, WD14, WebUI host)."""
+"""`python -m lora_trainer caption DIR`: auto-caption a dataset folder (BLIP, WD14, Florence-2 and other
+vision-language models, WebUI host)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-CAPTIONER_CHOICES = ("blip", "wd14", "host")
+from lora_trainer.caption.support import DETAILS, PRECISIONS
+
+CAPTIONER_CHOICES = ("blip", "wd14", "florence2", "vlm", "host")
+BLIP_DEFAULTS = {"max_length": 40, "min_length": 5, "num_beams": 3}
 
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
-        "caption", help="auto-caption a dataset folder (BLIP, WD14 tags, WebUI interrogators)",
+        "caption", help="auto-caption a dataset folder (BLIP, WD14 tags, Florence-2 / VLM prose, WebUI interrogators)",
         description="Write <stem>.txt next to each image and/or metadata.csv (filename,prompt).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("dir", help="dataset folder (images directly or in kohya N_name/ folders)")
@@ -30,7 +34,9 @@ def add_captioner_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--captioner", choices=CAPTIONER_CHOICES, default="blip")
     parser.add_argument("--model", default=None,
                         help="model folder or hub id (blip: Salesforce/blip-image-captioning-base, wd14: "
-                             "SmilingWolf/wd-v1-4-convnext-tagger-v2; host: blip or deepbooru)")
+                             "SmilingWolf/wd-v1-4-convnext-tagger-v2, florence2: florence-community/Florence-2-base "
+                             "(from the local cache only), vlm: required, a folder of an image-text-to-text "
+                             "model; host: blip or deepbooru)")
     parser.add_argument("--trigger", default="", help="word(s) put first in every new caption")
     parser.add_argument("--mode", choices=("append", "overwrite", "skip-existing"), default="skip-existing",
                         help="what to do with images that already have a caption")
@@ -38,11 +44,19 @@ def add_captioner_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--offline", action="store_true", help="never download; hub ids only from the local cache")
-    blip = parser.add_argument_group("blip options")
-    blip.add_argument("--prompt", default="", help="text the caption starts from, e.g. 'a photo of'")
-    blip.add_argument("--max-length", type=int, default=40, help="max new tokens")
-    blip.add_argument("--min-length", type=int, default=5, help="min new tokens")
-    blip.add_argument("--num-beams", type=int, default=3, help="beam search width (1 = greedy)")
+    blip = parser.add_argument_group("blip, florence2 and vlm options")
+    blip.add_argument("--prompt", default="", help="blip: text the caption starts from, e.g. 'a photo of'; "
+                      "vlm: the instruction (replaces the --detail prompt); florence2: a task token")
+    blip.add_argument("--detail", choices=DETAILS, default="detailed",
+                      help="florence2/vlm: how long a description (<CAPTION>, <DETAILED_CAPTION>, "
+                           "<MORE_DETAILED_CAPTION> for florence2)")
+    blip.add_argument("--max-length", type=int, default=None,
+                      help="max new tokens (default: blip 40; florence2/vlm 48/160/384 by --detail)")
+    blip.add_argument("--min-length", type=int, default=None, help="min new tokens (default: blip 5, else 0)")
+    blip.add_argument("--num-beams", type=int, default=None,
+                      help="beam search width, 1 = greedy (default: blip 3, florence2 3, vlm 1)")
+    blip.add_argument("--precision", choices=PRECISIONS, default="auto",
+                      help="florence2/vlm weights: auto = bf16 (fp16 on GPUs without bf16) on a GPU, fp32 on CPU")
     wd14 = parser.add_argument_group("wd14 options")
     wd14.add_argument("--general-threshold", type=float, default=0.35)
     wd14.add_argument("--character-threshold", type=float, default=0.85)
@@ -55,9 +69,14 @@ def add_captioner_args(parser: argparse.ArgumentParser) -> None:
 
 def captioner_options(args: argparse.Namespace) -> dict[str, Any]:
     common = {"model": args.model, "batch_size": args.batch_size}
+    generation = {"max_length": args.max_length, "min_length": args.min_length, "num_beams": args.num_beams}
     if args.captioner == "blip":
+        given = {k: v for k, v in generation.items() if v is not None}
         return {**common, "device": args.device, "local_only": args.offline, "prompt": args.prompt,
-                "max_length": args.max_length, "min_length": args.min_length, "num_beams": args.num_beams}
+                **BLIP_DEFAULTS, **given}
+    if args.captioner in ("florence2", "vlm"):
+        return {**common, "device": args.device, "prompt": args.prompt, "detail": args.detail,
+                "precision": args.precision, **generation, "min_length": args.min_length or 0}
     if args.captioner == "wd14":
         return {**common, "device": args.device, "local_only": args.offline,
                 "general_threshold": args.general_threshold, "character_threshold": args.character_threshold,

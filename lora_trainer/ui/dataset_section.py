@@ -5,12 +5,16 @@ captions one by one under a preview grid.
 Only glue: every action calls the engine (`lora_trainer.data.tools`, `lora_trainer.caption`).
 The handlers are plain functions (tested without a browser); `build_dataset_section` wires them
 with the `compat` helpers so the same code runs on gradio 3.41, 4.40 and current gradio.
+
+Uploading works in every mode (the local app too); typing a server folder only where server paths
+are allowed. A captioner this Python cannot run (transformers too old inside the WebUI, no
+onnxruntime) stays in the list, but choosing it greys out the Caption button and says why.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -24,6 +28,9 @@ THUMB_SIDE = 256
 POLL_S = 0.5
 TAG_HEADERS = ["tag", "images"]
 UPLOAD_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".txt", ".caption", ".csv")
+CAPTIONER_LABELS = {"wd14": "wd14 (tags)", "blip": "blip (one sentence)", "florence2": "florence2 (prose)",
+                    "vlm": "vlm (prose, any image-text-to-text model)", "host": "host (WebUI interrogators)"}
+PROSE = ("florence2", "vlm")
 
 
 # ----------------------------------------------------------------------------- handlers (no gradio)
@@ -43,6 +50,8 @@ def resolve_folder(folder: str, allow_server_paths: bool, current: str = "") -> 
 
 def save_uploads(files: list[Any] | None, upload_dir: str | None = None) -> str:
     """Copy uploaded images (and captions / metadata.csv) into a fresh folder; return it."""
+    from lora_trainer.atomic import atomic_copy
+
     if not files:
         raise UserError("no files uploaded")
     base = upload_dir or tempfile.gettempdir()
@@ -52,7 +61,7 @@ def save_uploads(files: list[Any] | None, upload_dir: str | None = None) -> str:
         src = item if isinstance(item, str) else getattr(item, "name", None) or getattr(item, "path", "")
         name = os.path.basename(src)
         if name.lower().endswith(UPLOAD_EXTS) and os.path.isfile(src):
-            shutil.copyfile(src, os.path.join(folder, name))
+            atomic_copy(src, os.path.join(folder, name))
     return folder
 
 
@@ -139,24 +148,49 @@ def write_one(folder: str, index: int, caption: str) -> str:
     return f"saved caption of {path.relative_to(folder).as_posix()}"
 
 
+def in_webui() -> bool:
+    """True inside A1111/Forge (their `modules.shared` is loaded before any extension UI)."""
+    return "modules.shared" in sys.modules
+
+
+def captioner_state(name: str, webui: bool) -> tuple[str, bool]:
+    """(note under the captioner list, whether Caption can be pressed) for the chosen captioner."""
+    from lora_trainer.caption.support import unavailable_reason
+
+    reason = unavailable_reason(name, in_webui=webui)
+    if reason:
+        return f"**Not available here:** {reason}.", False
+    if name == "vlm":
+        return "Needs a model folder (or a hub id already in the Hugging Face cache); nothing is downloaded.", True
+    if name == "florence2":
+        return ("Empty model = florence-community/Florence-2-base from the Hugging Face cache; "
+                "nothing is downloaded."), True
+    return "", True
+
+
 def caption_options(captioner: str, model: str, host_model: str, batch_size: float, device: str,
                     prompt: str, max_length: float, num_beams: float, general_threshold: float,
                     character_threshold: float, include_ratings: bool, exclude_tags: str,
-                    allow_server_paths: bool) -> dict[str, Any]:
+                    allow_server_paths: bool, *, detail: str = "detailed", precision: str = "auto") -> dict[str, Any]:
     """UI values → `make_captioner` keyword arguments. Without server-path access the model field
-    takes hub ids only (from the cache, or downloaded)."""
+    takes hub ids only (from the cache, or downloaded). Max tokens / beams 0 = the captioner's default."""
     from lora_trainer.caption.models import looks_like_hub_id
 
     model = (model or "").strip() or None
     if model and not allow_server_paths and not looks_like_hub_id(model):
         raise UserError("model: only hub ids (owner/name) are allowed here, not server paths")
-    common: dict[str, Any] = {"batch_size": int(batch_size)}
+    common: dict[str, Any] = {"batch_size": int(batch_size or 1)}
     if captioner == "host":
         return {**common, "model": host_model}
     common.update(model=model, device=device)
+    max_tokens, beams = int(max_length or 0), int(num_beams or 0)
     if captioner == "blip":
-        return {**common, "prompt": prompt or "", "max_length": int(max_length), "num_beams": int(num_beams),
-                "min_length": min(5, int(max_length))}
+        max_tokens = max_tokens or 40
+        return {**common, "prompt": prompt or "", "max_length": max_tokens, "num_beams": beams or 3,
+                "min_length": min(5, max_tokens)}
+    if captioner in PROSE:
+        return {**common, "prompt": prompt or "", "detail": detail, "precision": precision,
+                "max_length": max_tokens or None, "num_beams": beams or None}
     return {**common, "general_threshold": float(general_threshold),
             "character_threshold": float(character_threshold), "include_ratings": bool(include_ratings),
             "exclude_tags": exclude_tags or ""}
@@ -207,16 +241,26 @@ def _error(exc: Exception) -> str:
 
 # ----------------------------------------------------------------------------- gradio wiring
 
-def build_dataset_section(allow_server_paths: bool, *, upload_dir: str | None = None) -> dict[str, Any]:
+def build_dataset_section(allow_server_paths: bool, *, upload_dir: str | None = None,
+                          webui: bool | None = None) -> dict[str, Any]:
     """Build the section inside the current gradio Blocks context; returns its components by name
-    (`dataset_dir` is a State with the folder in use, for wiring to the training form)."""
+    (`dataset_dir` is a State with the folder in use, for wiring to the training form).
+    `webui`: running inside A1111/Forge (None = detect)."""
     import gradio as gr
 
+    from lora_trainer.caption import CAPTIONERS
     from lora_trainer.caption.blip import BLIP_FILES
+    from lora_trainer.caption.support import DETAILS, PRECISIONS, availability
     from lora_trainer.caption.wd14 import WD14_FILES
     from lora_trainer.data.tools.bulk import can_undo
     from lora_trainer.ui.compat import GRADIO_MAJOR, dataframe_value, make, on, update
 
+    webui = in_webui() if webui is None else webui
+    reasons = availability(CAPTIONERS, in_webui=webui)
+    usable = [n for n in CAPTIONERS if not reasons[n]]
+    first = "wd14" if "wd14" in usable else (usable[0] if usable else "wd14")
+    note, can_caption = captioner_state(first, webui)
+    names = [(CAPTIONER_LABELS[n] + ("" if n in usable else " — not available here"), n) for n in CAPTIONERS]
     c: dict[str, Any] = {}
     with make(gr.Column):
         c["dataset_dir"] = gr.State("")
@@ -225,9 +269,11 @@ def build_dataset_section(allow_server_paths: bool, *, upload_dir: str | None = 
                                placeholder="/path/to/dataset (images or N_name/ folders)", scale=4,
                                elem_id="lt_ds_folder")
             c["open"] = make(gr.Button, value="Open", elem_id="lt_ds_open", scale=1)
-        c["upload"] = make(gr.File, label="Upload images (and captions)", file_count="multiple",
+        c["upload"] = make(gr.File, label="Upload images (and captions)" + (" — or open a folder above"
+                                                                           if allow_server_paths else ""),
+                           file_count="multiple",
                            type="filepath" if GRADIO_MAJOR >= 4 else "file",  # 3.41 has no "filepath"
-                           visible=not allow_server_paths, elem_id="lt_ds_upload")
+                           elem_id="lt_ds_upload")
         c["summary"] = make(gr.Markdown, value="No dataset opened.", elem_id="lt_ds_summary")
         with make(gr.Accordion, label="Check images", open=False):
             with make(gr.Row):
@@ -250,31 +296,46 @@ def build_dataset_section(allow_server_paths: bool, *, upload_dir: str | None = 
                 c["edit_status"] = make(gr.Markdown, value="", elem_id="lt_ds_edit_status")
         with make(gr.Accordion, label="Auto-caption", open=False):
             with make(gr.Row):
-                c["captioner"] = make(gr.Dropdown, label="Captioner", choices=["wd14", "blip", "host"], value="wd14")
+                # (label, value) pairs from gradio 4; 3.41 shows the bare names (the note says the rest)
+                c["captioner"] = make(gr.Dropdown, label="Captioner", value=first, elem_id="lt_ds_captioner",
+                                      choices=names if GRADIO_MAJOR >= 4 else list(CAPTIONERS))
                 c["model"] = make(gr.Textbox, label="Model folder or hub id (empty = default)",
-                                  placeholder=f"{WD14_FILES.default_id} / {BLIP_FILES.default_id}")
+                                  placeholder=f"{WD14_FILES.default_id} / {BLIP_FILES.default_id}",
+                                  elem_id="lt_ds_model")
                 c["host_model"] = make(gr.Dropdown, label="WebUI interrogator", choices=["deepbooru", "blip"],
                                        value="deepbooru")
+            c["captioner_note"] = make(gr.Markdown, value=note, elem_id="lt_ds_captioner_note")
             with make(gr.Row):
                 c["mode"] = make(gr.Radio, label="Existing captions", value="skip-existing",
                                  choices=["skip-existing", "append", "overwrite"])
                 c["format"] = make(gr.Radio, label="Write", choices=["txt", "csv", "both"], value="txt")
-                c["caption_trigger"] = make(gr.Textbox, label="Trigger word (first in new captions)")
+                c["caption_trigger"] = make(gr.Textbox, label="Trigger word (first in new captions)",
+                                            elem_id="lt_ds_caption_trigger")
             with make(gr.Row):
-                c["batch_size"] = make(gr.Number, label="Batch size", value=4, precision=0)
+                c["batch_size"] = make(gr.Number, label="Batch size", value=4, precision=0, elem_id="lt_ds_batch")
                 c["device"] = make(gr.Dropdown, label="Device", choices=["auto", "cpu", "cuda"], value="auto")
+                c["detail"] = make(gr.Dropdown, label="Florence-2 / VLM: detail", choices=list(DETAILS),
+                                   value="detailed", elem_id="lt_ds_detail")
+                c["precision"] = make(gr.Dropdown, label="Florence-2 / VLM: precision (auto = bf16/fp16 on GPU)",
+                                      choices=list(PRECISIONS), value="auto")
+            with make(gr.Row):
                 c["general_threshold"] = make(gr.Slider, label="WD14 general threshold", minimum=0, maximum=1,
                                               value=0.35, step=0.01)
                 c["character_threshold"] = make(gr.Slider, label="WD14 character threshold", minimum=0,
                                                 maximum=1, value=0.85, step=0.01)
             with make(gr.Row):
-                c["include_ratings"] = make(gr.Checkbox, label="WD14 rating tag", value=False)
+                c["include_ratings"] = make(gr.Checkbox, label="WD14: add the rating tag", value=False,
+                                            info="the most likely of general / sensitive / questionable / explicit",
+                                            elem_id="lt_ds_include_ratings")
                 c["exclude_tags"] = make(gr.Textbox, label="WD14 exclude tags (comma-separated)")
-                c["prompt"] = make(gr.Textbox, label="BLIP prompt prefix", placeholder="a photo of")
-                c["max_length"] = make(gr.Number, label="BLIP max tokens", value=40, precision=0)
-                c["num_beams"] = make(gr.Number, label="BLIP beams (1 = greedy)", value=3, precision=0)
+                c["prompt"] = make(gr.Textbox, label="Prompt (BLIP: caption prefix; VLM: instruction)",
+                                   placeholder="a photo of / Describe this image in detail.")
+                c["max_length"] = make(gr.Number, label="Max new tokens (0 = default)", value=0, precision=0,
+                                       elem_id="lt_ds_max_tokens")
+                c["num_beams"] = make(gr.Number, label="Beams (0 = default, 1 = greedy)", value=0, precision=0)
             with make(gr.Row):
-                c["caption"] = make(gr.Button, value="Caption images", variant="primary", elem_id="lt_ds_caption")
+                c["caption"] = make(gr.Button, value="Caption images", variant="primary", elem_id="lt_ds_caption",
+                                    interactive=can_caption)
                 c["caption_stop"] = make(gr.Button, value="Stop", elem_id="lt_ds_caption_stop")
             c["caption_status"] = make(gr.Markdown, value="", elem_id="lt_ds_caption_status")
         c["gallery"] = make(gr.Gallery, label="Preview (click an image to edit its caption)", columns=6,
@@ -290,8 +351,9 @@ def build_dataset_section(allow_server_paths: bool, *, upload_dir: str | None = 
 
     def do_open(text: str, files: Any, current: str):
         try:
-            folder = save_uploads(files, upload_dir) if (files and not allow_server_paths) else \
-                resolve_folder(text, allow_server_paths, current)
+            typed = allow_server_paths and bool((text or "").strip())
+            folder = resolve_folder(text, allow_server_paths, current) if (typed or not files) else \
+                save_uploads(files, upload_dir)
             note = can_undo(folder)
             return (folder, *views(folder), f"undo available: {note}" if note else "")
         except UserError as exc:
@@ -312,13 +374,24 @@ def build_dataset_section(allow_server_paths: bool, *, upload_dir: str | None = 
                 return _error(exc), update(), update(), update()
         return handler
 
+    def do_upload(files: Any, current: str):
+        return do_open("", files, current)
+
+    def do_captioner(name: str):
+        text, ok = captioner_state(name, webui)
+        return text, update(interactive=ok)
+
     def do_caption(current: str, captioner: str, model: str, host_model: str, batch: float, device: str,
                    prompt: str, max_len: float, beams: float, gen: float, char: float, ratings: bool,
-                   exclude: str, mode: str, fmt: str, trigger: str):
+                   exclude: str, mode: str, fmt: str, trigger: str, detail: str, precision: str):
         try:
             folder = resolve_folder("", False, current)
+            reason = captioner_state(captioner, webui)
+            if not reason[1]:
+                raise UserError(reason[0].replace("**", ""))
             options = caption_options(captioner, model, host_model, batch, device, prompt, max_len, beams,
-                                      gen, char, ratings, exclude, allow_server_paths)
+                                      gen, char, ratings, exclude, allow_server_paths, detail=detail,
+                                      precision=precision)
             for line in run_captioning(folder, captioner, options, mode, fmt, trigger):
                 yield line, update(), update(), update()
             yield (line, *views(folder))
@@ -346,9 +419,9 @@ def build_dataset_section(allow_server_paths: bool, *, upload_dir: str | None = 
     folder_views = [c["summary"], c["gallery"], c["tags"]]
     on(c["open"].click, do_open, inputs=[c["folder"], c["upload"], c["dataset_dir"]],
        outputs=[c["dataset_dir"], *folder_views, c["edit_status"]])
-    if not allow_server_paths:
-        on(c["upload"].upload, do_open, inputs=[c["folder"], c["upload"], c["dataset_dir"]],
-           outputs=[c["dataset_dir"], *folder_views, c["edit_status"]])
+    on(c["upload"].upload, do_upload, inputs=[c["upload"], c["dataset_dir"]],
+       outputs=[c["dataset_dir"], *folder_views, c["edit_status"]])
+    on(c["captioner"].change, do_captioner, inputs=[c["captioner"]], outputs=[c["captioner_note"], c["caption"]])
     on(c["check"].click, do_check, inputs=[c["dataset_dir"], c["min_side"], c["max_aspect"]], outputs=[c["report"]])
     edit_out = [c["edit_status"], *folder_views]
     on(c["add_trigger"].click, bulk("trigger"), inputs=[c["dataset_dir"], c["trigger_word"]], outputs=edit_out)
@@ -358,7 +431,7 @@ def build_dataset_section(allow_server_paths: bool, *, upload_dir: str | None = 
     caption_inputs = [c[k] for k in ("dataset_dir", "captioner", "model", "host_model", "batch_size", "device",
                                      "prompt", "max_length", "num_beams", "general_threshold",
                                      "character_threshold", "include_ratings", "exclude_tags", "mode", "format",
-                                     "caption_trigger")]
+                                     "caption_trigger", "detail", "precision")]
     on(c["caption"].click, do_caption, inputs=caption_inputs, outputs=[c["caption_status"], *folder_views])
     on(c["caption_stop"].click, stop_captioning, inputs=[], outputs=[c["caption_status"]])
     on(c["gallery"].select, do_select, inputs=[c["dataset_dir"]],

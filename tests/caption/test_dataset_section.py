@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from lora_trainer.caption import support
 from lora_trainer.errors import UserError
 from lora_trainer.ui import dataset_section as ds
 
@@ -28,7 +29,7 @@ def test_section_builds_in_blocks_and_returns_components():
         for key in ("folder", "upload", "dataset_dir", "check", "report", "tags", "add_trigger", "replace",
                     "remove", "undo", "caption", "caption_status", "gallery", "caption_edit", "save_caption"):
             assert key in comps
-        assert comps["folder"].visible is allow and comps["upload"].visible is (not allow)
+        assert comps["folder"].visible is allow and comps["upload"].visible is not False  # upload everywhere
 
 
 def test_handlers_open_check_edit_undo(folder):
@@ -117,5 +118,24 @@ def test_served_section_answers_over_http(folder):
         message = call("handler", "ohwx")[0] if major >= 4 else call("handler", "", "ohwx")[0]
         assert "1 of 2 captions changed" in message  # the add-trigger button
         assert (folder / "3_red" / "b.txt").read_text() == "ohwx, cat, sitting"
+        # the installed transformers decides: 4.30.2 (A1111 pins) greys florence2 out, 5.x does not
+        reason = support.unavailable_reason("florence2")
+        answer = call("do_captioner", "florence2")
+        note = answer if isinstance(answer, str) else answer[0]  # gradio 4.40's client drops the button
+        assert ("Not available here" in note) is bool(reason) and (not reason or reason in note)
+        if major < 4:  # 3.41 sends a button's interactive=False as mode "static"
+            assert (answer[1].get("mode") != "static") is (reason is None)
     finally:
         demo.close()
+
+
+def test_caption_options_for_prose_captioners_use_defaults_for_zero():
+    options = ds.caption_options("florence2", "", "deepbooru", 2, "cpu", "", 0, 0, 0.35, 0.85, False, "",
+                                 allow_server_paths=True, detail="short", precision="bf16")
+    assert options == {"batch_size": 2, "model": None, "device": "cpu", "prompt": "", "detail": "short",
+                       "precision": "bf16", "max_length": None, "num_beams": None}
+    blip = ds.caption_options("blip", "", "", 1, "cpu", "", 0, 0, 0.35, 0.85, False, "", allow_server_paths=True)
+    assert (blip["max_length"], blip["num_beams"], blip["min_length"]) == (40, 3, 5)
+    with pytest.raises(UserError, match="only hub ids"):
+        ds.caption_options("vlm", "/srv/models/x", "", 1, "cpu", "", 0, 0, 0.3, 0.8, False, "", False)
+    assert ds.captioner_state("host", webui=False)[1] is False and ds.captioner_state("host", webui=True)[1]
