@@ -19,6 +19,8 @@ class Segment:
     cursor: int = -1
     owner: int | None = None
     speed: float = 0.0  # bytes/s, smoothed
+    failures: int = 0  # failed tries in a row on this range, whichever connection made them
+    last: float = field(default_factory=time.monotonic, repr=False)  # when a byte was last committed
     _t: float = field(default=0.0, repr=False)
     _c: int = field(default=0, repr=False)
 
@@ -32,10 +34,12 @@ class Segment:
 
 
 class Scheduler:
-    def __init__(self, pending: list[tuple[int, int | None]], min_split: int, stall_steal: float = 1.5):
+    def __init__(self, pending: list[tuple[int, int | None]], min_split: int, stall_steal: float = 1.5,
+                 read_size: int = 64 << 10):
         self.segments = [Segment(s, e) for s, e in pending if e is None or e > s]
         self.min_split = max(1, min_split)
         self.stall_steal = stall_steal  # seconds without a byte before an idle connection takes over
+        self.read_size = read_size  # smallest read of a stream: bytes arrive (are committed) in such steps
         self.lock = threading.Lock()
         self.worker_speed: dict[int, float] = {}
         self.restarted = False
@@ -56,14 +60,17 @@ class Scheduler:
                 if seg.owner is None and (seg.end is None or seg.cursor < seg.end):
                     seg.owner = worker
                     seg._t, seg._c = time.monotonic(), seg.cursor
+                    seg.last = seg._t
                     return seg
             now = time.monotonic()
             best, best_eta = None, 0.0
             for seg in self.segments:
                 if seg.owner is None or seg.end is None or seg.remaining <= 0:
                     continue
-                if now - seg._t > self.stall_steal and seg.cursor == seg._c:
-                    # no byte for a while: take the whole rest; the stalled reader stops at its new end
+                rate = seg.speed or (seg.cursor - seg._c) / max(now - seg._t, 1e-3)
+                if rate > 0 and now - seg.last > max(self.stall_steal, 4 * self.read_size / rate):
+                    # it streamed, and no byte since for a while (a slow stream's reads take long: only
+                    # well past one of them): take the whole rest; the stalled reader stops at its new end
                     new = Segment(seg.cursor, seg.end, owner=worker)
                     new._t, new._c = now, seg.cursor
                     seg.end = seg.cursor
@@ -95,6 +102,7 @@ class Scheduler:
                 if seg.owner is None and seg.start == position == seg.cursor and seg.end != seg.start:
                     seg.owner = worker
                     seg._t, seg._c = time.monotonic(), seg.cursor
+                    seg.last = seg._t
                     return seg
             return None
 
@@ -116,12 +124,26 @@ class Scheduler:
         with self.lock:
             seg.cursor += n
             now = time.monotonic()
+            seg.last = now
             dt = now - seg._t
             if dt >= 0.5:
                 rate = (seg.cursor - seg._c) / dt
                 seg.speed = rate if seg.speed == 0 else 0.5 * seg.speed + 0.5 * rate
                 self.worker_speed[worker] = seg.speed
                 seg._t, seg._c = now, seg.cursor
+
+    def hand_over(self, seg: Segment, failed: bool) -> Segment | None:
+        """A stalled connection lets go of the rest of its range: it becomes a new, unowned segment
+        that the first idle connection takes (the stalled one is closed and asks for work again).
+        `failed`: it stalled before its first byte (counts as a failed try of that range)."""
+        with self.lock:
+            seg.owner = None
+            if seg.end is None or seg.cursor >= seg.end:
+                return None
+            rest = Segment(seg.cursor, seg.end, failures=seg.failures + 1 if failed else 0)
+            seg.end = seg.cursor
+            self.segments.append(rest)
+            return rest
 
     def release(self, seg: Segment) -> None:
         with self.lock:

@@ -109,17 +109,6 @@ def test_zip_slip_refused(srv, opts):
     assert files_under(opts.root.parent) == []
 
 
-def test_pickle_refused_unless_allowed(srv, opts):
-    srv.routes["/m.ckpt"] = Resource(data=b"\x80\x02}q\x00." + os.urandom(1000))
-    with pytest.raises(UnsafeError, match="pickle"):
-        download(DownloadRequest([srv.url("/m.ckpt")]), opts)
-    assert files_under(opts.root) == []
-    opts.allow_pickle = True
-    res = download(DownloadRequest([srv.url("/m.ckpt")]), opts)
-    assert res.files[0].pickle and res.files[0].path.endswith("Stable-diffusion/m.ckpt")
-    assert json.loads(Path(res.files[0].sidecar).read_text())["pickle"] is True
-
-
 def test_civitai_token_api_hash_preview_sidecar(srv, opts, monkeypatch):
     data = lora_bytes(100_000)
     opts.civitai_hosts = ("127.0.0.1",)
