@@ -152,7 +152,8 @@ def _download(ctx: _Ctx) -> DownloadResult:
                 raise
             errors.append(f"{url}: {exc}")
             last = exc
-            ctx.log("warning", f"{url}: {exc}")
+            if index + 1 < len(req.urls):  # the last link's error is the one raised
+                ctx.log("warning", f"{url}: {exc}")
     assert last is not None
     if len(req.urls) > 1:
         raise type(last)("all links failed:\n  " + "\n  ".join(errors))

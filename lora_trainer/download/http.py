@@ -250,7 +250,7 @@ class Client:
                 slot.close()
                 raise MalformedResponseError(
                     f"{host} sent a garbage answer instead of an HTTP response ({type(exc).__name__}: "
-                    f"{str(exc)[:120]})") from exc
+                    f"{str(exc).strip()[:120]!r})") from exc
             except Exception:
                 slot.close()
                 raise
