@@ -29,7 +29,7 @@ def register(subparsers) -> None:
                                 ("vae", "--vae-dir", "VAE"), ("embedding", "--embeddings-dir", "embeddings")):
         p.add_argument(flag, dest=f"dir_{kind}", default=default, help=f"folder for {kind} files (default {default})")
     p.add_argument("--name", help="file name to use (single link)")
-    p.add_argument("--connections", "-x", type=int, default=8, help="connections per file (default 8)")
+    p.add_argument("--connections", "-x", type=int, default=16, help="connections per file (default 16)")
     p.add_argument("--jobs", "-j", type=int, default=2, help="files downloaded at once (default 2)")
     p.add_argument("--sha256", help="expected SHA-256 (single file)")
     p.add_argument("--mirror", action="append", default=[], help="another link to the same file (repeatable)")

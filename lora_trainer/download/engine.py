@@ -81,7 +81,9 @@ def probe(client: Client, url: str, opts: DownloadOptions, slot: Slot) -> tuple[
             resp = opened.resp
             if getattr(opened.conn, "sock", None) is not None:  # silence this long in the body is a stall
                 opened.conn.sock.settimeout(min(opts.stall_timeout, opts.read_timeout))
+            t = time.monotonic()
             head = resp.read(min(SNIFF, remote.size)) if remote.size else resp.read1(SNIFF)
+            opened.head_speed = len(head) / max(time.monotonic() - t, 1e-6)
             return remote, opened, head
         except ssl.SSLCertVerificationError as exc:  # an untrusted certificate stays untrusted: say how to trust it
             slot.close()
@@ -168,7 +170,8 @@ class Transfer:
             # a fresh ranged download starts on the probe's stream alone and opens the other
             # connections only if that one is not already fast (see _monitor): one fast stream keeps
             # the file in order, so hashing runs alongside instead of after the download
-            ramp = self.first is not None and self.remote.ranges and self.workers > 1
+            ramp = self.first is not None and self.remote.ranges and self.workers > 1 and \
+                self.first.head_speed >= FAST_SINGLE / 4  # a slow first read: no need to wait and see
             threads = [self._spawn(i) for i in range(1 if ramp else self.workers)]
             hasher = threading.Thread(target=self._hash_behind, daemon=True, name="dl-hash")
             hasher.start()

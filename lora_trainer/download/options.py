@@ -29,7 +29,7 @@ class DownloadOptions:
     root: Path = field(default_factory=lambda: Path("."))
     folders: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_FOLDERS))
     route: bool = True  # False: everything goes straight into `root`
-    connections: int = 8
+    connections: int = 16  # like aria2c -x16: netdisk and CDN links limit each connection; a fast one uses one (see engine)
     min_split: int = 1 << 20  # never split a segment below this many bytes
     headers: dict[str, str] = field(default_factory=dict)
     proxy: str | None = None  # http://, https://, socks5://, socks5h:// ; None → environment

@@ -80,7 +80,7 @@ def test_5xx_and_429_bursts_with_retry_after(srv, opts):
 def test_redirect_chain_to_expiring_signed_url(srv, opts):
     data = lora_bytes(2 << 20)
     srv.routes["/real.safetensors"] = Resource(data=data, rate=1 << 20, drops=[300_000, 300_000])
-    signer = Signed("/real.safetensors", ttl=0.5)
+    signer = Signed("/real.safetensors", ttl=0.2)  # expires before the drops (at 0.3 s)
     srv.routes["/hf/resolve/main/x.safetensors"] = Redirect("/hop")
     srv.routes["/hop"] = signer
     opts.connections = 3
@@ -259,7 +259,7 @@ def test_signed_url_expiring_into_an_html_page_mid_download(srv, opts):
     """Some CDNs answer an expired signed URL with 200 + a login page: re-resolve, keep the bytes."""
     data = lora_bytes(2 << 20)
     srv.routes["/real.safetensors"] = Resource(data=data, rate=1 << 20, drops=[None, 250_000, 250_000])
-    signer = Signed("/real.safetensors", ttl=0.4, expired=Raw(200, b"<!DOCTYPE html><html>log in</html>"))
+    signer = Signed("/real.safetensors", ttl=0.15, expired=Raw(200, b"<!DOCTYPE html><html>log in</html>"))
     srv.routes["/share/abc"] = signer
     opts.connections = 3
     res = download(DownloadRequest([srv.url("/share/abc")], name="x.safetensors"), opts)
