@@ -8,10 +8,8 @@ file that changes on the server aborts the transfer instead of splicing two vers
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import http.client
 import os
-import queue
 import socket
 import ssl
 import threading
@@ -27,7 +25,8 @@ from lora_trainer.download.errors import (
     NetworkError,
     RemoteChangedError,
 )
-from lora_trainer.download.fileio import open_rw, read_at, sync_data, write_at
+from lora_trainer.download.fileio import open_rw, sync_data, write_at
+from lora_trainer.download.hashing import StreamHasher
 from lora_trainer.download.http import Client, Opened, RetryableHTTPError, Slot, raise_for_status
 from lora_trainer.download.options import DownloadOptions
 from lora_trainer.download.ranges import check_partial
@@ -143,22 +142,11 @@ class Transfer:
         self._carry: dict[int, tuple[Segment, Opened]] = {}  # worker → next segment its open stream continues into
         self._carried: dict[int, Opened] = {}
         self._wake = threading.Event()  # a worker finished: the monitor looks at once
-        # in-order hashing: bytes below _fed are hashed or queued for the hasher, in file order.
-        # A stream writing exactly at _fed hands its buffer over (no read-back); anything else is
-        # claimed as a range once the contiguous prefix passes it and read back from the page cache.
-        self._hasher = hashlib.sha256()
-        self._hashed = 0
-        self._hash_q: queue.SimpleQueue = queue.SimpleQueue()
-        self._hash_lock = threading.Lock()
-        self._hash_free = threading.Condition(self._hash_lock)  # the hasher gave a buffer back
-        self._fed = 0
-        self._pool: list[bytearray] = []  # spare buffers the hasher gave back
-        self._queued = 0  # buffers waiting for the hasher
-        self._hash_bad = False
         self._dirty = 0  # bytes written since the last flush (approximate: workers add without a lock)
         self._flush_now = threading.Event()
         self._flush_stop = False
         self.sha256: str | None = None
+        self.hasher: StreamHasher | None = None
 
     # -- public ------------------------------------------------------------------------------
     def run(self) -> None:
@@ -172,9 +160,10 @@ class Transfer:
             # the file in order, so hashing runs alongside instead of after the download
             ramp = self.first is not None and self.remote.ranges and self.workers > 1 and \
                 self.first.head_speed >= FAST_SINGLE / 4  # a slow first read: no need to wait and see
+            size = self.remote.size if self.remote.size is not None else 1 << 62
+            self.hasher = StreamHasher(self.fd, lambda: min(self.sched.prefix(), size), BUF, HASH_BEHIND,
+                                       HASH_WAIT).start()
             threads = [self._spawn(i) for i in range(1 if ramp else self.workers)]
-            hasher = threading.Thread(target=self._hash_behind, daemon=True, name="dl-hash")
-            hasher.start()
             flusher = threading.Thread(target=self._flush_behind, daemon=True, name="dl-flush")
             flusher.start()
             self._monitor(threads, ramp)
@@ -184,8 +173,6 @@ class Transfer:
             self._flush_stop = True
             self._flush_now.set()
             flusher.join()
-            self._hash_q.put(None)  # after everything queued so far
-            hasher.join()
             if self.first is not None and self.first_slot is not None:
                 self.first_slot.close()  # nobody needed byte 0 (resumed transfer)
             if self.remote.size is None:
@@ -204,9 +191,13 @@ class Transfer:
             # flush to disk and hash the unhashed tail at the same time (both release the GIL)
             syncer = threading.Thread(target=sync_data, args=(self.fd,), daemon=True)
             syncer.start()
-            self.sha256 = self._hash_finish()
+            if self.sched.restarted:  # a stream without ranges started over: hashed bytes may be stale
+                self.hasher.invalidate()
+            self.sha256 = self.hasher.finish(os.fstat(self.fd).st_size)
             syncer.join()
         finally:
+            if self.hasher is not None:
+                self.hasher.close()
             os.close(self.fd)
 
     # -- internals ---------------------------------------------------------------------------
@@ -250,76 +241,6 @@ class Transfer:
             if sock is not None:
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
-
-    def _hash_behind(self) -> None:
-        """SHA-256 in file order while the download runs: buffers handed over by an in-order stream,
-        else ranges of the finished prefix read back from the page cache. Ends at the None marker."""
-        while True:
-            try:
-                item = self._hash_q.get_nowait()
-            except queue.Empty:
-                if self._claim_prefix():
-                    continue
-                try:
-                    item = self._hash_q.get(timeout=0.05)
-                except queue.Empty:
-                    continue
-            if item is None:
-                return
-            offset, buf, n = item
-            if offset != self._hashed:  # cannot happen; fall back to hashing the whole file at the end
-                self._hash_bad = True
-            if buf is None:
-                self._hash_upto(n)
-            else:
-                self._hasher.update(memoryview(buf)[:n])
-                self._hashed += n
-                with self._hash_lock:
-                    self._queued -= 1
-                    self._pool.append(buf)
-                    self._hash_free.notify()
-
-    def _claim_prefix(self) -> bool:
-        """Queue the finished prefix beyond what is already hashed or queued (bytes written out of order)."""
-        with self._hash_lock:
-            limit = self.sched.prefix()
-            if self.remote.size is not None:
-                limit = min(limit, self.remote.size)
-            if self._fed < limit < 1 << 62:
-                self._hash_q.put((self._fed, None, limit))
-                self._fed = limit
-                return True
-            return False
-
-    def _feed(self, offset: int, buf: bytearray, n: int) -> bytearray:
-        """After writing buf[:n] at offset: hand the buffer to the hasher if it is the next bytes in
-        order (returns a spare one to read on into), else keep it."""
-        if offset != self._fed:
-            return buf
-        with self._hash_lock:
-            if self._queued >= HASH_BEHIND and offset == self._fed:
-                # the hasher is behind: wait for it (backpressure) rather than read the bytes back later
-                self._hash_free.wait_for(lambda: self._queued < HASH_BEHIND, HASH_WAIT)
-            if offset != self._fed or self._queued >= HASH_BEHIND:
-                return buf
-            self._hash_q.put((offset, buf, n))
-            self._fed = offset + n
-            self._queued += 1
-            return self._pool.pop() if self._pool else bytearray(BUF)
-
-    def _hash_upto(self, limit: int) -> None:
-        while self._hashed < limit:
-            data = read_at(self.fd, min(4 << 20, limit - self._hashed), self._hashed)
-            if not data:
-                break
-            self._hasher.update(data)
-            self._hashed += len(data)
-
-    def _hash_finish(self) -> str | None:
-        if self.sched.restarted or self._hash_bad:  # a single stream started over: hashed bytes may be stale
-            return None
-        self._hash_upto(os.fstat(self.fd).st_size)
-        return self._hasher.hexdigest()
 
     def _flush_behind(self) -> None:
         """Flush and record progress every FLUSH_EVERY bytes or SAVE_EVERY seconds, off the data path."""
@@ -534,7 +455,7 @@ class Transfer:
                 self._dirty += n
                 if self._dirty >= FLUSH_EVERY:
                     self._flush_now.set()
-                spare = self._feed(at, buf[0], n)
+                spare = self.hasher.feed(at, buf[0], n)
                 if spare is not buf[0]:
                     buf[0] = spare
                     view = memoryview(spare)
