@@ -31,7 +31,7 @@ from lora_trainer.download.http import Client, Opened, RetryableHTTPError, Slot,
 from lora_trainer.download.options import DownloadOptions
 from lora_trainer.download.ranges import check_partial
 from lora_trainer.download.retry import MalformedBudget, backoff
-from lora_trainer.download.segments import Scheduler, Segment
+from lora_trainer.download.segments import MIN_PIECE, Scheduler, Segment
 from lora_trainer.download.state import PartState, Remote, state_path_for
 
 BUF = 1 << 20  # largest read: one readinto, one pwrite, one hash update per MiB on a fast stream
@@ -45,6 +45,7 @@ HASH_WAIT = 0.2  # seconds it waits at most (then it goes on and the hasher read
 RAMP_WINDOW = 0.1  # seconds the first stream runs alone
 FAST_SINGLE = 48 << 20  # bytes/s: one stream this fast gains little from more connections
 SNIFF = 64 << 10
+PIECE_TRIPS = 50  # a range lasts at least this many round trips (the gap between two costs ≤ 2 %)
 NET_ERRORS = (OSError, http.client.HTTPException)
 
 
@@ -73,7 +74,9 @@ def probe(client: Client, url: str, opts: DownloadOptions, slot: Slot) -> tuple[
     while True:
         retry_after = None
         try:
+            t = time.monotonic()
             opened = client.open(url, {"Range": "bytes=0-"}, slot)
+            opened.wait = time.monotonic() - t
             raise_for_status(opened, opts, slot, url)
             opened.open_ended = opened.checked = True  # this answer defines the identity
             remote = remote_from(opened)
@@ -119,7 +122,9 @@ class Transfer:
         self.state_path = state_path_for(part)
         connections = opts.connections if remote.ranges and remote.size else 1
         if pending is None:
-            pending = [list(p) for p in Scheduler.initial(remote.size, connections, opts.min_split)]
+            # a range should last PIECE_TRIPS round trips, so the one between two ranges costs little
+            piece = max(MIN_PIECE, int(PIECE_TRIPS * first.wait * first.head_speed)) if first is not None else MIN_PIECE
+            pending = [list(p) for p in Scheduler.initial(remote.size, connections, opts.min_split, piece)]
         # a connection that receives nothing for `stall` seconds hands the rest of its range over (its
         # socket times out); an idle connection already takes it after half of that (see Scheduler.assign)
         self.stall = min(opts.stall_timeout, opts.read_timeout)

@@ -54,6 +54,7 @@ class Opened:
     open_ended: bool = False  # asked for `bytes=N-`: the body runs to the end of the file
     checked: bool = False  # identity already compared with the file we download
     head_speed: float = 0.0  # bytes/s of the first read (the probe's): a slow start opens all connections at once
+    wait: float = 0.0  # seconds from the request to the answer's headers (the probe's): a round trip, or more
 
     def header(self, name: str) -> str | None:
         return self.resp.getheader(name)

@@ -11,8 +11,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-PIECES = 4  # ranges per connection on a big file (each is one request on a kept-alive connection)
-MIN_PIECE = 4 << 20  # bytes: at 2 MB/s a request every 2 s, so a round trip between two costs little
+PIECES = 8  # ranges per connection on a big file (each is one request on a kept-alive connection)
+MIN_PIECE = 1 << 20  # bytes; the engine asks for bigger ones on links with long round trips
 
 
 @dataclass
@@ -48,14 +48,15 @@ class Scheduler:
         self.restarted = False
 
     @staticmethod
-    def initial(size: int | None, connections: int, min_split: int) -> list[tuple[int, int | None]]:
+    def initial(size: int | None, connections: int, min_split: int,
+                piece: int = MIN_PIECE) -> list[tuple[int, int | None]]:
         """Equal ranges in file order, one per connection or (on a big file) up to PIECES per connection
-        of at least MIN_PIECE bytes: connections then move through the file together, so the finished
+        of at least `piece` bytes: connections then move through the file together, so the finished
         prefix grows during the download and the in-order SHA-256 keeps up instead of running at the
         end. One open range when the size is unknown."""
         if not size:
             return [(0, size)]
-        n = max(1, min(connections, size // max(1, min_split)), min(connections * PIECES, size // MIN_PIECE))
+        n = max(1, min(connections, size // max(1, min_split)), min(connections * PIECES, size // max(1, piece)))
         step = -(-size // n)
         return [(i, min(size, i + step)) for i in range(0, size, step)]
 
