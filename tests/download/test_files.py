@@ -205,14 +205,16 @@ def test_list_format():
 def test_queue_concurrency_cancel_persist(srv, opts, tmp_path):
     datas = [lora_bytes(400_000) for _ in range(3)]
     for i, d in enumerate(datas):
-        srv.routes[f"/q{i}.safetensors"] = Resource(data=d, rate=400_000)
+        srv.routes[f"/q{i}.safetensors"] = Resource(data=d, rate=100_000)  # ~0.7 s each with 6 connections
     qfile = tmp_path / "queue.json"
     events = []
     mgr = DownloadManager(opts, concurrency=2, state_file=qfile, sinks=(events.append,))
     ids = [mgr.add(DownloadRequest([srv.url(f"/q{i}.safetensors")])) for i in range(3)]
     assert mgr.add(srv.url("/q0.safetensors")) == ids[0]  # already queued: not twice
     mgr.start()
-    time.sleep(0.3)
+    deadline = time.monotonic() + 5
+    while [i["state"] for i in mgr.items()].count("running") < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
     states = [i["state"] for i in mgr.items()]
     assert states.count("running") == 2 and states.count("queued") == 1
     mgr.cancel(ids[1])
