@@ -414,8 +414,9 @@ class Transfer:
             length = resp.getheader("Content-Length")
             if length and length.isdigit() and r.size is not None and int(length) != r.size:
                 changed = True
-            if not changed and seg.cursor != 0:
-                raise RetryableHTTPError("server ignored the byte range (HTTP 200)", 200)
+            if not changed and seg.cursor != 0:  # the whole file again: another answer than asked
+                raise MalformedResponseError(f"the server ignored the byte range bytes={seg.cursor}- and sent the "
+                                             "whole file (HTTP 200)")
         if changed:
             raise RemoteChangedError(
                 "the file on the server changed during the download (size/ETag/Last-Modified differ)")

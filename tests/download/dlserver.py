@@ -34,7 +34,8 @@ class Resource:
     stall_seconds: float | None = 3.0  # None: silent until the server shuts down (the socket stays open)
     # broken answers to ranged requests starting at or after malformed_from: "inverted" (206, empty, an
     # impossible Content-Range), "empty" (206 with no body for the asked range), "shifted" (another range
-    # than asked), "length" (Content-Length differs from the range), "garbage" (not an HTTP status line)
+    # than asked), "length" (Content-Length differs from the range), "garbage" (not an HTTP status line),
+    # "ignored" (200 and the whole file)
     malformed: str | None = None
     malformed_from: int = 0
     malformed_times: int | None = None  # how many such answers; None: every one
@@ -179,6 +180,14 @@ class _Handler(BaseHTTPRequestHandler):
         self.close_connection = True
         if kind == "garbage":
             self.wfile.write(b"SPAM 2OO maybe\r\nContent-Length: 3\r\n\r\nxyz")
+            return
+        if kind == "ignored":  # the whole file with 200, as if Range had not been sent
+            self.send_response(200)
+            self.send_header("Content-Length", str(size))
+            if res.current_etag():
+                self.send_header("ETag", res.current_etag())
+            self.end_headers()
+            self.wfile.write(data)
             return
         first, last, body = start, end - 1, data[start:end]
         if kind == "inverted":

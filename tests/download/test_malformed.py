@@ -19,10 +19,10 @@ from lora_trainer.download.errors import MalformedResponseError
 from lora_trainer.download.ranges import check_partial, parse_content_range
 
 ROOT = Path(__file__).resolve().parents[2]
-KINDS = ["inverted", "empty", "shifted", "length", "garbage"]
+KINDS = ["inverted", "empty", "shifted", "length", "garbage", "ignored"]
 SAID = {"inverted": "impossible byte range", "empty": "does not match its Content-Range",
         "shifted": "does not match the request", "length": "does not match its Content-Range",
-        "garbage": "garbage answer"}
+        "garbage": "garbage answer", "ignored": "ignored the byte range"}
 
 
 class _Resp:
