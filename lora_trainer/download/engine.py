@@ -35,7 +35,8 @@ from lora_trainer.download.segments import MIN_PIECE, Scheduler, Segment
 from lora_trainer.download.state import PartState, Remote, state_path_for
 
 BUF = 1 << 20  # largest read: one readinto, one pwrite, one hash update per MiB on a fast stream
-MIN_CHUNK = 64 << 10  # first and smallest read: a slow stream still commits several times a second
+MIN_CHUNK = 16 << 10  # first and smallest read: a slow stream still commits several times a second, and
+# a connection with nothing committed for stall/2 seconds has really received (almost) nothing
 FAST_READ, SLOW_READ = 0.05, 0.2  # seconds per read: below, double the read size; above, halve it
 FLUSH_EVERY = 32 << 20  # bytes written between background flushes: the disk writes while the network
 # reads, so the fdatasync before the rename finds little left (measured: 16/32/64 MiB alike, none slower)

@@ -74,10 +74,11 @@ class Scheduler:
             for seg in self.segments:
                 if seg.owner is None or seg.end is None or seg.remaining <= 0:
                     continue
-                rate = seg.speed or (seg.cursor - seg._c) / max(now - seg._t, 1e-3)
-                if rate > 0 and now - seg.last > max(self.stall_steal, 4 * self.read_size / rate):
-                    # it streamed, and no byte since for a while (a slow stream's reads take long: only
-                    # well past one of them): take the whole rest; the stalled reader stops at its new end
+                rate = seg.speed or (seg.cursor - seg._c) / max(seg.last - seg._t, 1e-3)  # while it streamed
+                quiet = now - seg.last
+                if quiet > self.stall_steal and (rate <= 0 or quiet > 4 * self.read_size / rate):
+                    # no byte for a while (on a slow stream, whose reads take long: well past one of
+                    # them): take the whole rest; the stalled reader stops at its new end
                     new = Segment(seg.cursor, seg.end, owner=worker)
                     new._t, new._c = now, seg.cursor
                     seg.end = seg.cursor
