@@ -1,10 +1,10 @@
 """Download throughput: ours vs aria2c and curl on a local server (same run, same file, interleaved).
 
 1. Throttled: every connection limited to BENCH_RATE_MB MB/s (default 2), file BENCH_MB MB (default 200).
-   Ours with -x BENCH_CONNECTIONS (16) vs `aria2c -x16 -s16` (as users run it; aria2's default
+   Ours with -x BENCH_CONNECTIONS (16, our default) vs `aria2c -x16 -s16` (as users run it; aria2's default
    20 MiB minimum split leaves it fewer connections on a 200 MB file, so `-k1M` is measured too)
    vs `curl` (one connection; stopped after BENCH_CURL_MAX_S seconds, throughput from bytes received).
-2. Unthrottled loopback (sendfile): ours (-x8 and -x1) vs curl, `curl | sha256sum` (a verified file in
+2. Unthrottled loopback (sendfile): ours (-x16 and -x1) vs curl, `curl | sha256sum` (a verified file in
    one pass, like ours), `curl -o && sha256sum` (download, then hash) and `aria2c -x16 -s16`.
 
 Ours is measured twice: the CLI as a user runs it (`python -m lora_trainer download`, Python start-up and
@@ -99,23 +99,23 @@ def main() -> int:
         for case, url in (("throttled", srv.url("/throttled/bench.dat")), ("loopback", srv.url("/fast/bench.dat"))):
             runs: list[tuple[str, list[str], Path | None, dict, Path]] = []
             for label, tree in trees:
-                for n in ((CONNS,) if case == "throttled" else (8, 1)):
+                for n in ((CONNS,) if case == "throttled" else (CONNS, 1)):
                     d = work / f"{label}-{case}-{n}"
                     runs.append((f"{label} CLI -x{n}", [sys.executable, "-m", "lora_trainer", "download", url,
                                                        "--to", str(d), "--flat", "-q", "--proxy", "", "-x", str(n),
                                                        "--name", "bench.dat"], d / "bench.dat", envs[label], tree))
-                n = CONNS if case == "throttled" else 8
-                d = work / f"{label}-{case}-inproc"
-                runs.append((f"{label} in-process -x{n}", [sys.executable, str(ROOT / "bench" / "download_bench.py"),
-                                                          "--inproc", url, str(d), str(n)],
-                             d / "bench.dat", envs[label], tree))
+                for n in ((CONNS,) if case == "throttled" else (CONNS, 1)):
+                    d = work / f"{label}-{case}-inproc-{n}"
+                    runs.append((f"{label} in-process -x{n}", [sys.executable, str(ROOT / "bench" / "download_bench.py"),
+                                                              "--inproc", url, str(d), str(n)],
+                                 d / "bench.dat", envs[label], tree))
             if case == "loopback":
                 runs.append(("python start-up + imports", [sys.executable, "-c", IMPORTS], None, envs["ours"], ROOT))
             if aria2:
-                variants = (("aria2c -x16 -s16", []), ("aria2c -x16 -s16 -k1M", ["-k1M"]))
+                variants = ((f"aria2c -x{CONNS} -s{CONNS}", []), (f"aria2c -x{CONNS} -s{CONNS} -k1M", ["-k1M"]))
                 for label, extra in variants if case == "throttled" else variants[:1]:
                     d = work / f"a{len(runs)}"
-                    runs.append((label, [aria2, "-x16", "-s16", *extra, "-q", "--allow-overwrite=true",
+                    runs.append((label, [aria2, f"-x{CONNS}", f"-s{CONNS}", *extra, "-q", "--allow-overwrite=true",
                                          "--file-allocation=none", "-d", str(d), "-o", "bench.dat", url],
                                  d / "bench.dat", env, ROOT))
             if curl:
@@ -154,6 +154,20 @@ def main() -> int:
     print(f"{'case':10} {'client':30} {'wall s':>8} {'MiB/s':>8} {'CPU s':>7}")
     for case, label, wall, cpu, mbps in rows:
         print(f"{case:10} {label:30} {wall:8.2f} {'' if mbps < 0 else f'{mbps:8.1f}':>8} {cpu:7.2f}")
+    speed = {(c, lab): v for c, lab, _, _, v in rows if v > 0}
+    link = CONNS * RATE / MB
+    print(f"\nheadline (uptime load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}):")
+    for how in ("CLI", "in-process"):
+        mine = speed.get(("throttled", f"ours {how} -x{CONNS}"))
+        ref = speed.get(("throttled", f"aria2c -x{CONNS} -s{CONNS} -k1M"))
+        if mine:
+            print(f"  throttled -x{CONNS}, ours {how}: {mine:.1f} MiB/s = {mine / link:.2f} of the link ({link:g} MiB/s)"
+                  + (f"; vs aria2c -x{CONNS} -s{CONNS} -k1M: {mine / ref:.2f}" if ref else ""))
+    for how in ("CLI", "in-process"):
+        mine, ref = speed.get(("loopback", f"ours {how} -x1")), speed.get(("loopback", "curl"))
+        if mine and ref:
+            print(f"  loopback -x1, ours {how} vs curl: {mine / ref:.2f} (ours hashes SHA-256 too; "
+                  f"vs curl | tee | sha256sum: {mine / speed.get(('loopback', 'curl | tee | sha256sum'), mine):.2f})")
     print("\nratios (our median throughput / theirs; > 1 means we are faster):")
     for case in ("throttled", "loopback"):
         ours = [(lab, v) for c, lab, _, _, v in rows if c == case and lab.startswith(("ours", "before")) and v > 0]

@@ -29,7 +29,7 @@ def register(subparsers) -> None:
                                 ("vae", "--vae-dir", "VAE"), ("embedding", "--embeddings-dir", "embeddings")):
         p.add_argument(flag, dest=f"dir_{kind}", default=default, help=f"folder for {kind} files (default {default})")
     p.add_argument("--name", help="file name to use (single link)")
-    p.add_argument("--connections", "-x", type=int, default=8, help="connections per file (default 8)")
+    p.add_argument("--connections", "-x", type=int, default=16, help="connections per file (default 16)")
     p.add_argument("--jobs", "-j", type=int, default=2, help="files downloaded at once (default 2)")
     p.add_argument("--sha256", help="expected SHA-256 (single file)")
     p.add_argument("--mirror", action="append", default=[], help="another link to the same file (repeatable)")
@@ -40,12 +40,16 @@ def register(subparsers) -> None:
     p.add_argument("--civitai-token", help="Civitai API token (default: env CIVITAI_TOKEN)")
     p.add_argument("--hf-token", help="HuggingFace token (default: env HF_TOKEN)")
     p.add_argument("--max-size", type=_size, help="refuse files larger than this (e.g. 8G, 500M)")
-    p.add_argument("--allow-pickle", action="store_true", help="keep .ckpt/.pt/.bin files (never loaded)")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="put pickle files (told by their bytes) into the model folders; without it they are kept "
+                        "as NAME.pickle in --to (never loaded by us either way)")
     p.add_argument("--no-unzip", action="store_true", help="keep zip archives as they are")
     p.add_argument("--block-private", action="store_true",
                    help="refuse loopback/private/link-local addresses (checked after DNS and on redirects)")
     p.add_argument("--retries", type=int, default=8, help="retries per connection without progress")
-    p.add_argument("--timeout", type=float, default=30.0, help="seconds without data before reconnecting")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for a server's answer (default 30)")
+    p.add_argument("--stall", type=float, default=4.0,
+                   help="seconds without a byte before a connection's range goes to another one (default 4)")
     p.add_argument("--queue-file", help="persist the queue here (continues after a restart)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
@@ -65,6 +69,8 @@ def build(args):
     from lora_trainer.download import DownloadOptions, DownloadRequest, parse_line, parse_text
     from lora_trainer.download.errors import BadRequestError
 
+    if args.stall <= 0 or args.timeout <= 0:
+        raise BadRequestError(f"--{'stall' if args.stall <= 0 else 'timeout'}: give a number of seconds above 0")
     headers = {}
     for h in args.header:
         if ":" not in h:
@@ -75,7 +81,8 @@ def build(args):
         root=Path(args.to), route=not args.flat, connections=max(1, args.connections), headers=headers,
         proxy=args.proxy, civitai_token=args.civitai_token or args.token, hf_token=args.hf_token or args.token,
         max_bytes=args.max_size, allow_pickle=args.allow_pickle, unpack_zip=not args.no_unzip,
-        block_private=args.block_private, retries=args.retries, read_timeout=args.timeout, ca_file=args.ca_file)
+        block_private=args.block_private, retries=args.retries, read_timeout=args.timeout, stall_timeout=args.stall,
+        ca_file=args.ca_file)
     opts.folders.update({k: getattr(args, f"dir_{k}") for k in ("lora", "checkpoint", "vae", "embedding")})
     requests = []
     for src in args.sources:

@@ -27,7 +27,7 @@ def check_member(info: zipfile.ZipInfo) -> None:
                           "(zip-slip) or is a link; nothing was extracted")
 
 
-def safe_members(zf: zipfile.ZipFile, max_total: int, allow_pickle: bool) -> Iterator[tuple[zipfile.ZipInfo, str]]:
+def safe_members(zf: zipfile.ZipFile, max_total: int) -> Iterator[tuple[zipfile.ZipInfo, str]]:
     """(member, safe flat name) for each model file; checks every member before anything is extracted."""
     infos = zf.infolist()
     total = 0
@@ -44,7 +44,7 @@ def safe_members(zf: zipfile.ZipFile, max_total: int, allow_pickle: bool) -> Ite
             continue
         name = sanitize(PurePosixPath(info.filename.replace("\\", "/")).name)
         lower = name.lower()
-        if lower.endswith(".safetensors") or (allow_pickle and lower.endswith(PICKLE_EXTS)):
+        if lower.endswith(MODEL_EXTS):  # pickles among them are told apart by their bytes after extraction
             yield info, name
 
 

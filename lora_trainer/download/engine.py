@@ -8,12 +8,8 @@ file that changes on the server aborts the transfer instead of splicing two vers
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import http.client
 import os
-import queue
-import random
-import re
 import socket
 import ssl
 import threading
@@ -25,17 +21,22 @@ from lora_trainer.download.errors import (
     CancelledError,
     DownloadError,
     LinkExpiredError,
+    MalformedResponseError,
     NetworkError,
     RemoteChangedError,
 )
-from lora_trainer.download.fileio import open_rw, read_at, sync_data, write_at
+from lora_trainer.download.fileio import open_rw, sync_data, write_at
+from lora_trainer.download.hashing import StreamHasher
 from lora_trainer.download.http import Client, Opened, RetryableHTTPError, Slot, raise_for_status
 from lora_trainer.download.options import DownloadOptions
-from lora_trainer.download.segments import Scheduler, Segment
+from lora_trainer.download.ranges import check_partial
+from lora_trainer.download.retry import MalformedBudget, backoff
+from lora_trainer.download.segments import MIN_PIECE, Scheduler, Segment
 from lora_trainer.download.state import PartState, Remote, state_path_for
 
 BUF = 1 << 20  # largest read: one readinto, one pwrite, one hash update per MiB on a fast stream
-MIN_CHUNK = 64 << 10  # first and smallest read: a slow stream still commits several times a second
+MIN_CHUNK = 16 << 10  # first and smallest read: a slow stream still commits several times a second, and
+# a connection with nothing committed for stall/2 seconds has really received (almost) nothing
 FAST_READ, SLOW_READ = 0.05, 0.2  # seconds per read: below, double the read size; above, halve it
 FLUSH_EVERY = 32 << 20  # bytes written between background flushes: the disk writes while the network
 # reads, so the fdatasync before the rename finds little left (measured: 16/32/64 MiB alike, none slower)
@@ -45,19 +46,18 @@ HASH_WAIT = 0.2  # seconds it waits at most (then it goes on and the hasher read
 RAMP_WINDOW = 0.1  # seconds the first stream runs alone
 FAST_SINGLE = 48 << 20  # bytes/s: one stream this fast gains little from more connections
 SNIFF = 64 << 10
-_CRANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
+PIECE_TRIPS = 50  # a range lasts at least this many round trips (the gap between two costs ≤ 2 %)
 NET_ERRORS = (OSError, http.client.HTTPException)
 
 
 def remote_from(opened: Opened) -> Remote:
-    """Identity and capabilities from the answer to `Range: bytes=0-`."""
+    """Identity and capabilities from the answer to `Range: bytes=0-` (a 206 must be a sane one)."""
     resp = opened.resp
     size = None
     ranges = False
     if resp.status == 206:
-        m = _CRANGE.match(resp.getheader("Content-Range") or "")
-        if m and m.group(3) != "*":
-            size, ranges = int(m.group(3)), int(m.group(1)) == 0
+        _first, _last, size = check_partial(resp, 0, None)
+        ranges = True
     if size is None and not resp.chunked:
         length = resp.getheader("Content-Length")
         size = int(length) if length and length.isdigit() else None
@@ -67,38 +67,49 @@ def remote_from(opened: Opened) -> Remote:
                   disposition=resp.getheader("Content-Disposition"), linked_sha256=opened.linked_sha256)
 
 
-def probe(client: Client, url: str, opts: DownloadOptions, slot: Slot) -> tuple[Remote, Opened]:
-    """Open the link (following redirects) asking for all bytes from 0; retry busy servers."""
+def probe(client: Client, url: str, opts: DownloadOptions, slot: Slot) -> tuple[Remote, Opened, bytes]:
+    """Open the link (following redirects) asking for all bytes from 0, and read the first bytes (to
+    sniff for an error page). Its retry loop; each caught error says why it is caught."""
     attempt = 0
+    malformed = MalformedBudget()
     while True:
+        retry_after = None
         try:
+            t = time.monotonic()
             opened = client.open(url, {"Range": "bytes=0-"}, slot)
+            opened.wait = time.monotonic() - t
             raise_for_status(opened, opts, slot, url)
             opened.open_ended = opened.checked = True  # this answer defines the identity
-            return remote_from(opened), opened
-        except RetryableHTTPError as exc:
-            attempt += 1
-            if attempt > opts.retries:
-                raise
-            time.sleep(_delay(opts, attempt, exc.retry_after))
-        except ssl.SSLCertVerificationError as exc:  # retrying will not make it trusted
+            remote = remote_from(opened)
+            resp = opened.resp
+            if getattr(opened.conn, "sock", None) is not None:  # silence this long in the body is a stall
+                opened.conn.sock.settimeout(min(opts.stall_timeout, opts.read_timeout))
+            t = time.monotonic()
+            head = resp.read(min(SNIFF, remote.size)) if remote.size else resp.read1(SNIFF)
+            opened.head_speed = len(head) / max(time.monotonic() - t, 1e-6)
+            return remote, opened, head
+        except ssl.SSLCertVerificationError as exc:  # an untrusted certificate stays untrusted: say how to trust it
             slot.close()
             raise NetworkError(
                 f"{url}: the server's TLS certificate is not trusted ({exc.verify_message}); if you trust "
                 "this server, pass its CA certificate with --ca-file") from exc
-        except NET_ERRORS as exc:
+        except MalformedResponseError:  # a broken answer (garbage status line, impossible Content-Range):
+            slot.close()  # a fresh request may get a sane one, but only a few are tried
+            if not malformed.spend():
+                raise
+        except RetryableHTTPError as exc:  # 5xx/408/429/416: busy or failing; wait as long as it asks
+            if attempt >= opts.retries:
+                raise
+            retry_after = exc.retry_after
+        except DownloadError:  # expired link, login page, token needed: only the user can fix these
             slot.close()
-            attempt += 1
-            if attempt > opts.retries:
-                raise NetworkError(f"cannot reach {url}: {exc}") from exc
-            time.sleep(_delay(opts, attempt, None))
-
-
-def _delay(opts: DownloadOptions, attempt: int, retry_after: float | None) -> float:
-    if retry_after is not None:
-        return min(retry_after, max(opts.backoff_max, 1.0) * 4)
-    base = min(opts.backoff_max, opts.backoff * (2 ** (attempt - 1)))
-    return base * (0.75 + 0.5 * random.random())
+            raise
+        except NET_ERRORS as exc:  # refused, reset, timed out, dropped early: the network may recover
+            slot.close()
+            if attempt >= opts.retries:
+                raise NetworkError(f"cannot reach {url}: {_describe(exc, None)}") from exc
+        attempt += 1
+        time.sleep(backoff(opts, attempt, retry_after))
 
 
 class Transfer:
@@ -112,9 +123,15 @@ class Transfer:
         self.state_path = state_path_for(part)
         connections = opts.connections if remote.ranges and remote.size else 1
         if pending is None:
-            pending = [list(p) for p in Scheduler.initial(remote.size, connections, opts.min_split)]
-        self.sched = Scheduler([(p[0], p[1]) for p in pending], opts.min_split,
-                               stall_steal=min(1.5, opts.read_timeout / 2))
+            # a range should last PIECE_TRIPS round trips, so the one between two ranges costs little
+            piece = max(MIN_PIECE, int(PIECE_TRIPS * first.wait * first.head_speed)) if first is not None else MIN_PIECE
+            pending = [list(p) for p in Scheduler.initial(remote.size, connections, opts.min_split, piece)]
+        # a connection that receives nothing for `stall` seconds hands the rest of its range over (its
+        # socket times out); an idle connection already takes it after half of that (see Scheduler.assign)
+        self.stall = min(opts.stall_timeout, opts.read_timeout)
+        self.sched = Scheduler([(p[0], p[1]) for p in pending], opts.min_split, stall_steal=self.stall / 2,
+                               read_size=MIN_CHUNK)
+        self._malformed = MalformedBudget()
         self.workers = max(1, connections)
         self.first, self.first_slot, self.first_at = first, first_slot, first_at
         if first is not None and first_at and self.sched.segments and self.sched.segments[0].start == 0:
@@ -131,22 +148,11 @@ class Transfer:
         self._carry: dict[int, tuple[Segment, Opened]] = {}  # worker → next segment its open stream continues into
         self._carried: dict[int, Opened] = {}
         self._wake = threading.Event()  # a worker finished: the monitor looks at once
-        # in-order hashing: bytes below _fed are hashed or queued for the hasher, in file order.
-        # A stream writing exactly at _fed hands its buffer over (no read-back); anything else is
-        # claimed as a range once the contiguous prefix passes it and read back from the page cache.
-        self._hasher = hashlib.sha256()
-        self._hashed = 0
-        self._hash_q: queue.SimpleQueue = queue.SimpleQueue()
-        self._hash_lock = threading.Lock()
-        self._hash_free = threading.Condition(self._hash_lock)  # the hasher gave a buffer back
-        self._fed = 0
-        self._pool: list[bytearray] = []  # spare buffers the hasher gave back
-        self._queued = 0  # buffers waiting for the hasher
-        self._hash_bad = False
         self._dirty = 0  # bytes written since the last flush (approximate: workers add without a lock)
         self._flush_now = threading.Event()
         self._flush_stop = False
         self.sha256: str | None = None
+        self.hasher: StreamHasher | None = None
 
     # -- public ------------------------------------------------------------------------------
     def run(self) -> None:
@@ -158,10 +164,12 @@ class Transfer:
             # a fresh ranged download starts on the probe's stream alone and opens the other
             # connections only if that one is not already fast (see _monitor): one fast stream keeps
             # the file in order, so hashing runs alongside instead of after the download
-            ramp = self.first is not None and self.remote.ranges and self.workers > 1
+            ramp = self.first is not None and self.remote.ranges and self.workers > 1 and \
+                self.first.head_speed >= FAST_SINGLE / 4  # a slow first read: no need to wait and see
+            size = self.remote.size if self.remote.size is not None else 1 << 62
+            self.hasher = StreamHasher(self.fd, lambda: min(self.sched.prefix(), size), BUF, HASH_BEHIND,
+                                       HASH_WAIT).start()
             threads = [self._spawn(i) for i in range(1 if ramp else self.workers)]
-            hasher = threading.Thread(target=self._hash_behind, daemon=True, name="dl-hash")
-            hasher.start()
             flusher = threading.Thread(target=self._flush_behind, daemon=True, name="dl-flush")
             flusher.start()
             self._monitor(threads, ramp)
@@ -171,8 +179,6 @@ class Transfer:
             self._flush_stop = True
             self._flush_now.set()
             flusher.join()
-            self._hash_q.put(None)  # after everything queued so far
-            hasher.join()
             if self.first is not None and self.first_slot is not None:
                 self.first_slot.close()  # nobody needed byte 0 (resumed transfer)
             if self.remote.size is None:
@@ -191,9 +197,13 @@ class Transfer:
             # flush to disk and hash the unhashed tail at the same time (both release the GIL)
             syncer = threading.Thread(target=sync_data, args=(self.fd,), daemon=True)
             syncer.start()
-            self.sha256 = self._hash_finish()
+            if self.sched.restarted:  # a stream without ranges started over: hashed bytes may be stale
+                self.hasher.invalidate()
+            self.sha256 = self.hasher.finish(os.fstat(self.fd).st_size)
             syncer.join()
         finally:
+            if self.hasher is not None:
+                self.hasher.close()
             os.close(self.fd)
 
     # -- internals ---------------------------------------------------------------------------
@@ -237,76 +247,6 @@ class Transfer:
             if sock is not None:
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
-
-    def _hash_behind(self) -> None:
-        """SHA-256 in file order while the download runs: buffers handed over by an in-order stream,
-        else ranges of the finished prefix read back from the page cache. Ends at the None marker."""
-        while True:
-            try:
-                item = self._hash_q.get_nowait()
-            except queue.Empty:
-                if self._claim_prefix():
-                    continue
-                try:
-                    item = self._hash_q.get(timeout=0.05)
-                except queue.Empty:
-                    continue
-            if item is None:
-                return
-            offset, buf, n = item
-            if offset != self._hashed:  # cannot happen; fall back to hashing the whole file at the end
-                self._hash_bad = True
-            if buf is None:
-                self._hash_upto(n)
-            else:
-                self._hasher.update(memoryview(buf)[:n])
-                self._hashed += n
-                with self._hash_lock:
-                    self._queued -= 1
-                    self._pool.append(buf)
-                    self._hash_free.notify()
-
-    def _claim_prefix(self) -> bool:
-        """Queue the finished prefix beyond what is already hashed or queued (bytes written out of order)."""
-        with self._hash_lock:
-            limit = self.sched.prefix()
-            if self.remote.size is not None:
-                limit = min(limit, self.remote.size)
-            if self._fed < limit < 1 << 62:
-                self._hash_q.put((self._fed, None, limit))
-                self._fed = limit
-                return True
-            return False
-
-    def _feed(self, offset: int, buf: bytearray, n: int) -> bytearray:
-        """After writing buf[:n] at offset: hand the buffer to the hasher if it is the next bytes in
-        order (returns a spare one to read on into), else keep it."""
-        if offset != self._fed:
-            return buf
-        with self._hash_lock:
-            if self._queued >= HASH_BEHIND and offset == self._fed:
-                # the hasher is behind: wait for it (backpressure) rather than read the bytes back later
-                self._hash_free.wait_for(lambda: self._queued < HASH_BEHIND, HASH_WAIT)
-            if offset != self._fed or self._queued >= HASH_BEHIND:
-                return buf
-            self._hash_q.put((offset, buf, n))
-            self._fed = offset + n
-            self._queued += 1
-            return self._pool.pop() if self._pool else bytearray(BUF)
-
-    def _hash_upto(self, limit: int) -> None:
-        while self._hashed < limit:
-            data = read_at(self.fd, min(4 << 20, limit - self._hashed), self._hashed)
-            if not data:
-                break
-            self._hasher.update(data)
-            self._hashed += len(data)
-
-    def _hash_finish(self) -> str | None:
-        if self.sched.restarted or self._hash_bad:  # a single stream started over: hashed bytes may be stale
-            return None
-        self._hash_upto(os.fstat(self.fd).st_size)
-        return self._hasher.hexdigest()
 
     def _flush_behind(self) -> None:
         """Flush and record progress every FLUSH_EVERY bytes or SAVE_EVERY seconds, off the data path."""
@@ -352,53 +292,76 @@ class Transfer:
             self._wake.set()
 
     def _fetch(self, wid: int, seg: Segment, slot: Slot, buf: list[bytearray], fd: int) -> bool:
-        """Fill seg; False when this connection gives up (the segment goes back to the pool)."""
-        failures = 0
+        """Fill seg: the connection's one retry loop. True: seg is done or handed over; False: this
+        connection gives up (seg goes back to the pool). Each caught error says why it is caught."""
+        mine = 0  # this connection's failed tries in a row without a byte
         use_source = False
         while (seg.end is None or seg.cursor < seg.end) and not self._abort.is_set():
             before = seg.cursor
             retry_after = None
+            streaming = False
             try:
                 opened = self._open(wid, seg, slot, use_source)
-                use_source = False
+                use_source, streaming = False, True
                 finished = self._stream(wid, seg, opened, buf, fd)
-                if finished is True:
+                if finished is None:
+                    return False
+                if finished:
                     return True
-                if finished is False:  # the stream ended early without error (no Content-Length)
-                    raise http.client.IncompleteRead(b"")
-            except LinkExpiredError as exc:
-                # a signed CDN URL expired: get a fresh one from the original link once, else give up
-                if not use_source and self.remote.url != self.source_url:
-                    slot.close()
-                    use_source = True
-                    continue
-                self._fail(exc)
-                return False
-            except RemoteChangedError as exc:
-                self._fail(exc)
-                return False
-            except RetryableHTTPError as exc:
+                raise http.client.IncompleteRead(b"")  # a clean end before the range's end: a drop
+            except LinkExpiredError as exc:  # a signed CDN URL expired (403/410/login page): the original
+                if use_source or self.remote.url == self.source_url:  # link gives a fresh one, once in a row
+                    self._fail(exc)
+                    return False
+                slot.close()
+                use_source = True
+                continue
+            except MalformedResponseError as exc:  # impossible or mismatched Content-Range, length mismatch,
+                slot.close()  # garbage status line: a fresh request may get a sane answer, a few times in all
+                self.last_error = exc
+                if not self._malformed.spend():
+                    self._fail(exc)
+                    return False
+            except RetryableHTTPError as exc:  # 5xx/408/429/416: busy or failing; wait as long as it asks
                 retry_after = exc.retry_after
                 self.last_error = exc
                 slot.close()
-            except DownloadError as exc:
+            except DownloadError as exc:  # the file changed, the size cap, an error page: retrying cannot help
                 self._fail(exc)
                 return False
-            except NET_ERRORS as exc:  # drop, stall (read timeout), reset
+            except TimeoutError as exc:  # no answer in read_timeout, or no body byte for `stall` seconds:
+                slot.close()  # then an idle connection takes the rest of the range over at once
+                self.last_error = NetworkError(_describe(exc, seg))
+                if streaming and self.remote.ranges and seg.end is not None:
+                    rest = self.sched.hand_over(seg, failed=seg.cursor == before)
+                    if rest is not None and rest.failures > 2 * self.opts.retries:
+                        self._fail(NetworkError(f"download failed: {self.last_error}, {rest.failures} times in a "
+                                                "row; run the same command again to resume"))
+                        return False
+                    return True
+            except NET_ERRORS as exc:  # drop, reset, refused, early end: go on from the cursor
                 self.last_error = NetworkError(_describe(exc, seg))
                 slot.close()
             if self._abort.is_set():
                 return False
             if not self.remote.ranges and seg.cursor > seg.start:
                 self.sched.reset(seg)  # no Range support: the only way on is from the start
-            failures = 1 if seg.cursor > before else failures + 1
-            if failures > self.opts.retries:
+            if seg.cursor > before:
+                mine = seg.failures = 0
+            mine += 1
+            seg.failures += 1
+            if seg.failures > 2 * self.opts.retries:  # every connection that tried this range failed
+                self._fail(NetworkError(
+                    f"download failed after {seg.failures} tries at byte {seg.cursor}: {self.last_error}; "
+                    "run the same command again to resume"))
                 return False
-            if self.stop is not None:
-                if self.stop.wait(_delay(self.opts, failures, retry_after)):
-                    return False
-            else:
-                time.sleep(_delay(self.opts, failures, retry_after))
+            if mine > self.opts.retries:  # this connection gives up; another may still get the range
+                return False
+            wait = backoff(self.opts, mine, retry_after)
+            if self.stop is not None and self.stop.wait(wait):
+                return False
+            if self.stop is None:
+                time.sleep(wait)
         return True
 
     def _fail(self, exc: BaseException) -> None:
@@ -442,10 +405,8 @@ class Transfer:
         changed = (etag and r.etag and etag.removeprefix("W/") != r.etag.removeprefix("W/")) or (
             lm and r.last_modified and lm != r.last_modified)
         if resp.status == 206:
-            m = _CRANGE.match(resp.getheader("Content-Range") or "")
-            if not m or int(m.group(1)) != seg.cursor:
-                raise RetryableHTTPError("server answered another byte range than asked", 206)
-            if m.group(3) != "*" and r.size is not None and int(m.group(3)) != r.size:
+            _first, _last, total = check_partial(resp, seg.cursor, seg.end)
+            if total is not None and r.size is not None and total != r.size:
                 changed = True
         elif resp.status == 200:
             if "text/html" in (resp.getheader("Content-Type") or "").lower() and "html" not in r.content_type.lower():
@@ -454,8 +415,9 @@ class Transfer:
             length = resp.getheader("Content-Length")
             if length and length.isdigit() and r.size is not None and int(length) != r.size:
                 changed = True
-            if not changed and seg.cursor != 0:
-                raise RetryableHTTPError("server ignored the byte range (HTTP 200)", 200)
+            if not changed and seg.cursor != 0:  # the whole file again: another answer than asked
+                raise MalformedResponseError(f"the server ignored the byte range bytes={seg.cursor}- and sent the "
+                                             "whole file (HTTP 200)")
         if changed:
             raise RemoteChangedError(
                 "the file on the server changed during the download (size/ETag/Last-Modified differ)")
@@ -466,6 +428,9 @@ class Transfer:
         if not opened.checked:  # the probe's and carried streams were checked when they were opened
             self._check_identity(opened, seg)
             opened.checked = True
+        sock = getattr(opened.conn, "sock", None)
+        if sock is not None:
+            sock.settimeout(self.stall)  # from now on, silence this long is a stall
         view = memoryview(buf[0])
         cap = self.opts.max_bytes
         chunk = MIN_CHUNK
@@ -493,10 +458,11 @@ class Transfer:
                 at = seg.cursor
                 write_at(fd, view[:n], at)
                 self.sched.commit(seg, wid, n)
+                self._malformed.progressed()
                 self._dirty += n
                 if self._dirty >= FLUSH_EVERY:
                     self._flush_now.set()
-                spare = self._feed(at, buf[0], n)
+                spare = self.hasher.feed(at, buf[0], n)
                 if spare is not buf[0]:
                     buf[0] = spare
                     view = memoryview(spare)
@@ -518,9 +484,10 @@ class Transfer:
         return True
 
 
-def _describe(exc: BaseException, seg: Segment) -> str:
+def _describe(exc: BaseException, seg: Segment | None) -> str:
+    at = f" at byte {seg.cursor}" if seg is not None else ""
     if isinstance(exc, TimeoutError):
-        return f"the connection stalled (no data for a while) at byte {seg.cursor}"
+        return f"the connection stalled (no data for a while){at}"
     if isinstance(exc, http.client.IncompleteRead):
-        return f"the server closed the connection early at byte {seg.cursor} (fewer bytes than announced)"
-    return f"connection error at byte {seg.cursor}: {type(exc).__name__}: {exc}"
+        return f"the server closed the connection early{at} (fewer bytes than announced)"
+    return f"connection error{at}: {type(exc).__name__}: {exc}"

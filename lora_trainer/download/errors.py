@@ -46,6 +46,11 @@ class NetworkError(DownloadError):
     retryable = True
 
 
+class MalformedResponseError(NetworkError):
+    """The server's answer breaks HTTP: an impossible or mismatched Content-Range, a length that does not
+    match it, a garbage status line. A fresh request may get a sane answer, but only a few are tried."""
+
+
 class RemoteChangedError(NetworkError):
     """The remote file changed while we downloaded it (size, ETag or Last-Modified differ)."""
 

@@ -15,14 +15,13 @@ from urllib.parse import urlsplit
 
 from lora_trainer.download.claim import PartClaim, claim_part
 from lora_trainer.download.classify import classify_header
-from lora_trainer.download.engine import NET_ERRORS, SNIFF, Transfer, probe
+from lora_trainer.download.engine import Transfer, probe
 from lora_trainer.download.errors import (
     BadRequestError,
     CancelledError,
     DownloadError,
     LinkExpiredError,
     NetworkError,
-    PickleRefusedError,
     RemoteChangedError,
     SpaceError,
     UnsafeError,
@@ -37,7 +36,7 @@ from lora_trainer.download.sidecar import fetch_preview, write_sidecar
 from lora_trainer.download.sources import SourceInfo, civitai_info
 from lora_trainer.download.state import PartState, Remote, state_path_for
 from lora_trainer.download.verify import (
-    PICKLE_EXTS,
+    PICKLE_SUFFIX,
     check_sha256,
     is_zip,
     looks_like_pickle,
@@ -149,11 +148,12 @@ def _download(ctx: _Ctx) -> DownloadResult:
             part, remote, expected = _transfer(ctx, url)
             return _finish(ctx, url, part, remote, expected)
         except (LinkExpiredError, NetworkError, UnsafeError, VerificationError) as exc:
-            if isinstance(exc, PickleRefusedError) or (isinstance(exc, VerificationError) and len(req.urls) == 1):
+            if isinstance(exc, VerificationError) and len(req.urls) == 1:
                 raise
             errors.append(f"{url}: {exc}")
             last = exc
-            ctx.log("warning", f"{url}: {exc}")
+            if index + 1 < len(req.urls):  # the last link's error is the one raised
+                ctx.log("warning", f"{url}: {exc}")
     assert last is not None
     if len(req.urls) > 1:
         raise type(last)("all links failed:\n  " + "\n  ".join(errors))
@@ -176,15 +176,11 @@ def _transfer(ctx: _Ctx, url: str) -> tuple[Path, Remote, tuple[str | None, str]
     part = ctx.claim.path if ctx.claim is not None else None
     for _restart in range(opts.max_restarts + 1):
         slot = Slot()
-        remote, opened, head = _probe_head(ctx, url, slot)
+        remote, opened, head = probe(ctx.client, url, opts, slot)
         try:
             if part is None:
                 hints = (ctx.info.primary_name,) if ctx.info is not None and ctx.info.primary_name else ()
                 ctx.name = choose_name(ctx.req.name, remote.disposition, [url, remote.url], hints)
-                if ctx.name.lower().endswith(PICKLE_EXTS) and not opts.allow_pickle:
-                    raise PickleRefusedError(
-                        f"refused {ctx.name}: pickle files (.ckpt/.pt/.bin) can run code when loaded; "
-                        "prefer a .safetensors version, or allow pickles (--allow-pickle) if you trust the source")
                 ctx.claim = claim_part(Path(opts.root), ctx.name, url)
                 part = ctx.claim.path
             expected = _expected_sha(ctx, remote, ctx.name)
@@ -222,21 +218,6 @@ def _transfer(ctx: _Ctx, url: str) -> tuple[Path, Remote, tuple[str | None, str]
     raise RemoteChangedError("the file kept changing on the server while downloading; try again later")
 
 
-def _probe_head(ctx: _Ctx, url: str, slot: Slot):
-    """Probe and read the first bytes (for sniffing); a drop this early just means probing again."""
-    for attempt in range(ctx.opts.retries + 1):
-        remote, opened = probe(ctx.client, url, ctx.opts, slot)
-        try:
-            head = opened.resp.read(min(SNIFF, remote.size)) if remote.size else opened.resp.read1(SNIFF)
-            return remote, opened, head
-        except NET_ERRORS as exc:
-            slot.close()
-            if attempt >= ctx.opts.retries:
-                raise NetworkError(f"{url}: the connection keeps dropping at the start: {exc}") from exc
-            time.sleep(min(ctx.opts.backoff_max, ctx.opts.backoff * 2 ** attempt))
-    raise AssertionError("unreachable")
-
-
 def _resume_plan(ctx: _Ctx, part: Path, remote: Remote, url: str, sha_known: bool) -> list | None:
     """Pending ranges from the state file when the remote file is the same one; else start clean."""
     state = PartState.load(state_path_for(part))
@@ -267,16 +248,7 @@ def _finish(ctx: _Ctx, url: str, part: Path, remote: Remote, expected: tuple[str
     try:
         digest = ctx.sha256 or sha256_file(part)
         check_sha256(part, digest, expected[0], f" ({expected[1]} hash)" if expected[1] else "")
-        if looks_like_pickle(part) or ctx.name.lower().endswith(PICKLE_EXTS):
-            if not opts.allow_pickle:
-                raise PickleRefusedError(f"refused {ctx.name}: it is a pickle (can run code when loaded); prefer a "
-                                  ".safetensors version, or allow pickles (--allow-pickle) if you trust the source")
-            kind = _pickle_kind(ctx.name)
-            path, existed = place(part, opts.folder_for(kind), ctx.name, digest)
-            ctx.log("warning", f"{path.name}: pickle format kept but never loaded by us; load it only if you "
-                               "trust the source")
-            files = [FileResult(str(path), kind, digest, path.stat().st_size, existed=existed, pickle=True)]
-        elif is_zip(part) and opts.unpack_zip:
+        if is_zip(part) and opts.unpack_zip and not looks_like_pickle(part):
             files, skipped = _unpack(ctx, part, url)
             state_path_for(part).unlink(missing_ok=True)
             if opts.keep_archive:
@@ -286,14 +258,7 @@ def _finish(ctx: _Ctx, url: str, part: Path, remote: Remote, expected: tuple[str
                 part.unlink()
             _done(ctx, files)
             return DownloadResult(url, files, skipped, ctx.warnings)
-        else:
-            kind, sd = "other", ""
-            if ctx.name.lower().endswith(".safetensors"):
-                header = read_safetensors_header(part)
-                found = classify_header(header)
-                kind, sd = found.kind, found.sd_version
-            path, existed = place(part, opts.folder_for(kind), ctx.name, digest)
-            files = [FileResult(str(path), kind, digest, path.stat().st_size, sd, existed=existed)]
+        files = [_place_model(ctx, part, ctx.name, digest)]
     except (VerificationError, UnsafeError):
         _reset(part)  # a wrong file is not worth resuming (emptied; removed when we let go of it)
         raise
@@ -303,6 +268,31 @@ def _finish(ctx: _Ctx, url: str, part: Path, remote: Remote, expected: tuple[str
     _sidecars(ctx, url, files)
     _done(ctx, files)
     return DownloadResult(url, files, [], ctx.warnings)
+
+
+def _place_model(ctx: _Ctx, tmp: Path, name: str, digest: str) -> FileResult:
+    """Classify a verified file by its bytes and move it to its folder. A pickle (decided by content, never
+    by name) is never loaded by us; unless pickles are allowed it stays out of the WebUI's model folders,
+    under a name the WebUI does not load (`x.ckpt` → `x.ckpt.pickle`), and one line says so."""
+    opts = ctx.opts
+    if looks_like_pickle(tmp):
+        if opts.allow_pickle:
+            path, existed = place(tmp, opts.folder_for(_pickle_kind(name)), name, digest)
+            ctx.log("warning", f"{path.name}: pickle format kept but never loaded by us; load it only if you "
+                               "trust the source")
+        else:
+            path, existed = place(tmp, Path(opts.root), name + PICKLE_SUFFIX, digest)
+            ctx.log("warning", f"{name} is a pickle (it can run code when loaded): kept as {path}, outside the "
+                               "WebUI's model folders; use it only if you trust the source (--allow-pickle "
+                               "routes pickles into the model folders)")
+        kind = _pickle_kind(name) if opts.allow_pickle else "other"  # "other": no sidecar, not a WebUI model
+        return FileResult(str(path), kind, digest, path.stat().st_size, existed=existed, pickle=True)
+    kind, sd = "other", ""
+    if name.lower().endswith(".safetensors"):
+        found = classify_header(read_safetensors_header(tmp))
+        kind, sd = found.kind, found.sd_version
+    path, existed = place(tmp, opts.folder_for(kind), name, digest)
+    return FileResult(str(path), kind, digest, path.stat().st_size, sd, existed=existed)
 
 
 def _pickle_kind(name: str) -> str:
@@ -321,7 +311,7 @@ def _unpack(ctx: _Ctx, part: Path, url: str) -> tuple[list[FileResult], list[str
     files: list[FileResult] = []
     skipped: list[str] = []
     with archive.open_zip(part) as zf:
-        members = list(archive.safe_members(zf, opts.max_unpacked_bytes, opts.allow_pickle))
+        members = list(archive.safe_members(zf, opts.max_unpacked_bytes))
         check_free(Path(opts.root), sum(i.file_size for i, _ in members), opts.min_free_bytes)
         wanted = {i.filename for i, _ in members}
         skipped = [i.filename for i in zf.infolist() if not i.is_dir() and i.filename not in wanted]
@@ -329,18 +319,11 @@ def _unpack(ctx: _Ctx, part: Path, url: str) -> tuple[list[FileResult], list[str
             tmp = archive.tmp_name(Path(opts.root), name)
             try:
                 archive.extract_member(zf, info, tmp)
-                digest = sha256_file(tmp)
-                if name.lower().endswith(".safetensors"):
-                    found = classify_header(read_safetensors_header(tmp))
-                    kind, sd, pickle = found.kind, found.sd_version, False
-                else:
-                    kind, sd, pickle = _pickle_kind(name), "", True
-                path, existed = place(tmp, opts.folder_for(kind), name, digest)
+                files.append(_place_model(ctx, tmp, name, sha256_file(tmp)))
             finally:
                 tmp.unlink(missing_ok=True)
-            files.append(FileResult(str(path), kind, digest, path.stat().st_size, sd, existed, pickle))
     if not files:
-        raise VerificationError(f"{ctx.name}: the archive holds no model files (.safetensors); "
+        raise VerificationError(f"{ctx.name}: the archive holds no model files (.safetensors, .ckpt, .pt, .bin); "
                                 f"it contains: {', '.join(skipped[:10]) or 'nothing'}")
     _sidecars(ctx, url, files)
     return files, skipped

@@ -22,6 +22,7 @@ from lora_trainer.download.errors import (
     AuthRequiredError,
     BadRequestError,
     LinkExpiredError,
+    MalformedResponseError,
     NetworkError,
 )
 from lora_trainer.download.options import DownloadOptions
@@ -52,6 +53,8 @@ class Opened:
     hops: list[str] = field(default_factory=list)
     open_ended: bool = False  # asked for `bytes=N-`: the body runs to the end of the file
     checked: bool = False  # identity already compared with the file we download
+    head_speed: float = 0.0  # bytes/s of the first read (the probe's): a slow start opens all connections at once
+    wait: float = 0.0  # seconds from the request to the answer's headers (the probe's): a round trip, or more
 
     def header(self, name: str) -> str | None:
         return self.resp.getheader(name)
@@ -231,6 +234,9 @@ class Client:
                 slot.close()
                 slot.conn, slot.absolute = self._connect(scheme, host, port)
                 slot.key = key
+            elif slot.conn.sock is not None:  # type: ignore[union-attr]
+                # the last body's reads set the shorter stall timeout; headers may take longer
+                slot.conn.sock.settimeout(self.opts.read_timeout)  # type: ignore[union-attr]
             target = url if slot.absolute else (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
             h = dict(headers)
             if slot.absolute and getattr(self, "_proxy_auth", None):
@@ -242,6 +248,11 @@ class Client:
                 slot.close()
                 if not reused or attempt:  # a fresh connection failed: a real error
                     raise
+            except (http.client.BadStatusLine, http.client.LineTooLong, http.client.UnknownProtocol) as exc:
+                slot.close()
+                raise MalformedResponseError(
+                    f"{host} sent a garbage answer instead of an HTTP response ({type(exc).__name__}: "
+                    f"{str(exc).strip()[:120]!r})") from exc
             except Exception:
                 slot.close()
                 raise

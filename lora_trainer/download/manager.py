@@ -11,13 +11,13 @@ import contextlib
 import dataclasses
 import itertools
 import json
-import os
 import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lora_trainer.atomic import atomic_write_text
 from lora_trainer.download.errors import BadRequestError, CancelledError, DownloadError
 from lora_trainer.download.fetch import DownloadRequest, download
 from lora_trainer.download.lines import parse_line, parse_text
@@ -260,10 +260,7 @@ class DownloadManager:
         if self.state_file is None:
             return
         data = {"version": 1, "items": [i.to_dict() for i in self._items.values()]}
-        self.state_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.state_file.with_name(self.state_file.name + ".tmp")
-        tmp.write_text(json.dumps(data, ensure_ascii=False, indent=1), encoding="utf-8")
-        os.replace(tmp, self.state_file)
+        atomic_write_text(self.state_file, json.dumps(data, ensure_ascii=False, indent=1))
 
     def _load(self) -> None:
         if self.state_file is None or not self.state_file.exists():

@@ -29,7 +29,7 @@ class DownloadOptions:
     root: Path = field(default_factory=lambda: Path("."))
     folders: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_FOLDERS))
     route: bool = True  # False: everything goes straight into `root`
-    connections: int = 8
+    connections: int = 16  # like aria2c -x16: netdisk and CDN links limit each connection; a fast one uses one (see engine)
     min_split: int = 1 << 20  # never split a segment below this many bytes
     headers: dict[str, str] = field(default_factory=dict)
     proxy: str | None = None  # http://, https://, socks5://, socks5h:// ; None → environment
@@ -38,7 +38,8 @@ class DownloadOptions:
     civitai_hosts: tuple[str, ...] = CIVITAI_HOSTS
     hf_hosts: tuple[str, ...] = HF_HOSTS
     connect_timeout: float = 20.0
-    read_timeout: float = 30.0  # a stall longer than this counts as a drop
+    read_timeout: float = 30.0  # longest wait for an answer's headers
+    stall_timeout: float = 4.0  # no body byte for this long: the connection's range goes to another one
     retries: int = 8  # consecutive failures without progress, per connection
     backoff: float = 1.0  # first retry delay (doubles, capped at backoff_max)
     backoff_max: float = 30.0

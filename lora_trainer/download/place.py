@@ -7,6 +7,7 @@ import os
 import shutil
 from pathlib import Path
 
+from lora_trainer.atomic import atomic_copy
 from lora_trainer.download.errors import SpaceError
 from lora_trainer.download.naming import free_name
 from lora_trainer.download.verify import sha256_file
@@ -24,9 +25,7 @@ def place(tmp: Path, folder: Path, name: str, sha256: str) -> tuple[Path, bool]:
     try:
         os.replace(tmp, target)
     except OSError:  # another file system: copy next to the target, then rename there
-        staged = folder / f".{target.name}.moving"
-        shutil.copyfile(tmp, staged)
-        os.replace(staged, target)
+        atomic_copy(tmp, target)
         with contextlib.suppress(OSError):
             tmp.unlink()
     return target, False

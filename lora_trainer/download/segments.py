@@ -11,6 +11,9 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+PIECES = 8  # ranges per connection on a big file (each is one request on a kept-alive connection)
+MIN_PIECE = 1 << 20  # bytes; the engine asks for bigger ones on links with long round trips
+
 
 @dataclass
 class Segment:
@@ -19,6 +22,8 @@ class Segment:
     cursor: int = -1
     owner: int | None = None
     speed: float = 0.0  # bytes/s, smoothed
+    failures: int = 0  # failed tries in a row on this range, whichever connection made them
+    last: float = field(default_factory=time.monotonic, repr=False)  # when a byte was last committed
     _t: float = field(default=0.0, repr=False)
     _c: int = field(default=0, repr=False)
 
@@ -32,20 +37,26 @@ class Segment:
 
 
 class Scheduler:
-    def __init__(self, pending: list[tuple[int, int | None]], min_split: int, stall_steal: float = 1.5):
+    def __init__(self, pending: list[tuple[int, int | None]], min_split: int, stall_steal: float = 1.5,
+                 read_size: int = 64 << 10):
         self.segments = [Segment(s, e) for s, e in pending if e is None or e > s]
         self.min_split = max(1, min_split)
         self.stall_steal = stall_steal  # seconds without a byte before an idle connection takes over
+        self.read_size = read_size  # smallest read of a stream: bytes arrive (are committed) in such steps
         self.lock = threading.Lock()
         self.worker_speed: dict[int, float] = {}
         self.restarted = False
 
     @staticmethod
-    def initial(size: int | None, connections: int, min_split: int) -> list[tuple[int, int | None]]:
-        """Equal ranges, none smaller than min_split; one open range when the size is unknown."""
+    def initial(size: int | None, connections: int, min_split: int,
+                piece: int = MIN_PIECE) -> list[tuple[int, int | None]]:
+        """Equal ranges in file order, one per connection or (on a big file) up to PIECES per connection
+        of at least `piece` bytes: connections then move through the file together, so the finished
+        prefix grows during the download and the in-order SHA-256 keeps up instead of running at the
+        end. One open range when the size is unknown."""
         if not size:
             return [(0, size)]
-        n = max(1, min(connections, size // max(1, min_split)))
+        n = max(1, min(connections, size // max(1, min_split)), min(connections * PIECES, size // max(1, piece)))
         step = -(-size // n)
         return [(i, min(size, i + step)) for i in range(0, size, step)]
 
@@ -56,14 +67,18 @@ class Scheduler:
                 if seg.owner is None and (seg.end is None or seg.cursor < seg.end):
                     seg.owner = worker
                     seg._t, seg._c = time.monotonic(), seg.cursor
+                    seg.last = seg._t
                     return seg
             now = time.monotonic()
             best, best_eta = None, 0.0
             for seg in self.segments:
                 if seg.owner is None or seg.end is None or seg.remaining <= 0:
                     continue
-                if now - seg._t > self.stall_steal and seg.cursor == seg._c:
-                    # no byte for a while: take the whole rest; the stalled reader stops at its new end
+                rate = seg.speed or (seg.cursor - seg._c) / max(seg.last - seg._t, 1e-3)  # while it streamed
+                quiet = now - seg.last
+                if quiet > self.stall_steal and (rate <= 0 or quiet > 4 * self.read_size / rate):
+                    # no byte for a while (on a slow stream, whose reads take long: well past one of
+                    # them): take the whole rest; the stalled reader stops at its new end
                     new = Segment(seg.cursor, seg.end, owner=worker)
                     new._t, new._c = now, seg.cursor
                     seg.end = seg.cursor
@@ -95,6 +110,7 @@ class Scheduler:
                 if seg.owner is None and seg.start == position == seg.cursor and seg.end != seg.start:
                     seg.owner = worker
                     seg._t, seg._c = time.monotonic(), seg.cursor
+                    seg.last = seg._t
                     return seg
             return None
 
@@ -116,12 +132,26 @@ class Scheduler:
         with self.lock:
             seg.cursor += n
             now = time.monotonic()
+            seg.last = now
             dt = now - seg._t
             if dt >= 0.5:
                 rate = (seg.cursor - seg._c) / dt
                 seg.speed = rate if seg.speed == 0 else 0.5 * seg.speed + 0.5 * rate
                 self.worker_speed[worker] = seg.speed
                 seg._t, seg._c = now, seg.cursor
+
+    def hand_over(self, seg: Segment, failed: bool) -> Segment | None:
+        """A stalled connection lets go of the rest of its range: it becomes a new, unowned segment
+        that the first idle connection takes (the stalled one is closed and asks for work again).
+        `failed`: it stalled before its first byte (counts as a failed try of that range)."""
+        with self.lock:
+            seg.owner = None
+            if seg.end is None or seg.cursor >= seg.end:
+                return None
+            rest = Segment(seg.cursor, seg.end, failures=seg.failures + 1 if failed else 0)
+            seg.end = seg.cursor
+            self.segments.append(rest)
+            return rest
 
     def release(self, seg: Segment) -> None:
         with self.lock:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
+from lora_trainer.atomic import atomic_write_bytes, atomic_write_text
 from lora_trainer.download.http import Client, Slot, drain
 from lora_trainer.download.sources import SourceInfo
 
@@ -35,9 +35,7 @@ def write_sidecar(model: Path, url: str, sha256: str, sd_version: str, info: Sou
     data["source url"] = url
     data["sha256"] = sha256
     data.update(extra or {})
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, ensure_ascii=False, indent=2), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, ensure_ascii=False, indent=2))
     return path
 
 
@@ -58,7 +56,5 @@ def fetch_preview(client: Client, url: str, model: Path) -> Path | None:
     finally:
         slot.close()
     path = model.with_name(model.stem + ".preview" + _IMAGE_EXT[ctype])
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    atomic_write_bytes(path, data)
     return path

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from lora_trainer.atomic import atomic_write_text
 
 
 @dataclass
@@ -49,9 +50,7 @@ class PartState:
     version: int = 1
 
     def save(self, path: Path) -> None:
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(asdict(self)), encoding="utf-8")
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps(asdict(self)))
 
     @classmethod
     def load(cls, path: Path) -> PartState | None:

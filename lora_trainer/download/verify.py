@@ -14,7 +14,8 @@ from lora_trainer.download.errors import AuthRequiredError, LinkExpiredError, Ve
 DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
                "U16": 2, "U32": 4, "U64": 8, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
 MAX_HEADER = 100 << 20
-PICKLE_EXTS = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
+PICKLE_EXTS = (".ckpt", ".pt", ".pth", ".bin", ".pkl")  # names pickles usually have (content decides)
+PICKLE_SUFFIX = ".pickle"  # added to a pickle kept outside the model folders: the WebUI lists none of these
 
 
 def sha256_file(path: Path, chunk: int = 4 << 20) -> str:

@@ -31,7 +31,14 @@ class Resource:
     retry_after: str | None = None
     drops: list[int] = field(default_factory=list)  # per request: close after n body bytes
     stalls: list[int] = field(default_factory=list)  # per request: after n body bytes go silent
-    stall_seconds: float = 3.0
+    stall_seconds: float | None = 3.0  # None: silent until the server shuts down (the socket stays open)
+    # broken answers to ranged requests starting at or after malformed_from: "inverted" (206, empty, an
+    # impossible Content-Range), "empty" (206 with no body for the asked range), "shifted" (another range
+    # than asked), "length" (Content-Length differs from the range), "garbage" (not an HTTP status line),
+    # "ignored" (200 and the whole file)
+    malformed: str | None = None
+    malformed_from: int = 0
+    malformed_times: int | None = None  # how many such answers; None: every one
     length_delta: int = 0  # lie in Content-Length by this much
     change_after: int | None = None  # after this many body bytes served in total, switch to new_data
     new_data: bytes = b""
@@ -143,6 +150,11 @@ class _Handler(BaseHTTPRequestHandler):
             if start >= size:
                 return self._raw(Raw(416, b"", "text/plain", {"Content-Range": f"bytes */{size}"}))
             partial = True
+            if res.malformed and start >= res.malformed_from and res.malformed_times != 0:
+                with res.lock:
+                    if res.malformed_times is not None:
+                        res.malformed_times -= 1
+                return self._malformed(res, data, start, end, size)
         self.send_response(206 if partial else 200)
         self.send_header("Content-Type", res.content_type)
         self.send_header("Content-Length", str(end - start + res.length_delta))
@@ -162,6 +174,38 @@ class _Handler(BaseHTTPRequestHandler):
         self._body(res, data, start, end, drop, stall)
         if res.length_delta > 0:  # announced more than we send: hang up like a broken server
             self.close_connection = True
+
+    def _malformed(self, res: Resource, data: bytes, start: int, end: int, size: int) -> None:
+        kind = res.malformed
+        self.close_connection = True
+        if kind == "garbage":
+            self.wfile.write(b"SPAM 2OO maybe\r\nContent-Length: 3\r\n\r\nxyz")
+            return
+        if kind == "ignored":  # the whole file with 200, as if Range had not been sent
+            self.send_response(200)
+            self.send_header("Content-Length", str(size))
+            if res.current_etag():
+                self.send_header("ETag", res.current_etag())
+            self.end_headers()
+            self.wfile.write(data)
+            return
+        first, last, body = start, end - 1, data[start:end]
+        if kind == "inverted":
+            first, last, body = start + 1, start, b""
+        elif kind == "empty":
+            body = b""
+        elif kind == "shifted":
+            first = min(start + 1000, last)
+            body = data[first:end]
+        length = len(body) if kind != "length" else max(0, len(body) - 1000)
+        self.send_response(206)
+        self.send_header("Content-Type", res.content_type)
+        self.send_header("Content-Length", str(length))
+        self.send_header("Content-Range", f"bytes {first}-{last}/{size}")
+        if res.current_etag():
+            self.send_header("ETag", res.current_etag())
+        self.end_headers()
+        self.wfile.write(body[:length])
 
     def _body(self, res: Resource, data: bytes, start: int, end: int, drop, stall) -> None:
         limit = end - start
@@ -209,7 +253,8 @@ class _Handler(BaseHTTPRequestHandler):
                 if f is not None:
                     f.close()
         if stall is not None:
-            time.sleep(res.stall_seconds)
+            self.wfile.flush()
+            self.server.closing.wait(res.stall_seconds)
         if drop is not None or stall is not None:
             self.close_connection = True
             try:
@@ -245,6 +290,7 @@ class TestServer:
             self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
         self.httpd.routes = {}
         self.httpd.log = []
+        self.httpd.closing = threading.Event()  # ends the silence of stalled answers
         self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05},
                                        daemon=True)
 
@@ -268,5 +314,6 @@ class TestServer:
         return self
 
     def __exit__(self, *exc) -> None:
+        self.httpd.closing.set()
         self.httpd.shutdown()
         self.httpd.server_close()

@@ -80,7 +80,7 @@ def test_5xx_and_429_bursts_with_retry_after(srv, opts):
 def test_redirect_chain_to_expiring_signed_url(srv, opts):
     data = lora_bytes(2 << 20)
     srv.routes["/real.safetensors"] = Resource(data=data, rate=1 << 20, drops=[300_000, 300_000])
-    signer = Signed("/real.safetensors", ttl=0.5)
+    signer = Signed("/real.safetensors", ttl=0.2)  # expires before the drops (at 0.3 s)
     srv.routes["/hf/resolve/main/x.safetensors"] = Redirect("/hop")
     srv.routes["/hop"] = signer
     opts.connections = 3
@@ -201,35 +201,6 @@ def test_fast_stream_needs_one_request_and_hashes_in_line(srv, opts):
     assert [r for p, r, _ in srv.log] == ["bytes=0-"]
 
 
-def test_hash_correct_when_the_hasher_falls_behind(srv, opts, monkeypatch):
-    """A hasher that cannot keep up: the stream stops handing over buffers after a short wait, the
-    hasher reads those bytes back from the file instead; the SHA-256 must come out the same."""
-    import lora_trainer.download.engine as engine
-
-    monkeypatch.setattr(engine, "HASH_BEHIND", 1)
-    monkeypatch.setattr(engine, "HASH_WAIT", 0.0)
-    read_back, feed = engine.Transfer._hash_upto, engine.Transfer._feed
-    used = {"read back": 0, "handed over": 0}
-
-    def slow_read_back(self, limit):  # slowed so that hand-overs and read-back ranges interleave
-        used["read back"] += limit > self._hashed
-        time.sleep(0.01)
-        read_back(self, limit)
-
-    def counted_feed(self, offset, buf, n):
-        out = feed(self, offset, buf, n)
-        used["handed over"] += out is not buf
-        return out
-
-    monkeypatch.setattr(engine.Transfer, "_hash_upto", slow_read_back)
-    monkeypatch.setattr(engine.Transfer, "_feed", counted_feed)
-    data = lora_bytes(6 << 20)
-    srv.routes["/h.safetensors"] = Resource(data=data)
-    res = download(DownloadRequest([srv.url("/h.safetensors")]), opts)
-    assert res.files[0].sha256 == sha(data)
-    assert used["read back"] and used["handed over"], used
-
-
 def test_corrupt_mirror_then_good_one(srv, opts):
     good = lora_bytes(300_000)
     bad = bytearray(good)
@@ -259,7 +230,7 @@ def test_signed_url_expiring_into_an_html_page_mid_download(srv, opts):
     """Some CDNs answer an expired signed URL with 200 + a login page: re-resolve, keep the bytes."""
     data = lora_bytes(2 << 20)
     srv.routes["/real.safetensors"] = Resource(data=data, rate=1 << 20, drops=[None, 250_000, 250_000])
-    signer = Signed("/real.safetensors", ttl=0.4, expired=Raw(200, b"<!DOCTYPE html><html>log in</html>"))
+    signer = Signed("/real.safetensors", ttl=0.15, expired=Raw(200, b"<!DOCTYPE html><html>log in</html>"))
     srv.routes["/share/abc"] = signer
     opts.connections = 3
     res = download(DownloadRequest([srv.url("/share/abc")], name="x.safetensors"), opts)
