@@ -179,3 +179,31 @@ def check_lora_family(keys: list[str] | set[str], model_family: str, where: str)
                       ("Stable Diffusion", "FLUX.1/Chroma"))
         raise LoRAWeightsError(f"{where} is a {made} LoRA but the base model is {have}; use a LoRA made for "
                                f"{have} or change base_model")
+
+
+def peft_flux_state_dict(sd: dict[str, torch.Tensor], *, chroma: bool) -> dict[str, torch.Tensor]:
+    """Run-time state dict -> the diffusers/PEFT layout (`transformer.<module>.lora_A.weight` / `lora_B`,
+    `text_encoder.text_model.<module>...` for CLIP-L): one pair per diffusers module, nothing fused,
+    alpha / rank folded into `lora_A` (what diffusers does when it converts kohya files), so readers
+    that take no alpha (diffusers) and readers that default to scale 1 without one (Forge) agree.
+    Forge maps this layout only for FLUX.1, not for Chroma: Chroma files use the kohya layout."""
+    if chroma:
+        raise ValueError("the diffusers/PEFT layout is not read by Forge for Chroma; save Chroma LoRAs in the "
+                         "kohya layout")
+    out: dict[str, torch.Tensor] = {}
+    names = dict.fromkeys(split_kohya_key(k)[0] for k in sd)
+    for name in names:
+        down, up = sd[name + ".lora_down.weight"], sd[name + ".lora_up.weight"]
+        scale = _alpha(sd, name, int(down.shape[0])) / down.shape[0]
+        if name.startswith(naming_flux.CLIP_PREFIX + "_"):
+            rest = name[len(naming_flux.CLIP_PREFIX) + 1:]
+            m = re.match(r"^text_model_encoder_layers_(\d+)_(self_attn_(?:q|k|v|out)_proj|mlp_fc[12])$", rest)
+            if not m:
+                raise ValueError(f"not a CLIP-L LoRA name: {name!r}")
+            child = m[2].replace("self_attn_", "self_attn.").replace("mlp_", "mlp.")
+            prefix = f"text_encoder.text_model.encoder.layers.{m[1]}.{child}"
+        else:
+            prefix = "transformer." + naming_flux.internal_to_path(name)
+        out[prefix + ".lora_A.weight"] = (down.double() * scale).to(down.dtype)
+        out[prefix + ".lora_B.weight"] = up
+    return out

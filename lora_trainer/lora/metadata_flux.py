@@ -18,7 +18,12 @@ from typing import Any
 import torch
 
 from lora_trainer.lora.file import load_lora_file, save_lora_file
-from lora_trainer.lora.flux_format import check_lora_family, fuse_flux_state_dict, split_flux_state_dict
+from lora_trainer.lora.flux_format import (
+    check_lora_family,
+    fuse_flux_state_dict,
+    peft_flux_state_dict,
+    split_flux_state_dict,
+)
 from lora_trainer.lora.metadata import build_metadata, write_sidecars
 
 FLUX_KINDS = ("flux-dev", "flux-schnell", "chroma")
@@ -54,11 +59,28 @@ def build_flux_metadata(*, kind: str, output_name: str, rank: int, alpha: float,
     return meta
 
 
+LAYOUTS = ("kohya", "peft")
+
+
 def save_flux_lora(path: str | os.PathLike[str], run_state_dict: dict[str, torch.Tensor], *, kind: str,
-                   metadata: dict[str, Any]) -> dict[str, str]:
-    """Write a run's LoRA (`LoRANetwork.kohya_state_dict()` over targets from `discovery_flux`) as a
-    kohya-format Flux file: fused BFL keys, `.alpha` on every module. Returns the metadata written."""
-    return save_lora_file(path, fuse_flux_state_dict(run_state_dict, chroma=kind == "chroma"), metadata)
+                   metadata: dict[str, Any], layout: str = "kohya") -> dict[str, str]:
+    """Write a run's LoRA (`LoRANetwork.kohya_state_dict()` over targets from `discovery_flux`).
+    layout "kohya" (default; what Forge, ComfyUI, kohya and diffusers all read): fused BFL keys, `.alpha`
+    on every module, with the `sshs_*` hashes. layout "peft": diffusers' own `transformer.*.lora_A/B`
+    keys (FLUX.1 only). Returns the metadata written."""
+    if layout == "kohya":
+        return save_lora_file(path, fuse_flux_state_dict(run_state_dict, chroma=kind == "chroma"), metadata)
+    if layout != "peft":
+        raise ValueError(f"unknown LoRA layout {layout!r} (one of {', '.join(LAYOUTS)})")
+    from safetensors.torch import save as st_save
+
+    from lora_trainer.atomic import atomic_write_bytes
+
+    tensors = {k: v.detach().to("cpu").contiguous()
+               for k, v in peft_flux_state_dict(run_state_dict, chroma=kind == "chroma").items()}
+    meta = {str(k): v if isinstance(v, str) else str(v) for k, v in metadata.items()}
+    atomic_write_bytes(path, st_save(tensors, meta))
+    return meta
 
 
 def load_flux_lora(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

@@ -235,7 +235,8 @@ def _load_single_files(f: FluxFile, sources: dict[str, tuple[str, str]], tokeniz
 
     from lora_trainer.models.flux_tiny import TEXT_WIDTH
 
-    tiny = flux_detect.read_header(f.path)[f.prefix + "img_in.weight"]["shape"][0] == TEXT_WIDTH
+    embed = "x_embedder.weight" if f.layout == "diffusers" else "img_in.weight"
+    tiny = flux_detect.read_header(f.path)[f.prefix + embed]["shape"][0] == TEXT_WIDTH
     tokenizers = _tokenizers(f, tiny, tokenizer_path, cache_dir)  # before the heavy reads
     transformer = _load_transformer(f, dtype)
     vae = _load_vae(*sources["vae"], dtype)

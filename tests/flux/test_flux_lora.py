@@ -123,6 +123,23 @@ def test_a_plain_fused_lora_splits_exactly(tiny_flux):
     torch.testing.assert_close(torch.cat(rows), full * 2.5 / 5, rtol=1e-12, atol=1e-14)
 
 
+def test_peft_layout_keys(tiny_flux, tiny_chroma, tmp_path):
+    sd = _network(tiny_flux, seed=2).kohya_state_dict(torch.float32)
+    meta = save_flux_lora(tmp_path / "p.safetensors", sd, kind="flux-dev", layout="peft",
+                          metadata=build_flux_metadata(kind="flux-dev", output_name="p", rank=4, alpha=2.0))
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "p.safetensors"), "pt") as f:
+        keys = set(f.keys())
+        assert f.metadata()["modelspec.architecture"] == meta["modelspec.architecture"] == "flux-1-dev/lora"
+    assert "transformer.single_transformer_blocks.1.proj_mlp.lora_A.weight" in keys
+    assert "text_encoder.text_model.encoder.layers.1.mlp.fc2.lora_B.weight" in keys
+    assert not [k for k in keys if not k.endswith((".lora_A.weight", ".lora_B.weight"))]
+    with pytest.raises(ValueError, match="Chroma"):
+        save_flux_lora(tmp_path / "c.safetensors", _network(tiny_chroma).kohya_state_dict(torch.float32), kind="chroma",
+                       metadata={}, layout="peft")
+
+
 def test_chroma_files_hold_no_key_chroma_lacks(tiny_chroma, tiny_flux):
     sd = _network(tiny_chroma).kohya_state_dict(torch.float32)
     fused = fuse_flux_state_dict(sd, chroma=True)
@@ -192,20 +209,22 @@ def _fresh(kind: str):
     return parts, make_pipeline(parts)
 
 
-@pytest.mark.parametrize("kind", ["flux", "chroma"])
-def test_file_loads_in_diffusers_with_equal_deltas(kind, tmp_path):
+@pytest.mark.parametrize("kind,layout", [("flux", "kohya"), ("chroma", "kohya"), ("flux", "peft")])
+def test_file_loads_in_diffusers_with_equal_deltas(kind, layout, tmp_path):
     """diffusers' kohya Flux converter hard-codes the real width (3072 / 12288) for single-block `linear1`,
-    so on the tiny model that module is left out here and checked at real width below."""
+    so on the tiny model that module is left out of kohya files here and checked at real width below;
+    the PEFT layout has no fused modules and is checked whole."""
     parts, pipe = _fresh(kind)
     chroma = kind == "chroma"
     targets = [t for t in flux_transformer_targets(parts["transformer"], chroma=chroma)
-               if not bfl_slot(internal_to_path(t.name), chroma).path.endswith("linear1")]
+               if layout == "peft" or not bfl_slot(internal_to_path(t.name), chroma).path.endswith("linear1")]
     if not chroma:
         targets += flux_clip_targets(parts["text_encoder"])
     net = LoRANetwork(targets, rank=4, alpha=2.0)
     _randomize(net, 1)
     meta = build_flux_metadata(kind=parts["kind"], output_name="lora", rank=4, alpha=2.0)
-    save_flux_lora(tmp_path / "lora.safetensors", net.kohya_state_dict(torch.float32), kind=parts["kind"], metadata=meta)
+    save_flux_lora(tmp_path / "lora.safetensors", net.kohya_state_dict(torch.float32), kind=parts["kind"], metadata=meta,
+                   layout=layout)
     kw = transformer_inputs(parts)
     with torch.no_grad():
         net.attach()
@@ -309,14 +328,15 @@ def _forge_model(fm, parts):
 
 
 @needs_forge
-@pytest.mark.parametrize("kind", ["flux", "chroma"])
-def test_forge_maps_every_key_and_its_model_gives_our_output(kind, tmp_path):
+@pytest.mark.parametrize("kind,layout", [("flux", "kohya"), ("chroma", "kohya"), ("flux", "peft")])
+def test_forge_maps_every_key_and_its_model_gives_our_output(kind, layout, tmp_path):
     from safetensors.torch import load_file
 
     parts, _ = _fresh(kind)
     net = _network(parts, rank=4, alpha=2.0, seed=7)
     meta = build_flux_metadata(kind=parts["kind"], output_name="lora", rank=4, alpha=2.0)
-    save_flux_lora(tmp_path / "lora.safetensors", net.kohya_state_dict(torch.float32), kind=parts["kind"], metadata=meta)
+    save_flux_lora(tmp_path / "lora.safetensors", net.kohya_state_dict(torch.float32), kind=parts["kind"], metadata=meta,
+                   layout=layout)
     lora = load_file(str(tmp_path / "lora.safetensors"))
     kw = transformer_inputs(parts)
     with torch.no_grad():
@@ -332,13 +352,19 @@ def test_forge_maps_every_key_and_its_model_gives_our_output(kind, tmp_path):
         patches_clip, rest = fm.lora.load_lora(rest, clip_keys)
         assert rest == {}  # 0 unmatched (Forge refuses a file with more than 12)
         assert len(patches_clip) == (0 if kind == "chroma" else 12)
-        # Forge's "lora" patch: weight += strength * (alpha / rank) * up @ down (backend/patcher/lora.py)
+        # Forge's "lora" patch (backend/patcher/lora.py merge_lora_to_weight): weight += strength * scale * up @ down,
+        # scale = alpha / rank, or 1 without alpha; a tuple key (weight, (dim, start, size)) patches a slice of a
+        # fused weight (the diffusers layout's to_q/to_k/to_v into qkv)
         with torch.no_grad():
             params = dict(model.named_parameters())
             for key, (kind_, (up, down, alpha, _mid, _dora)) in patches_unet.items():
                 assert kind_ == "lora"
-                w = params[key[len("diffusion_model."):]]
-                w += (up.double() @ down.double() * (alpha / down.shape[0])).to(w.dtype)
+                name, where = (key, None) if isinstance(key, str) else key
+                w = params[name[len("diffusion_model."):]]
+                if where is not None:
+                    w = w.narrow(*where)
+                scale = alpha / down.shape[0] if alpha is not None else 1.0
+                w += (up.double() @ down.double() * scale).to(w.dtype)
             args = {"img": kw["hidden_states"], "img_ids": kw["img_ids"][None], "txt": kw["encoder_hidden_states"],
                     "txt_ids": kw["txt_ids"][None], "timesteps": kw["timestep"]}
             if kind == "flux":

@@ -216,3 +216,31 @@ def test_builtin_names_and_missing_base(tmp_path):
         load_flux_parts(str(tmp_path / "sd"))
     assert "StableDiffusionPipeline" in _one_line(e)
     assert os.path.isdir(os.path.join(os.path.dirname(__file__), "..", "..", "lora_trainer", "models", "configs", "flux"))
+
+
+def test_all_in_one_file_loads_without_part_paths(tmp_path, tiny_flux):
+    """The Forge / ComfyUI checkpoint layout: transformer, `vae.`, `text_encoders.clip_l.transformer.` and
+    `text_encoders.t5xxl.transformer.` in one file."""
+    from safetensors.torch import load_file
+
+    paths = write_single_files(tiny_flux, str(tmp_path / "parts"), prefix="model.diffusion_model.")
+    sd = dict(load_file(paths["transformer"]))
+    for part, prefix in (("vae", "vae."), ("clip_l", "text_encoders.clip_l.transformer."),
+                         ("t5", "text_encoders.t5xxl.transformer.")):
+        sd.update({prefix + k: v for k, v in load_file(paths[part]).items()})
+    save_file(sd, str(tmp_path / "flux1-dev-aio.safetensors"))
+    loaded = load_flux_parts(str(tmp_path / "flux1-dev-aio.safetensors"))
+    assert torch.equal(transformer_out(loaded), transformer_out(tiny_flux))
+    ids = tiny_flux["tokenizer"](["a star"], return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert torch.equal(loaded["text_encoder"](ids).pooler_output, tiny_flux["text_encoder"](ids).pooler_output)
+
+
+def test_diffusers_layout_transformer_file_loads(tmp_path, tiny_chroma):
+    """A transformer saved by diffusers (`diffusion_pytorch_model.safetensors`) given as the single file."""
+    paths = write_single_files(tiny_chroma, str(tmp_path))
+    save_file({k: v.contiguous() for k, v in tiny_chroma["transformer"].state_dict().items()},
+              str(tmp_path / "diffusion_pytorch_model.safetensors"))
+    loaded = load_flux_parts(str(tmp_path / "diffusion_pytorch_model.safetensors"), vae_path=paths["vae"],
+                             t5xxl_path=paths["t5"])
+    assert loaded["kind"] == "chroma" and torch.equal(transformer_out(loaded), transformer_out(tiny_chroma))
