@@ -69,3 +69,34 @@ def flux_transformer_targets(transformer: nn.Module, *, chroma: bool, layers: Co
 def flux_clip_targets(clip: nn.Module) -> list[LoraTarget]:
     """CLIP-L text-encoder targets of FLUX.1, named `lora_te1_...` as kohya / Forge / ComfyUI read them."""
     return discovery.text_encoder_targets(clip, naming_flux.CLIP_PREFIX)
+
+
+_BFL_KINDS = {"img_attn.qkv": {"attn"}, "img_attn.proj": {"attn"}, "txt_attn.qkv": {"attn"},
+              "txt_attn.proj": {"attn"}, "img_mlp.0": {"mlp"}, "img_mlp.2": {"mlp"}, "txt_mlp.0": {"mlp"},
+              "txt_mlp.2": {"mlp"}, "img_mod.lin": {"mod"}, "txt_mod.lin": {"mod"},
+              "linear1": {"attn", "mlp"}, "linear2": {"attn", "mlp"}, "modulation.lin": {"mod"}}
+
+
+def bfl_flux_targets(diffusion_model: nn.Module, *, layers: Collection[str] = LAYER_KINDS,
+                     double_blocks: str | None = "all", single_blocks: str | None = "all") -> list[LoraTarget]:
+    """Targets of a BFL-layout FLUX.1 / Chroma transformer (Forge's `forge_objects.unet.model.diffusion_model`,
+    ComfyUI's, kohya's): the file's own modules, so names are the kohya keys and nothing is fused. A
+    single block's `linear1` / `linear2` carry both attention and MLP, so either kind selects them."""
+    unknown = set(layers) - set(LAYER_KINDS)
+    if unknown:
+        raise ValueError(f"flux layers: unknown kind(s) {sorted(unknown)}; choose from {', '.join(LAYER_KINDS)}")
+    counts = {"double": len(getattr(diffusion_model, "double_blocks", ())),
+              "single": len(getattr(diffusion_model, "single_blocks", ()))}
+    keep = {"double": naming_flux.parse_block_selection(double_blocks, counts["double"], "flux double_blocks"),
+            "single": naming_flux.parse_block_selection(single_blocks, counts["single"], "flux single_blocks")}
+    out: list[LoraTarget] = []
+    for path, mod in diffusion_model.named_modules():
+        if not isinstance(mod, nn.Linear):
+            continue
+        where = naming_flux.block_index(path)
+        if where is None or where[1] not in keep[where[0]]:
+            continue
+        kinds = _BFL_KINDS.get(path.split(".", 2)[2])
+        if kinds and kinds & set(layers):
+            out.append(LoraTarget(naming_flux.bfl_kohya_name(path), mod, "linear", "unet"))
+    return out

@@ -38,8 +38,8 @@ def _alpha(sd: dict[str, torch.Tensor], name: str, rank: int) -> float:
 
 
 def fuse_flux_state_dict(sd: dict[str, torch.Tensor], *, chroma: bool) -> dict[str, torch.Tensor]:
-    """Run-time state dict (`lora_transformer_...` per diffusers module, `lora_te1_...`) -> file keys
-    (`lora_unet_double_blocks_0_img_attn_qkv...`). ValueError for a key with no place in the file
+    """Run-time state dict (`lora_transformer_...` per diffusers module, `lora_te1_...`; names of a run
+    on a BFL-layout model pass through) -> file keys (`lora_unet_double_blocks_0_img_attn_qkv...`). ValueError for a key with no place in the file
     (e.g. a modulation LoRA for Chroma, which has no modulation layers)."""
     out: dict[str, torch.Tensor] = {}
     groups: dict[str, dict[int, str]] = defaultdict(dict)
@@ -50,6 +50,12 @@ def fuse_flux_state_dict(sd: dict[str, torch.Tensor], *, chroma: bool) -> dict[s
         if name.startswith(naming_flux.CLIP_PREFIX + "_"):
             if chroma:
                 raise ValueError(f"{key}: Chroma has no CLIP text encoder; train the transformer only")
+            out[key] = sd[key]
+            continue
+        bfl = bfl_path_of_key_name(name)
+        if bfl is not None:  # trained on a BFL-layout model (Forge's): already the file's name
+            if chroma and bfl.endswith(naming_flux.MODULATION_BFL):
+                raise ValueError(f"{key}: not a Chroma module (Chroma has no modulation layers)")
             out[key] = sd[key]
             continue
         slot = naming_flux.bfl_slot(naming_flux.internal_to_path(name), chroma)

@@ -33,6 +33,13 @@ def _network(parts, *, clip: bool = True, rank: int = 4, alpha: float = 2.0, see
     return net
 
 
+def _fixed(meta: dict) -> dict:
+    """Metadata without the per-run session id and clock, so the files (and their header lengths) are the
+    same every run."""
+    return {**meta, "ss_session_id": "1", "ss_training_started_at": "0", "ss_training_finished_at": "0",
+            "modelspec.date": "2026-01-01T00:00:00"}
+
+
 def _names(sd):
     return {k.rsplit(".", 2)[0] if not k.endswith(".alpha") else k[:-len(".alpha")] for k in sd}
 
@@ -96,7 +103,7 @@ def test_fused_modules_equal_the_separate_deltas(tiny_flux, layers):
 def test_file_round_trip_is_bit_exact(tiny_flux, tmp_path):
     net = _network(tiny_flux)
     sd = net.kohya_state_dict(torch.float16)
-    meta = build_flux_metadata(kind="flux-dev", output_name="x", rank=4, alpha=2.0)
+    meta = _fixed(build_flux_metadata(kind="flux-dev", output_name="x", rank=4, alpha=2.0))
     save_flux_lora(tmp_path / "x.safetensors", sd, kind="flux-dev", metadata=meta)
     back, _ = load_flux_lora(tmp_path / "x.safetensors")
     assert back.keys() == sd.keys() and all(torch.equal(back[k], sd[k]) for k in sd)
@@ -126,7 +133,7 @@ def test_a_plain_fused_lora_splits_exactly(tiny_flux):
 def test_peft_layout_keys(tiny_flux, tiny_chroma, tmp_path):
     sd = _network(tiny_flux, seed=2).kohya_state_dict(torch.float32)
     meta = save_flux_lora(tmp_path / "p.safetensors", sd, kind="flux-dev", layout="peft",
-                          metadata=build_flux_metadata(kind="flux-dev", output_name="p", rank=4, alpha=2.0))
+                          metadata=_fixed(build_flux_metadata(kind="flux-dev", output_name="p", rank=4, alpha=2.0)))
     from safetensors import safe_open
 
     with safe_open(str(tmp_path / "p.safetensors"), "pt") as f:
@@ -222,7 +229,7 @@ def test_file_loads_in_diffusers_with_equal_deltas(kind, layout, tmp_path):
         targets += flux_clip_targets(parts["text_encoder"])
     net = LoRANetwork(targets, rank=4, alpha=2.0)
     _randomize(net, 1)
-    meta = build_flux_metadata(kind=parts["kind"], output_name="lora", rank=4, alpha=2.0)
+    meta = _fixed(build_flux_metadata(kind=parts["kind"], output_name="lora", rank=4, alpha=2.0))
     save_flux_lora(tmp_path / "lora.safetensors", net.kohya_state_dict(torch.float32), kind=parts["kind"], metadata=meta,
                    layout=layout)
     kw = transformer_inputs(parts)
@@ -263,7 +270,7 @@ def test_single_block_linear1_reads_back_in_diffusers_at_real_width(tmp_path):
         path = internal_to_path(n)
         want[path] = (sd[n + ".lora_up.weight"].double() @ sd[n + ".lora_down.weight"].double()) * alpha / rank
     save_flux_lora(tmp_path / "big.safetensors", sd, kind="flux-dev",
-                   metadata=build_flux_metadata(kind="flux-dev", output_name="big", rank=rank, alpha=alpha))
+                   metadata=_fixed(build_flux_metadata(kind="flux-dev", output_name="big", rank=rank, alpha=alpha)))
     converted = FluxPipeline.lora_state_dict(str(tmp_path / "big.safetensors"))
     cfg = {k: v for k, v in shipped_config("transformer-flux-dev").items() if not k.startswith("_")}
     with init_empty_weights():
@@ -334,7 +341,7 @@ def test_forge_maps_every_key_and_its_model_gives_our_output(kind, layout, tmp_p
 
     parts, _ = _fresh(kind)
     net = _network(parts, rank=4, alpha=2.0, seed=7)
-    meta = build_flux_metadata(kind=parts["kind"], output_name="lora", rank=4, alpha=2.0)
+    meta = _fixed(build_flux_metadata(kind=parts["kind"], output_name="lora", rank=4, alpha=2.0))
     save_flux_lora(tmp_path / "lora.safetensors", net.kohya_state_dict(torch.float32), kind=parts["kind"], metadata=meta,
                    layout=layout)
     lora = load_file(str(tmp_path / "lora.safetensors"))
@@ -371,3 +378,43 @@ def test_forge_maps_every_key_and_its_model_gives_our_output(kind, layout, tmp_p
                 args.update(y=kw["pooled_projections"], guidance=kw["guidance"])
             theirs = model.inner_forward(**args)
     torch.testing.assert_close(theirs, ours, rtol=1e-4, atol=2e-5)
+
+
+@needs_forge
+@pytest.mark.parametrize("kind", ["flux", "chroma"])
+def test_a_lora_trained_on_forges_model_means_the_same_in_diffusers(kind, tmp_path):
+    """Targets on Forge's own BFL-layout transformer (what training on Forge's loaded checkpoint wraps) are
+    named as the file's keys, nothing fused; the file is the same format as a diffusers-trained one, and
+    read back onto the diffusers model it gives Forge's output."""
+    from lora_trainer.lora.discovery_flux import bfl_flux_targets
+
+    parts, _ = _fresh(kind)
+    chroma = kind == "chroma"
+    with forge_code.forge_modules(str(tmp_path / "forge")) as fm:
+        model, _, _ = _forge_model(fm, parts)
+        targets = bfl_flux_targets(model)
+        bfl_net = LoRANetwork(targets, rank=4, alpha=2.0)
+        _randomize(bfl_net, 9)
+        kw = transformer_inputs(parts)
+        args = {"img": kw["hidden_states"], "img_ids": kw["img_ids"][None], "txt": kw["encoder_hidden_states"],
+                "txt_ids": kw["txt_ids"][None], "timesteps": kw["timestep"]}
+        if not chroma:
+            args.update(y=kw["pooled_projections"], guidance=kw["guidance"])
+        with torch.no_grad():
+            bfl_net.attach()
+            theirs = model.inner_forward(**args)
+            bfl_net.detach()
+    diffusers_names = _names(fuse_flux_state_dict(_network(parts, clip=False).kohya_state_dict(torch.float32),
+                                                  chroma=chroma))
+    assert {t.name for t in targets} == diffusers_names
+    meta = _fixed(build_flux_metadata(kind=parts["kind"], output_name="forge", rank=4, alpha=2.0))
+    save_flux_lora(tmp_path / "forge.safetensors", bfl_net.kohya_state_dict(torch.float32), kind=parts["kind"],
+                   metadata=meta)
+    run_sd, _ = load_flux_lora(tmp_path / "forge.safetensors")
+    net = _network(parts, clip=False)
+    assert net.load_kohya_state_dict(run_sd).ok
+    with torch.no_grad():
+        net.attach()
+        ours = parts["transformer"](**kw).sample
+        net.detach()
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=2e-5)
