@@ -242,7 +242,7 @@ def _load_single_files(f: FluxFile, sources: dict[str, tuple[str, str]], tokeniz
     vae = _load_vae(*sources["vae"], dtype)
     t5 = _load_t5(*sources["t5"], dtype)
     clip = _load_clip(*sources["clip_l"], dtype) if f.kind != "chroma" else None
-    sched_cfg = shipped_config("scheduler-flux-schnell" if f.kind == "flux-schnell" else "scheduler-flux-dev")
+    sched_cfg = shipped_config(f"scheduler-{f.kind}")
     sched = FlowMatchEulerDiscreteScheduler(**{k: v for k, v in sched_cfg.items() if not k.startswith("_")})
     return {"kind": f.kind, "transformer": transformer, "vae": vae, "text_encoder": clip, "tokenizer": tokenizers[0],
             "text_encoder_2": t5, "tokenizer_2": tokenizers[1], "scheduler": sched}

@@ -28,14 +28,6 @@ ROPE_AXES = (8, 12, 12)  # sums to HEAD_DIM, like (16, 56, 56) sums to 128 in th
 TEXT_WIDTH = 64           # CLIP-L hidden (pooled vector) and T5 d_model of the tiny model
 LATENT_SCALE, LATENT_SHIFT = 0.3611, 0.1159  # FLUX.1's 16-channel VAE (ae.safetensors)
 
-# FlowMatchEulerDiscreteScheduler settings of the real models' scheduler_config.json
-SCHEDULER_DEV = {"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000, "shift": 3.0,
-                 "use_dynamic_shifting": True, "base_shift": 0.5, "max_shift": 1.15, "base_image_seq_len": 256,
-                 "max_image_seq_len": 4096}
-SCHEDULER_SCHNELL = {"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000, "shift": 1.0,
-                     "use_dynamic_shifting": False}
-
-
 def transformer_config(kind: str) -> dict[str, Any]:
     """diffusers config of the tiny transformer (`in_channels` = 16 latent channels x 2x2 packing)."""
     common = {"patch_size": 1, "in_channels": 64, "num_layers": 2, "num_single_layers": 2,
@@ -75,8 +67,11 @@ def t5_config(vocab_size: int) -> dict[str, Any]:
 
 
 def scheduler_config(kind: str) -> dict[str, Any]:
-    """dev and Chroma shift by image size; schnell uses a fixed shift of 1."""
-    return dict(SCHEDULER_SCHNELL if kind == "flux-schnell" else SCHEDULER_DEV)
+    """The real model's FlowMatchEulerDiscreteScheduler settings (shipped in configs/flux/): dev shifts the
+    sigmas by image size, schnell and Chroma (Forge's copy of its config) use a fixed shift of 1."""
+    from lora_trainer.models.flux_loading import shipped_config
+
+    return shipped_config(f"scheduler-{kind}")
 
 
 def build_tiny_flux_parts(kind: str = "flux", seed: int = 0) -> dict[str, Any]:

@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from lora_trainer.models import flux_math
-from lora_trainer.models.flux_tiny import SCHEDULER_DEV, SCHEDULER_SCHNELL
+from lora_trainer.models.flux_loading import shipped_config
+
+SCHEDULER_DEV, SCHEDULER_SCHNELL = shipped_config("scheduler-flux-dev"), shipped_config("scheduler-flux-schnell")
 
 
 def test_packing_matches_diffusers_and_round_trips():
@@ -45,8 +47,8 @@ def test_latent_scale_shift_and_guidance_input():
 
 @pytest.mark.parametrize("seq_len", [16, 256, 1024, 4096])
 @pytest.mark.parametrize("steps", [1, 4, 28])
-@pytest.mark.parametrize("config", [SCHEDULER_DEV, SCHEDULER_SCHNELL, {**SCHEDULER_SCHNELL, "shift": 3.0}],
-                         ids=["dev", "schnell", "fixed-shift-3"])
+@pytest.mark.parametrize("config", [SCHEDULER_DEV, SCHEDULER_SCHNELL, shipped_config("scheduler-chroma"),
+                                    {**SCHEDULER_SCHNELL, "shift": 3.0}], ids=["dev", "schnell", "chroma", "shift-3"])
 def test_sigmas_match_the_scheduler(seq_len, steps, config):
     import numpy as np
     from diffusers import FlowMatchEulerDiscreteScheduler

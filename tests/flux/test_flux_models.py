@@ -65,6 +65,8 @@ def test_bfl_single_files_load_back_identical(kind, prefix, tmp_path, request):
     loaded = load_flux_parts(paths["transformer"], vae_path=paths["vae"], clip_l_path=paths.get("clip_l"),
                              t5xxl_path=paths["t5"])
     assert loaded["kind"] == parts["kind"]
+    assert dict(loaded["scheduler"].config) == dict(parts["scheduler"].config)
+    assert loaded["scheduler"].config.use_dynamic_shifting == (kind == "flux")  # dev: by image size; Chroma: fixed
     assert torch.equal(transformer_out(loaded), transformer_out(parts))
     z = torch.randn(1, 16, 8, 8, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
