@@ -92,12 +92,16 @@ def describe_flux_keys(keys: set[str]) -> str | None:
     return None
 
 
-def _quant_refusal(path: str, header: dict[str, dict[str, Any]], prefix: str) -> str | None:
+def quant_refusal(path: str, header: dict[str, dict[str, Any]], prefix: str = "") -> str | None:
+    """The one-line refusal for weights under `prefix` stored in a form we cannot train on, else None."""
     names = [k for k in header if k.startswith(prefix)]
     if any(k.endswith(("absmax", "quant_map", "quant_state.bitsandbytes__nf4", "quant_state.bitsandbytes__fp4"))
            for k in names):
         return (f"{path} is NF4/FP4-quantised (bitsandbytes): standalone training needs the bf16, fp16 or fp8 "
                 "file (e.g. flux1-dev.safetensors); NF4 models train in Forge, on the loaded checkpoint")
+    if any(k.endswith(("scale_weight", "scaled_fp8")) for k in names):
+        return (f"{path} is a 'scaled fp8' file (per-tensor scales, ComfyUI): use the bf16/fp16 file or a plain "
+                "fp8 one (e.g. flux1-dev-fp8 / t5xxl_fp8_e4m3fn)")
     odd = sorted({header[k]["dtype"] for k in names if k.endswith(".weight")} - set(FLOAT_DTYPES))
     if odd:
         return (f"{path} stores weights as {', '.join(odd)} (a quantisation this trainer cannot read); use the "
@@ -116,8 +120,8 @@ def inspect_flux_file(path: str) -> FluxFile:
         if kind:
             break
     else:
-        raise ModelLoadError(f"{path} is not a FLUX.1/Chroma model: {_what_else(keys)}")
-    refusal = _quant_refusal(path, header, prefix)
+        raise ModelLoadError(f"{path} is not a FLUX.1/Chroma model: {what_else(keys)}")
+    refusal = quant_refusal(path, header, prefix)
     if refusal:
         raise ModelLoadError(refusal)
     layout = "diffusers" if prefix + DIFFUSERS_MARK in keys else "bfl"
@@ -128,7 +132,7 @@ def inspect_flux_file(path: str) -> FluxFile:
                     has_t5=any(k.startswith(AIO_T5) for k in keys))
 
 
-def _what_else(keys: set[str]) -> str:
+def what_else(keys: set[str]) -> str:
     """What a non-Flux file most likely is, said so the user knows which file to give instead."""
     if any(k.startswith("lora_") or ".lora_down." in k or ".lora_A." in k for k in keys):
         return "it is a LoRA; give the base model as base_model and this file as network_weights"

@@ -78,7 +78,10 @@ def _check_part_files(f: FluxFile, vae_path: str | None, clip_l_path: str | None
         prefix = _part_prefix(header, part)
         if prefix is None:
             raise ModelLoadError(f"config '{field}': {p} is not a {_PART_TITLES[part]} file "
-                                 f"({flux_detect._what_else(set(header))})")
+                                 f"({flux_detect.what_else(set(header))})")
+        refusal = flux_detect.quant_refusal(p, header, prefix)
+        if refusal:
+            raise ModelLoadError(f"config '{field}': {refusal}")
         if part == "vae":
             ch = header[prefix + "decoder.conv_in.weight"]["shape"][1]
             if ch != 16:
@@ -204,7 +207,8 @@ def _load_clip(path: str, prefix: str, dtype: Any) -> Any:
 
     from lora_trainer.models.flux_tiny import TEXT_WIDTH, clip_config
 
-    sd = _read(path, prefix, dtype)
+    sd = {k: v for k, v in _read(path, prefix, dtype).items()
+          if not k.startswith(("text_projection.", "logit_scale"))}  # CLIPTextModel has no projection head
     emb = next(v for k, v in sd.items() if k.endswith("token_embedding.weight"))
     if emb.shape[1] == TEXT_WIDTH:
         cfg = clip_config(emb.shape[0], 49406 if emb.shape[0] > 49406 else emb.shape[0] - 2, emb.shape[0] - 1)
@@ -218,7 +222,7 @@ def _load_t5(path: str, prefix: str, dtype: Any) -> Any:
 
     from lora_trainer.models.flux_tiny import TEXT_WIDTH, t5_config
 
-    sd = _read(path, prefix, dtype)
+    sd = {k: v for k, v in _read(path, prefix, dtype).items() if not k.startswith(("decoder.", "lm_head.", "logit_scale"))}
     emb = sd.get("shared.weight", sd.get("encoder.embed_tokens.weight"))
     if emb is None:
         raise ModelLoadError(f"{path}: no T5 token embedding (shared.weight) in it; use t5xxl_fp16.safetensors")

@@ -246,3 +246,27 @@ def test_diffusers_layout_transformer_file_loads(tmp_path, tiny_chroma):
     loaded = load_flux_parts(str(tmp_path / "diffusion_pytorch_model.safetensors"), vae_path=paths["vae"],
                              t5xxl_path=paths["t5"])
     assert loaded["kind"] == "chroma" and torch.equal(transformer_out(loaded), transformer_out(tiny_chroma))
+
+
+def test_scaled_fp8_and_extra_text_encoder_keys(tmp_path, tiny_flux):
+    """ComfyUI's 'scaled fp8' files are refused in one line; the projection head some clip_l files carry and
+    T5 keys outside the encoder are ignored."""
+    from safetensors.torch import load_file
+
+    paths = write_single_files(tiny_flux, str(tmp_path))
+    t5 = dict(load_file(paths["t5"]))
+    save_file({**t5, "scaled_fp8": torch.zeros(0), "encoder.block.0.layer.0.SelfAttention.q.scale_weight": torch.ones(1)},
+              str(tmp_path / "t5xxl_fp8_e4m3fn_scaled.safetensors"))
+    with pytest.raises(ModelLoadError) as e:
+        load_flux_parts(paths["transformer"], vae_path=paths["vae"], clip_l_path=paths["clip_l"],
+                        t5xxl_path=str(tmp_path / "t5xxl_fp8_e4m3fn_scaled.safetensors"))
+    assert "t5xxl_path" in _one_line(e) and "scaled fp8" in str(e.value)
+    clip = dict(load_file(paths["clip_l"]))
+    save_file({**clip, "text_projection.weight": torch.zeros(64, 64), "logit_scale": torch.zeros(())},
+              str(tmp_path / "clip_l_full.safetensors"))
+    save_file({**t5, "logit_scale": torch.zeros(())}, str(tmp_path / "t5_extra.safetensors"))
+    loaded = load_flux_parts(paths["transformer"], vae_path=paths["vae"], clip_l_path=str(tmp_path / "clip_l_full.safetensors"),
+                             t5xxl_path=str(tmp_path / "t5_extra.safetensors"))
+    ids = tiny_flux["tokenizer"](["a star"], return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert torch.equal(loaded["text_encoder"](ids).pooler_output, tiny_flux["text_encoder"](ids).pooler_output)
