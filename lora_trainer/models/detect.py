@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lora_trainer.errors import ModelLoadError
+from lora_trainer.models.flux_detect import describe_flux_keys
 
 SD1_KEY = "cond_stage_model.transformer.text_model.embeddings.position_embedding.weight"
 SD1_OLD_KEY = "cond_stage_model.transformer.embeddings.position_embedding.weight"
@@ -44,6 +45,9 @@ def detect_arch(sd: dict[str, Any], source: str = "checkpoint") -> str:
         return "sd2"
     if SD1_KEY in sd or SD1_OLD_KEY in sd:
         return "sd1"
+    if (flux := describe_flux_keys(set(sd))) is not None:
+        raise ModelLoadError(f"{source} is {flux}, not a Stable Diffusion checkpoint; load it as a FLUX.1/Chroma "
+                             "base (with vae_path, clip_l_path, t5xxl_path)")
     has_unet = any(k.startswith(UNET_PREFIX) for k in sd)
     if any(k.startswith("lora_") for k in sd):
         raise ModelLoadError(f"{source} is a LoRA file, not a base model; set base_model to a checkpoint "
