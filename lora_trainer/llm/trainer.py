@@ -126,7 +126,8 @@ class LLMTrainer:
             self.log(f"{self.encoded.truncated} example(s) longer than max_seq_length ({cfg.max_seq_length}) "
                      "were cut; raise max_seq_length or use packing", "warning")
         resume = getattr(cfg, "resume_from_checkpoint", None)
-        self.resume_path = ckpt.resolve_resume(resume, self.out_dir, self.name) if resume else None
+        self.resume_path = (ckpt.resolve_resume(resume, self.out_dir, self.name, warn=lambda m: self.log(m, "warning"))
+                            if resume else None)
         self.device = self.dist.device(str(getattr(cfg, "device", "auto") or "auto"))
         if self.mp == "fp16" and self.device.type == "cpu":
             raise ConfigError("mixed_precision", "fp16 needs a CUDA GPU; on CPU use 'bf16' or 'no'")

@@ -176,7 +176,8 @@ class Trainer:
             more = f" (+{len(self.index.skipped) - 20} more)" if len(self.index.skipped) > 20 else ""
             self.log(f"skipped {len(self.index.skipped)} file(s): {listed}{more}", "warning")
         resume = getattr(cfg, "resume_from_checkpoint", None)
-        self.resume_path = ckpt.resolve_resume(resume, self.out_dir, self.name) if resume else None
+        self.resume_path = (ckpt.resolve_resume(resume, self.out_dir, self.name, warn=lambda m: self.log(m, "warning"))
+                            if resume else None)
         self.prompts = parse_prompts(cfg)
         self.emit("plan", **self.plan)
         wants_cpu = str(getattr(cfg, "device", "auto") or "auto") in ("auto", "cpu") and not torch.cuda.is_available()
