@@ -35,8 +35,10 @@ def call(url: str, method: str = "GET", body: dict[str, Any] | None = None) -> d
         raise SystemExit(f"{method} {url}: HTTP {exc.code}: {exc.read().decode(errors='replace')}") from None
 
 
-def run(api: str, config: dict[str, Any], stop_at: int | None = None, timeout: float = 900) -> dict[str, Any]:
-    """Start a training job, optionally stop it once it reports step `stop_at`; its last view + events."""
+def run(api: str, config: dict[str, Any], stop_at: int | None = None, timeout: float = 900,
+        interrupt: str | None = None) -> dict[str, Any]:
+    """Start a training job, optionally stop it once it reports step `stop_at` (with the API's stop, or
+    by POSTing the WebUI's own `interrupt` URL: the Interrupt button); its last view + events."""
     job = call(f"{api}/train", "POST", {"config": config})
     job_id, cursor, events, stopped = job["id"], 0, [], False
     deadline = time.monotonic() + timeout
@@ -46,7 +48,7 @@ def run(api: str, config: dict[str, Any], stop_at: int | None = None, timeout: f
         events += view["events"]
         step = max((e["data"].get("step", 0) for e in events if e["type"] == "progress"), default=0)
         if stop_at is not None and not stopped and step >= stop_at:
-            call(f"{api}/train/{job_id}/stop", "POST")
+            call(interrupt or f"{api}/train/{job_id}/stop", "POST", {} if interrupt else None)
             stopped = True
         if view["state"] not in ("queued", "running", "stopping"):
             view["all_events"] = events
@@ -94,6 +96,7 @@ def main() -> int:
     ap.add_argument("--work", default="/tmp/webui-resume")
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--stop-at", type=int, default=5)
+    ap.add_argument("--interrupt", action="store_true", help="stop with the WebUI's Interrupt (/sdapi/v1/interrupt)")
     args = ap.parse_args()
     api = args.url.rstrip("/") + "/lora-trainer/v1"
     from lora_trainer import synthetic
@@ -118,7 +121,8 @@ def main() -> int:
     print(f"uninterrupted: {full['state']}, {final_event(full, 'done')['steps']} steps, {time.monotonic() - t0:.1f} s "
           f"-> {full_lora}")
 
-    part = run(api, config("rc_part"), stop_at=args.stop_at)
+    interrupt = args.url.rstrip("/") + "/sdapi/v1/interrupt" if args.interrupt else None
+    part = run(api, config("rc_part"), stop_at=args.stop_at, interrupt=interrupt)
     stopped = final_event(part, "stopped")
     state = stopped["state_path"]
     print(f"stopped: {part['state']} at step {os.path.basename(state)}; message: {stopped['message']!r}")
