@@ -24,22 +24,34 @@ def _default_mode(folder: bool = False) -> int:
 
 
 @contextlib.contextmanager
-def atomic_file(path: str | os.PathLike[str], mode: str = "wb", encoding: str | None = None) -> Iterator[IO[Any]]:
-    """`with atomic_file(p) as f: f.write(...)` — `p` appears complete, or not at all."""
+def atomic_path(path: str | os.PathLike[str], suffix: str = ".tmp") -> Iterator[str]:
+    """`with atomic_path(p) as tmp: writer(tmp)` — for writers that want a file name, not a handle
+    (a GGUF writer, an exporter); `p` appears complete when the block ends without error."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, mode, encoding=encoding, **({"newline": ""} if "b" not in mode else {})) as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.chmod(tmp, _default_mode())
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike[str], mode: str = "wb", encoding: str | None = None) -> Iterator[IO[Any]]:
+    """`with atomic_file(p) as f: f.write(...)` — `p` appears complete, or not at all."""
+    with atomic_path(path) as tmp, open(tmp, mode, encoding=encoding,
+                                        **({"newline": ""} if "b" not in mode else {})) as handle:
+        yield handle
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:

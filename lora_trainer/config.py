@@ -267,11 +267,9 @@ class TrainConfig:
 
     def save_yaml(self, path: str | os.PathLike[str], only_changed: bool = False) -> None:
         """Write `to_yaml()` atomically."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(self.to_yaml(only_changed), encoding="utf-8")
-        os.replace(tmp, path)
+        from lora_trainer.atomic import atomic_write_text
+
+        atomic_write_text(path, self.to_yaml(only_changed))
 
     def validate(self, *, check_paths: bool = True, require: Iterable[str] = ("train_data_dir", "base_model")) -> None:
         """Raise ConfigError for the first problem (see `validate_config`)."""
@@ -895,10 +893,9 @@ def _main(argv: list[str]) -> int:
         print("usage: python -m lora_trainer.config --markdown [PATH]", file=sys.stderr)
         return 2
     target = Path(argv[1]) if len(argv) > 1 else Path(__file__).resolve().parents[1] / "docs" / "config.md"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + ".tmp")
-    tmp.write_text(markdown_reference(), encoding="utf-8")
-    os.replace(tmp, target)
+    from lora_trainer.atomic import atomic_write_text
+
+    atomic_write_text(target, markdown_reference())
     print(target)
     return 0
 

@@ -16,6 +16,8 @@ import sys
 import time
 from typing import Any
 
+from lora_trainer.atomic import atomic_write_text
+
 DEMO_STEPS = 60
 PROMPTS = ("zqx checker star", "vyk soft rings", "a large red circle in the center, blue background")
 
@@ -50,10 +52,8 @@ def write_demo_inputs(root: str, n_train: int = 16, steps: int = DEMO_STEPS) -> 
     path = os.path.join(root, "demo.yaml")
     cfg = demo_config(root, steps)
     cfg["train_data_dir"], cfg["output_dir"] = "./data", "./train"  # relative to the YAML file
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        f.write("# Written by `make demo`. Re-run: python -m lora_trainer train --config " + path + "\n")
-        yaml.safe_dump(cfg, f, sort_keys=False)
-    os.replace(path + ".tmp", path)
+    atomic_write_text(path, "# Written by `make demo`. Re-run: python -m lora_trainer train --config " + path + "\n"
+                      + yaml.safe_dump(cfg, sort_keys=False))
     return path
 
 

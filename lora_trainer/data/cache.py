@@ -9,6 +9,8 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from lora_trainer.atomic import atomic_write_bytes
+
 if TYPE_CHECKING:
     import torch
 
@@ -78,17 +80,15 @@ class LatentCache:
             return None
 
     def put(self, key: str, latent: torch.Tensor) -> None:
-        """Store one latent (no batch dimension). Disk writes go to a temp file, then os.replace."""
+        """Store one latent (no batch dimension); a disk write is atomic (a reader never sees half a file)."""
         latent = latent.detach().to("cpu").contiguous()
         path = self.path_for(key)
         if path is None:
             self._memory[key] = latent
             return
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
-        tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
-        save_file({"latent": latent}, tmp, metadata={"model_id": self.model_id[:200], "key": key[:200]})
-        os.replace(tmp, path)
+        atomic_write_bytes(path, save({"latent": latent}, metadata={"model_id": self.model_id[:200], "key": key[:200]}))
 
     def get_batch(self, keys: list[str]) -> torch.Tensor | None:
         """Stacked [B, C, h, w] latents when every key is cached, else None."""

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from lora_trainer.atomic import atomic_write_text
 from lora_trainer.errors import ConfigError
 from lora_trainer.events import EventSink, StopFlag, null_sink
 from lora_trainer.llm import batches as B
@@ -332,12 +333,7 @@ class LLMTrainer:
         finally:
             self.model.train()
         path = os.path.join(self.out_dir, "samples", f"{self.name}-{step:06d}.txt")
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        text = "".join(f"### {p}\n{o}\n\n" for p, o in zip(prompts, outs, strict=True))
-        tmp = path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
+        atomic_write_text(path, "".join(f"### {p}\n{o}\n\n" for p, o in zip(prompts, outs, strict=True)))
         for p, o in zip(prompts, outs, strict=True):
             self.log(f"sample @ step {step}: {p!r} → {o!r}")
 

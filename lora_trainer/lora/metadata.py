@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from lora_trainer.lora.file import atomic_write_bytes
+from lora_trainer.atomic import atomic_write_bytes
 from lora_trainer.models.base import BASE_MODEL_VERSION, MODELSPEC_ARCH, SIDECAR_SD_VERSION
 
 NETWORK_MODULE = "networks.lora"

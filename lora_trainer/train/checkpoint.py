@@ -93,9 +93,6 @@ def rng_restore(tensors: dict[str, torch.Tensor], plain: dict[str, Any]) -> None
         np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_g, cached))
 
 
-atomic_dir_write = atomic_dir  # the old name
-
-
 class StateError(ConfigError):
     """A saved state cannot be read; the message names the file and what is wrong with it."""
 

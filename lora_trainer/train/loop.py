@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from lora_trainer.atomic import atomic_write_text
 from lora_trainer.errors import ConfigError, UserError
 from lora_trainer.events import Event, EventSink, StopFlag, null_sink
 from lora_trainer.train import checkpoint as ckpt
@@ -465,10 +466,8 @@ class Trainer:
             digest.update(p.detach().float().cpu().numpy().tobytes())
         os.makedirs(self._trace_dir, exist_ok=True)
         path = os.path.join(self._trace_dir, f"rank{self.dist.rank}.json")
-        with open(path + ".tmp", "w", encoding="utf-8") as f:
-            json.dump({"rank": self.dist.rank, "world_size": self.dist.world_size, "steps": step,
-                       "samples": self._trace, "lora_sha256": digest.hexdigest()}, f)
-        os.replace(path + ".tmp", path)
+        atomic_write_text(path, json.dumps({"rank": self.dist.rank, "world_size": self.dist.world_size, "steps": step,
+                                            "samples": self._trace, "lora_sha256": digest.hexdigest()}))
 
     def _agree(self, nan: bool, stop: bool, loss: float) -> tuple[bool, bool, float]:
         """One collective per step: any rank's NaN or stop request, and the mean loss."""

@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from lora_trainer.atomic import atomic_file
+
 _OPT = re.compile(r"\s--([ndslwh])\s+")
 
 
@@ -82,8 +84,7 @@ def generate_samples(adapter: Any, prompts: list[SamplePrompt], out_dir: str, ta
             image = adapter.generate(sp.prompt, negative_prompt=sp.negative, seed=sp.seed, steps=sp.steps,
                                      width=sp.width, height=sp.height, guidance_scale=sp.guidance)
         path = os.path.join(out_dir, f"{tag}-{i:02d}.png")
-        tmp = path + ".tmp.png"
-        image.save(tmp)
-        os.replace(tmp, path)
+        with atomic_file(path) as f:
+            image.save(f, format="PNG")
         paths.append(path)
     return paths
