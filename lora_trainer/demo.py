@@ -16,6 +16,8 @@ import sys
 import time
 from typing import Any
 
+from lora_trainer.atomic import atomic_write_text
+
 DEMO_STEPS = 60
 PROMPTS = ("zqx checker star", "vyk soft rings", "a large red circle in the center, blue background")
 
@@ -42,7 +44,6 @@ def write_demo_inputs(root: str, n_train: int = 16, steps: int = DEMO_STEPS) -> 
     import yaml
 
     from lora_trainer import synthetic
-    from lora_trainer.atomic import atomic_write_text
 
     data = os.path.join(root, "data")
     shutil.rmtree(data, ignore_errors=True)
@@ -73,7 +74,6 @@ def run_demo(root: str = "output/demo", steps: int = DEMO_STEPS, threads: int = 
     """Everything `make demo` does; returns the quality numbers and paths (tests call it too)."""
     import torch
 
-    from lora_trainer.atomic import atomic_write_text
     from lora_trainer.config import load_config
     from lora_trainer.events import Emitter
     from lora_trainer.models.tiny import build_tiny_adapter

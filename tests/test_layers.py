@@ -22,7 +22,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("config", "jobs", "synthetic"),
     ("data", "download"),
     ("lora", "caption"),
-    ("models",),
+    ("models", "share"),
     ("train",),
     ("llm",),
     ("tasks",),

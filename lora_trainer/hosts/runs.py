@@ -89,10 +89,6 @@ def uploads_dir(host: Host) -> str:
     return os.path.join(host.work_dir(), "uploads")
 
 
-def _atomic_copy(src: str, dst: str) -> None:
-    atomic_copy(src, dst)
-
-
 def publish(host: Host, lora_file: str) -> str:
     """Copy the final LoRA and its sidecars into the host's Lora folder; returns the new path."""
     dest_dir = host.lora_dir()
@@ -102,8 +98,8 @@ def publish(host: Host, lora_file: str) -> str:
         for ext in SIDECARS:
             side = os.path.join(os.path.dirname(lora_file), stem + ext)
             if os.path.isfile(side):
-                _atomic_copy(side, os.path.join(dest_dir, stem + ext))
-        _atomic_copy(lora_file, dest)  # last: a Lora list refresh never sees a file without its sidecars
+                atomic_copy(side, os.path.join(dest_dir, stem + ext))
+        atomic_copy(lora_file, dest)  # last: a Lora list refresh never sees a file without its sidecars
     host.file_landed(dest, "lora")
     return dest
 

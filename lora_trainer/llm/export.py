@@ -1,6 +1,6 @@
 """Writing results: the PEFT adapter folder, and optionally a merged full model.
 
-Folders are written into a temp folder and renamed into place (via the train engine's atomic helper),
+Folders are written into a temp folder and renamed into place (lora_trainer.atomic.atomic_dir),
 so a crash never leaves a half adapter that a later `PeftModel.from_pretrained` would half-load.
 """
 
@@ -10,7 +10,7 @@ import copy
 import os
 from typing import Any
 
-from lora_trainer.train.checkpoint import atomic_dir_write
+from lora_trainer.atomic import atomic_dir
 
 SAVE_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
@@ -41,7 +41,7 @@ def save_adapter(model: Any, tokenizer: Any, path: str, precision: str = "fp32",
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)  # keeps the chat template used in training with the adapter
 
-    atomic_dir_write(path, write)
+    atomic_dir(path, write)
     return path
 
 
@@ -84,4 +84,4 @@ def _write_model(model: Any, tokenizer: Any, path: str) -> None:
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
 
-    atomic_dir_write(path, write)
+    atomic_dir(path, write)

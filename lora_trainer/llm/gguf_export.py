@@ -10,9 +10,9 @@ rotary layout, so lora_b of q_proj/k_proj gets the same row permutation (lora_a 
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
+from lora_trainer.atomic import atomic_path
 from lora_trainer.errors import ConfigError
 
 # HF model_type -> (GGUF architecture, whether q/k rows are permuted like convert_hf_to_gguf does)
@@ -78,22 +78,17 @@ def export_gguf_lora(path: str, state: dict[str, Any], hf_config: Any, alpha: fl
             b = rope_permute(b, n_kv)
         tensors += [(target + ".lora_a", a.astype(np_dtype)), (target + ".lora_b", b.astype(np_dtype))]
 
-    tmp = f"{path}.tmp-{os.getpid()}"
-    writer = gguf.GGUFWriter(tmp, arch_name)
-    writer.add_type(gguf.GGUFType.ADAPTER)
-    writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
-    writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, float(alpha))
-    if name:
-        writer.add_name(name)
-    for tensor_name, data in tensors:
-        writer.add_tensor(tensor_name, np.ascontiguousarray(data))
-    try:
+    with atomic_path(path) as tmp:
+        writer = gguf.GGUFWriter(tmp, arch_name)
+        writer.add_type(gguf.GGUFType.ADAPTER)
+        writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
+        writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, float(alpha))
+        if name:
+            writer.add_name(name)
+        for tensor_name, data in tensors:
+            writer.add_tensor(tensor_name, np.ascontiguousarray(data))
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path

@@ -18,7 +18,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save as st_save
 
-from lora_trainer.atomic import atomic_write_bytes  # noqa: F401 - re-exported for lora.metadata
+from lora_trainer.atomic import atomic_write_bytes
 from lora_trainer.errors import UserError
 
 LORA_KEY_SUFFIXES = (".lora_down.weight", ".lora_up.weight", ".alpha")

@@ -16,8 +16,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from lora_trainer.atomic import atomic_write_bytes
 from lora_trainer.lora.archs import BASE_MODEL_VERSION, MODELSPEC_ARCH, SIDECAR_SD_VERSION
-from lora_trainer.lora.file import atomic_write_bytes
 
 NETWORK_MODULE = "networks.lora"
 SAI_MODEL_SPEC = "1.0.0"

@@ -1,12 +1,17 @@
 """Checkpoints: LoRA files (intermediate, final, keep-last-K) and the full resumable training state.
 
 A state is a folder `<name>-<step:06d>-state/` written to a temp folder and renamed into place, so a
-crash mid-write never leaves a half state that `resume_from_checkpoint: latest` would pick up:
-  lora.safetensors    the LoRA in fp32 (kohya keys), exactly what training continues from
-  optimizer.pt        optimizer / scheduler / GradScaler state dicts (tensors + plain types only,
-                      read back with torch.load(weights_only=True))
-  rng.pt              torch (CPU and CUDA) RNG states
-  trainer_state.json  step, epoch, data position, python/numpy RNG, config and its hash
+crash mid-write never leaves a half state that `resume_from_checkpoint: latest` would pick up. It
+holds no pickle (a pickle can run code when read; the WebUI's safe unpickler refuses torch.save files):
+  lora.safetensors     the LoRA in fp32 (kohya keys), exactly what training continues from
+  optimizer.safetensors + optimizer.json   optimizer / scheduler / GradScaler state dicts
+                       (tensors, and the rest as JSON: see train/state_io.py)
+  rng.safetensors      torch (CPU and CUDA) RNG states
+  trainer_state.json   step, epoch, data position, python/numpy RNG, config and its hash
+States of format 1 (optimizer.pt, rng.pt from torch.save) still resume: they are read with
+torch's weights-only loader, never a full unpickle.
+A state that cannot be read is reported in one line naming the file; resuming then falls back to the
+newest older good state of the same run, with a warning.
 """
 
 from __future__ import annotations
@@ -17,16 +22,19 @@ import os
 import random
 import re
 import shutil
-import tempfile
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 
+from lora_trainer.atomic import atomic_dir
 from lora_trainer.errors import ConfigError
+from lora_trainer.train import state_io
 
 STATE_SUFFIX = "-state"
-STATE_FORMAT = 1
+STATE_FORMAT = 2
+_READABLE_FORMATS = (1, 2)  # 1: optimizer.pt + rng.pt (torch.save), read with weights_only=True
 # config keys that do not change what training computes (a resume may change them freely)
 _VOLATILE_KEYS = {
     "output_dir", "output_name", "resume_from_checkpoint", "logging_dir", "save_steps", "save_every_n_epochs",
@@ -59,7 +67,7 @@ def config_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
 
 def rng_snapshot() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """RNG states: tensors (for rng.pt) and JSON-able python/numpy states."""
+    """RNG states: tensors (for rng.safetensors) and JSON-able python/numpy states."""
     tensors = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
@@ -85,24 +93,11 @@ def rng_restore(tensors: dict[str, torch.Tensor], plain: dict[str, Any]) -> None
         np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_g, cached))
 
 
-def atomic_dir_write(final: str, write: Any) -> None:
-    """Build a folder with `write(tmp_dir)` and rename it into place (replacing an old one)."""
-    parent = os.path.dirname(os.path.abspath(final))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".tmp-" + os.path.basename(final) + "-", dir=parent)
-    try:
-        write(tmp)
-        if os.path.exists(final):
-            old = final + ".old"
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+class StateError(ConfigError):
+    """A saved state cannot be read; the message names the file and what is wrong with it."""
+
+    def __init__(self, message: str):
+        super().__init__("resume_from_checkpoint", message)
 
 
 def save_state(path: str, *, lora_state: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
@@ -118,66 +113,144 @@ def save_state(path: str, *, lora_state: dict[str, torch.Tensor], optimizer: tor
     def write(tmp: str) -> None:
         save_file({k: v.detach().float().cpu().contiguous() for k, v in lora_state.items()},
                   os.path.join(tmp, "lora.safetensors"))
-        torch.save({"optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                    "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None},
-                   os.path.join(tmp, "optimizer.pt"))
-        torch.save(tensors, os.path.join(tmp, "rng.pt"))
+        state_io.write_tree(tmp, "optimizer", {
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None})
+        save_file(tensors, os.path.join(tmp, "rng.safetensors"))
         with open(os.path.join(tmp, "trainer_state.json"), "w", encoding="utf-8") as f:
             json.dump(meta, f, indent=1, default=str)
 
-    atomic_dir_write(path, write)
+    atomic_dir(path, write)
     return path
 
 
-def _state_step(path: str) -> int:
-    try:
-        with open(os.path.join(path, "trainer_state.json"), encoding="utf-8") as f:
-            return int(json.load(f)["step"])
-    except (OSError, ValueError, KeyError):
-        return -1
+_STATE_RE = re.compile(rf"^(?P<name>.+)-(?P<step>\d{{6,}}){STATE_SUFFIX}$")
+
+
+def _folder_step(path: str) -> int:
+    m = _STATE_RE.match(os.path.basename(path.rstrip(os.sep)))
+    return int(m.group("step")) if m else -1
 
 
 def list_states(output_dir: str, name: str | None = None) -> list[str]:
-    """Complete state folders in `output_dir`, oldest step first."""
+    """State folders in `output_dir` (complete ones: a state is renamed into place whole), oldest
+    step first. Readable or not: `resolve_resume` reports a bad one and falls back."""
     if not os.path.isdir(output_dir):
         return []
-    pat = re.compile(rf"^{re.escape(name) if name else '.+'}-\d{{6,}}{STATE_SUFFIX}$")
-    found = [os.path.join(output_dir, d) for d in os.listdir(output_dir) if pat.match(d)]
-    found = [p for p in found if _state_step(p) >= 0]
-    return sorted(found, key=_state_step)
+    found = []
+    for d in os.listdir(output_dir):
+        m = _STATE_RE.match(d)
+        if m and (name is None or m.group("name") == name) and os.path.isdir(os.path.join(output_dir, d)):
+            found.append(os.path.join(output_dir, d))
+    return sorted(found, key=_folder_step)
 
 
-def resolve_resume(value: str, output_dir: str, name: str) -> str:
-    """`resume_from_checkpoint` → a state folder; "latest" picks the highest step in output_dir."""
+def resolve_resume(value: str, output_dir: str, name: str,
+                   warn: Callable[[str], None] | None = None) -> str:
+    """`resume_from_checkpoint` → a readable state folder; "latest" picks the highest step in output_dir.
+
+    A state that cannot be read (missing or corrupt file) is skipped for the newest older good state
+    of the same run, and `warn` gets one line naming the bad file; with no good state left, the
+    error names the bad file. Checked here, before any model loads."""
     if str(value).strip().lower() == "latest":
         states = list_states(output_dir, name) or list_states(output_dir)
         if not states:
             raise ConfigError("resume_from_checkpoint",
                               f"'latest' found no saved state (*{STATE_SUFFIX}/) in {output_dir}; "
                               "train with save_state: true first, or give a state folder path")
-        return states[-1]
-    path = os.path.abspath(os.path.expanduser(str(value)))
-    if os.path.isfile(path) and os.path.basename(path) == "trainer_state.json":
-        path = os.path.dirname(path)
-    if not os.path.isfile(os.path.join(path, "trainer_state.json")):
-        raise ConfigError("resume_from_checkpoint",
-                          f"{path} is not a training state folder (no trainer_state.json); "
-                          f"give a '<name>-<step>{STATE_SUFFIX}' folder or 'latest'")
-    return path
+    else:
+        path = os.path.abspath(os.path.expanduser(str(value)))
+        if os.path.basename(path) == "trainer_state.json":
+            path = os.path.dirname(path)
+        if not os.path.isdir(path):
+            raise ConfigError("resume_from_checkpoint",
+                              f"{path} is not a training state folder; "
+                              f"give a '<name>-<step>{STATE_SUFFIX}' folder or 'latest'")
+        m = _STATE_RE.match(os.path.basename(path))
+        older = [p for p in list_states(os.path.dirname(path), m.group("name"))
+                 if _folder_step(p) < _folder_step(path)] if m else []
+        states = [*older, path]
+    first_error: StateError | None = None
+    for candidate in reversed(states):
+        try:
+            load_state(candidate)
+        except StateError as exc:
+            first_error = first_error or exc
+            continue
+        if first_error is not None and warn is not None:
+            warn(f"{_bare(first_error)}; resuming from the previous good state {os.path.basename(candidate)}")
+        return candidate
+    assert first_error is not None
+    if len(states) > 1:
+        raise StateError(f"{_bare(first_error)} (and no older state of this run could be read either)")
+    raise first_error
+
+
+def _bare(exc: ConfigError) -> str:
+    return str(exc).removeprefix(f"config '{exc.field}': ")
+
+
+def _read_json(path: str) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise StateError(f"{path} is missing; this state cannot be resumed") from None
+    except (OSError, ValueError) as exc:
+        raise StateError(f"{path} is corrupt ({state_io.short_error(exc)}); this state cannot be resumed") from None
+    if not isinstance(data, dict):
+        raise StateError(f"{path} is not a JSON object; this state cannot be resumed")
+    return data
+
+
+def _read_file(path: str, read: Callable[[], Any]) -> Any:
+    """`read()`, with any failure reported as one line naming `path`."""
+    if not os.path.isfile(path):
+        raise StateError(f"{path} is missing; this state cannot be resumed")
+    try:
+        return read()
+    except Exception as exc:  # safetensors, JSON, zip and weights-only errors all mean "corrupt"
+        raise StateError(f"{path} is corrupt ({state_io.short_error(exc)}); this state cannot be resumed") from None
+
+
+def _weights_only_load(path: str) -> Any:
+    """A format-1 `.pt`: torch's weights-only loader (tensors and plain types; never runs code).
+    `torch.serialization.load` is the loader itself: the WebUI replaces `torch.load` with its own
+    checker, which refuses files written by recent torch versions."""
+    return torch.serialization.load(path, map_location="cpu", weights_only=True)
 
 
 def load_state(path: str) -> dict[str, Any]:
-    """Read a state folder (safely: safetensors + weights_only torch.load)."""
+    """Read a state folder: trainer_state.json plus `lora`, `optim` (optimizer / scheduler / scaler
+    state dicts) and `rng_tensors`. Raises StateError naming the file that cannot be read."""
     from safetensors.torch import load_file
 
-    with open(os.path.join(path, "trainer_state.json"), encoding="utf-8") as f:
-        meta = json.load(f)
-    if meta.get("format") != STATE_FORMAT:
-        raise ConfigError("resume_from_checkpoint", f"{path}: unsupported state format {meta.get('format')}")
-    meta["lora"] = load_file(os.path.join(path, "lora.safetensors"))
-    meta["optim"] = torch.load(os.path.join(path, "optimizer.pt"), map_location="cpu", weights_only=True)
-    meta["rng_tensors"] = torch.load(os.path.join(path, "rng.pt"), map_location="cpu", weights_only=True)
+    meta = _read_json(os.path.join(path, "trainer_state.json"))
+    fmt = meta.get("format")
+    if fmt not in _READABLE_FORMATS:
+        raise StateError(f"{os.path.join(path, 'trainer_state.json')}: unsupported state format {fmt!r} "
+                         f"(this version reads {', '.join(map(str, _READABLE_FORMATS))})")
+    for key in ("step", "epoch", "position"):
+        if not isinstance(meta.get(key), int):
+            raise StateError(f"{os.path.join(path, 'trainer_state.json')}: '{key}' is missing or not a number")
+    lora = os.path.join(path, "lora.safetensors")
+    meta["lora"] = _read_file(lora, lambda: load_file(lora))
+    if fmt == 1:
+        optim, rng = os.path.join(path, "optimizer.pt"), os.path.join(path, "rng.pt")
+        meta["optim"] = _read_file(optim, lambda: _weights_only_load(optim))
+        meta["rng_tensors"] = _read_file(rng, lambda: _weights_only_load(rng))
+    else:
+        optim, rng = os.path.join(path, "optimizer.json"), os.path.join(path, "rng.safetensors")
+        try:
+            meta["optim"] = state_io.read_tree(path, "optimizer")
+        except state_io.StateFormatError as exc:
+            raise StateError(f"{exc}; this state cannot be resumed") from None
+        meta["rng_tensors"] = _read_file(rng, lambda: load_file(rng))
+    if not isinstance(meta["optim"], dict) or "optimizer" not in meta["optim"]:
+        raise StateError(f"{optim} holds no optimizer state; this state cannot be resumed")
+    if not isinstance(meta["rng_tensors"], dict) or "torch" not in meta["rng_tensors"]:
+        raise StateError(f"{rng} holds no torch RNG state; this state cannot be resumed")
     return meta
 
 
@@ -204,5 +277,3 @@ def prune(output_dir: str, name: str, keep: int | None, keep_states: int | None 
             removed.append(st)
     return removed
 
-
-_atomic_dir_write = atomic_dir_write  # old name, used by lora_trainer.llm

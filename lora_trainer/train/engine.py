@@ -176,7 +176,8 @@ class Engine:
         self.emit("status", message=task.checking)
         self.plan = task.prepare()
         if cfg.resume_from_checkpoint:
-            self.resume_path = ckpt.resolve_resume(cfg.resume_from_checkpoint, self.out_dir, self.name)
+            self.resume_path = ckpt.resolve_resume(cfg.resume_from_checkpoint, self.out_dir, self.name,
+                                                   warn=lambda m: self.log(m, "warning"))
         self.emit("plan", **self.plan)
         try:
             groups = task.setup()

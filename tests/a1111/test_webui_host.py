@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 
 import pytest
 from safetensors.torch import load_file
@@ -15,6 +14,7 @@ from lora_trainer.hosts.guard import state_dict_hash
 from lora_trainer.hosts.runs import start_training, uploads_dir
 from lora_trainer.hosts.webui import WebUIHost
 from lora_trainer.jobs import JobRegistry
+from tests.helpers.wait import wait_for
 
 
 def config(dataset, **kw):
@@ -25,23 +25,70 @@ def config(dataset, **kw):
     return raw
 
 
+class RecordingLock:
+    """A real lock that logs, in order, who waited for it, got it and let it go (and, through
+    RecordingState, each progress report with the lock's holder at that moment)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.log: list[tuple[str, str]] = []
+        self.holder = ""
+        self.trainer_waiting = threading.Event()
+
+    def acquire(self, blocking=True, timeout=-1):
+        me = threading.current_thread().name
+        self.log.append(("wait", me))
+        if me != "MainThread":
+            self.trainer_waiting.set()
+        got = self._lock.acquire(blocking, timeout)
+        if got:
+            self.holder = me
+            self.log.append(("acquired", me))
+        return got
+
+    def release(self):
+        self.log.append(("released", self.holder))
+        self.holder = ""
+        self._lock.release()
+
+    def locked(self):
+        return self._lock.locked()
+
+    __enter__ = acquire
+
+    def __exit__(self, *exc):
+        self.release()
+
+
 def test_run_holds_the_lock_reports_to_state_and_publishes(tiny_sd1, services_factory, dataset, tmp_path):
     svc = services_factory(tiny_sd1)
+    lock = svc.queue_lock = RecordingLock()
+
+    class RecordingState(type(svc.state)):
+        def __setattr__(self, name, value):
+            if name == "job_no" and value:
+                lock.log.append(("progress", lock.holder))
+            super().__setattr__(name, value)
+
+    svc.state = RecordingState()
     host = WebUIHost(svc, root=str(tmp_path))
     hash0 = state_dict_hash(tiny_sd1)
     jobs = JobRegistry()
-    svc.queue_lock.acquire()  # a txt2img is running: the training must wait for it
+    lock.acquire()  # a txt2img is running: the training must wait for it
     job = start_training(host, config(dataset), jobs=jobs)
-    time.sleep(0.5)
+    assert lock.trainer_waiting.wait(60), "the training never asked for the WebUI's queue lock"
     assert job.alive and job.last("progress") is None, "training started while the WebUI was busy"
-    svc.queue_lock.release()
-    seen_locked = []
-    while job.alive:
-        seen_locked.append(svc.queue_lock.locked())
-        time.sleep(0.05)
+    assert "waiting for the WebUI" in job.last("status").data["message"]
+    lock.release()
+    job.join(300)
     assert job.state == "done", job.error
-    assert any(seen_locked), "the queue lock was not held during the run"
-    assert not svc.queue_lock.locked()
+    trainer = next(who for what, who in lock.log if what == "wait" and who != "MainThread")
+    progress = [who for what, who in lock.log if what == "progress"]
+    assert len(progress) == 12 and set(progress) == {trainer}, "progress reported without holding the queue lock"
+    assert lock.log[:4] == [("wait", "MainThread"), ("acquired", "MainThread"), ("wait", trainer),
+                            ("released", "MainThread")]
+    assert lock.log[4] == ("acquired", trainer) and lock.log[-1] == ("released", trainer)
+    assert not lock.locked()
     state = svc.state
     assert state.began == 1 and state.ended == 1
     assert state.job_no == 12 and state.job_count == 12 and "LoRA training" in state.textinfo
@@ -64,8 +111,7 @@ def test_webui_interrupt_button_stops_the_run(tiny_sd1, services_factory, datase
     job = start_training(host, config(dataset, max_train_steps=200, output_name="stopped"), jobs=JobRegistry())
 
     def press_interrupt():
-        while job.alive and (job.last("progress") is None or job.last("progress").data["step"] < 2):
-            time.sleep(0.05)
+        wait_for(lambda: not job.alive or (job.last("progress") and job.last("progress").data["step"] >= 2), 120)
         svc.state.interrupted = True  # what the WebUI's Interrupt button does
 
     threading.Thread(target=press_interrupt, daemon=True).start()

@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 from train_helpers import events_of, list_files, make_config
 
 from lora_trainer.events import Emitter, StopFlag
+from lora_trainer.train.checkpoint import load_state
 from lora_trainer.train.engine import TrainingDiverged
 from lora_trainer.train.evaluate import denoising_loss, fixed_inputs
 from lora_trainer.train.image import train
@@ -101,9 +102,9 @@ def test_stop_saves_resumable_state_and_lora(tiny_adapter, concept_dir, tmp_path
     result = train(make_config(concept_dir, str(out)), adapter=tiny_adapter, emit=emit, stop=stop)
     assert result.stopped and result.steps == 1
     assert result.state_path and os.path.isdir(result.state_path)
-    assert set(list_files(result.state_path)) == {"lora.safetensors", "optimizer.pt", "rng.pt", "trainer_state.json"}
-    optim = torch.load(os.path.join(result.state_path, "optimizer.pt"), weights_only=True)
-    assert optim["optimizer"]["state"]
+    assert set(list_files(result.state_path)) == {"lora.safetensors", "optimizer.safetensors", "optimizer.json",
+                                                  "rng.safetensors", "trainer_state.json"}
+    assert load_state(result.state_path)["optim"]["optimizer"]["state"]
     assert "resume" in events_of("stopped", events)[0].data["message"]
     assert os.path.isfile(result.output_path)
 

@@ -7,10 +7,11 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 
 import pytest
+
+from tests.helpers.wait import wait_for
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = os.environ.get("LT_UI_ARTIFACTS") or os.path.join(
@@ -39,17 +40,21 @@ def app_server(tmp_path_factory):
     proc = subprocess.Popen([sys.executable, "-m", "lora_trainer", "app", "--root", str(root), "--port", str(port)],
                             stdout=log, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}/"
-    deadline = time.time() + 120
-    while time.time() < deadline:
+
+    def answering() -> bool:
         if proc.poll() is not None:
-            break
+            return True  # exited: stop waiting, reported below
         try:
             urllib.request.urlopen(url, timeout=2)
-            break
+            return True
         except OSError:
-            time.sleep(0.5)
-    else:
+            return False
+
+    try:
+        wait_for(answering, 120, interval=0.5, what=f"the app at {url}")
+    except TimeoutError:
         proc.kill()
+        proc.wait(10)
     if proc.poll() is not None:
         log.close()
         pytest.fail("app did not start:\n" + (root / "app.log").read_text()[-3000:])

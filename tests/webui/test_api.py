@@ -8,7 +8,6 @@ import json
 import os
 import socket
 import threading
-import time
 import urllib.error
 import urllib.request
 
@@ -20,6 +19,7 @@ uvicorn = pytest.importorskip("uvicorn")
 from lora_trainer.hosts.api import register  # noqa: E402
 from lora_trainer.hosts.standalone import StandaloneHost  # noqa: E402
 from lora_trainer.jobs import JobRegistry  # noqa: E402
+from tests.helpers.wait import wait_for  # noqa: E402
 
 
 def free_port() -> int:
@@ -39,9 +39,7 @@ class Server:
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="error"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
-        deadline = time.time() + 20
-        while not self.server.started and time.time() < deadline:
-            time.sleep(0.05)
+        wait_for(lambda: self.server.started, 20, what="the API server to start")
 
     def call(self, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
         data = json.dumps(body).encode() if body is not None else None
@@ -85,13 +83,11 @@ def public(tmp_path):
 
 
 def wait(srv, path, timeout=180):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        code, view = srv.call("GET", path)
-        if view["state"] not in ("queued", "running"):
-            return view
-        time.sleep(0.2)
-    raise AssertionError(f"{path} still running")
+    def finished():
+        view = srv.call("GET", path)[1]
+        return view if view["state"] not in ("queued", "running") else None
+
+    return wait_for(finished, timeout, interval=0.2, what=f"{path} to finish")
 
 
 def test_train_status_and_publish(local, dataset, tmp_path):
@@ -115,8 +111,7 @@ def test_stop_route_stops_a_run(local, dataset):
            "enable_bucket": False, "max_train_steps": 500, "lora_rank": 2, "save_state": False}
     code, view = local.call("POST", "/train", {"config": cfg})
     assert code == 200, view
-    while local.call("GET", f"/train/{view['id']}")[1]["progress"] is None:
-        time.sleep(0.1)
+    wait_for(lambda: local.call("GET", f"/train/{view['id']}")[1]["progress"], 120, what="the first step")
     assert local.call("POST", f"/train/{view['id']}/stop")[0] == 200
     final = wait(local, f"/train/{view['id']}")
     assert final["state"] == "stopped" and final["result"]["steps"] < 500
