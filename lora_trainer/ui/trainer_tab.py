@@ -156,7 +156,7 @@ def build_trainer_tab(host: Host) -> gr.Blocks:
                 return [update() for _ in fields]
             with open(path, encoding="utf-8") as fh:
                 data = F.yaml_to_dict(fh.read())
-            return [update(value=F._display(data[f.info.name], f.kind)) if f.info.name in data else update()
+            return [update(value=F.display(f, data[f.info.name])) if f.info.name in data else update()
                     for f in fields]
 
         def do_import(text: str, file: Any):
