@@ -18,19 +18,39 @@ if TYPE_CHECKING:
     from lora_trainer.hosts.base import Host
 
 POLL_S = 1.0
+# what applying a preset never changes (besides every path field): it names this run, not its settings
+KEPT_BY_PRESETS = ("output_name", "trigger_word", "sample_prompts", "description", "preferred_weight")
+KEEP = object()  # marker in preset_values: leave the component as it is
 # the standalone app starts on the built-in tiny model so a first run works with no download
 APP_DEFAULTS = {"base_model": "builtin:tiny-sd1", "resolution": 64, "output_name": "my_lora"}
 SEND_TO_TXT2IMG_JS = "(text) => { window.loraTrainerSendToTxt2img && window.loraTrainerSendToTxt2img(text); return text; }"
 
 
 def presets() -> dict[str, str]:
-    """Preset name -> YAML file (shipped in lora_trainer/presets)."""
-    folder = os.path.join(os.path.dirname(os.path.dirname(__file__)), "presets")
-    out = {}
-    if os.path.isdir(folder):
-        for name in sorted(os.listdir(folder)):
-            if name.endswith((".yaml", ".yml")):
-                out[os.path.splitext(name)[0]] = os.path.join(folder, name)
+    """Preset name -> YAML file (shipped inside the package, `lora_trainer/presets/`)."""
+    from lora_trainer.presets import list_presets
+
+    return list_presets()
+
+
+def preset_values(fields: list[F.FormField], name: str) -> list[Any] | None:
+    """Form values after applying preset `name`: its keys set, other settings back to their defaults,
+    while what names this run (LoRA name, trigger word, dataset, prompts, chosen files) is kept.
+    None = unknown preset (nothing changes)."""
+    from lora_trainer.presets import load_preset
+
+    if name not in presets():
+        return None
+    data = load_preset(name)
+    out: list[Any] = []
+    for f in fields:
+        key = f.info.name
+        if key in data:
+            out.append(F.display(f, data[key]))
+        elif key in KEPT_BY_PRESETS or f.info.path:
+            out.append(KEEP)
+        else:
+            out.append(F.display(f, f.info.default))
     return out
 
 
@@ -80,7 +100,9 @@ def build_trainer_tab(host: Host) -> gr.Blocks:
         with gr.Row():
             with gr.Column(scale=3):
                 preset = make(gr.Dropdown, label="Preset", choices=["(none)", *presets()], value="(none)",
-                              elem_id="lt_preset")
+                              elem_id="lt_preset", info="Fills the settings below; your name, dataset and "
+                              "prompts stay.")
+                preset_info = make(gr.Markdown, value="", elem_id="lt_preset_info")
                 basic_fields = F.build_fields(gr, make, basic, hidden=("base_model",) if loaded else (),
                                               values=APP_DEFAULTS if not loaded else None)
                 with gr.Accordion("Dataset: open or upload, check, caption, edit", open=host.restricted):
@@ -151,13 +173,14 @@ def build_trainer_tab(host: Host) -> gr.Blocks:
             return "**Stopping…** the run saves a resumable state first."
 
         def do_preset(name: str):
-            path = presets().get(name)
-            if not path:
-                return [update() for _ in fields]
-            with open(path, encoding="utf-8") as fh:
-                data = F.yaml_to_dict(fh.read())
-            return [update(value=F.display(f, data[f.info.name])) if f.info.name in data else update()
-                    for f in fields]
+            from lora_trainer.presets import describe
+
+            values = preset_values(fields, name)
+            if values is None:
+                return [update() for _ in fields] + [""]
+            about = describe(name)
+            return [update() if v is KEEP else update(value=v) for v in values] + [
+                f"Preset **{name}**: {about[:1].upper() + about[1:]}" if about else f"Preset **{name}** applied."]
 
         def do_import(text: str, file: Any):
             if file:
@@ -183,7 +206,7 @@ def build_trainer_tab(host: Host) -> gr.Blocks:
         if "open" in dataset and "folder" in dataset:  # the form follows the folder opened in the section
             on(dataset["open"].click, lambda folder: folder, inputs=[dataset["folder"]], outputs=[data_dir])
         on(stop_btn.click, do_stop, inputs=[], outputs=[status])
-        on(preset.change, do_preset, inputs=[preset], outputs=comps)
+        on(preset.change, do_preset, inputs=[preset], outputs=[*comps, preset_info])
         on(yaml_import.click, do_import, inputs=[yaml_text, yaml_file], outputs=[*comps, status])
         on(yaml_export.click, do_export, inputs=comps, outputs=[yaml_text])
         on(runs_refresh.click, do_runs, inputs=[], outputs=[runs])
