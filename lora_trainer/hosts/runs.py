@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from lora_trainer.atomic import atomic_copy
 from lora_trainer.errors import ConfigError
+from lora_trainer.hosts.access import check_config_paths, check_path
 from lora_trainer.jobs import Job, JobRegistry
 from lora_trainer.jobs import registry as default_registry
 
@@ -58,31 +59,22 @@ def prepare_config(host: Host, config: Any, overrides: Iterable[str] = ()) -> An
     raw = dict(config)
     require = ("train_data_dir",) if host.name == "webui" else ("train_data_dir", "base_model")
     cfg = load_config(raw, overrides, base_dir=base_dir, check_paths=False)
+    check_config_paths(host, cfg)  # before anything below looks at the disk
     if not cfg.train_data_dir:
         raise ConfigError("train_data_dir", "is empty: choose a dataset folder or upload images")
-    check_dataset_access(host, cfg.train_data_dir)
-    if cfg.metadata_path:
-        check_dataset_access(host, cfg.metadata_path)
     name = safe_name(cfg.output_name or (os.path.basename(os.path.normpath(cfg.output_dir)) if cfg.output_dir
                                           else os.path.basename(os.path.normpath(cfg.train_data_dir))))
     cfg.output_name = name
     if not cfg.output_dir:
         cfg.output_dir = os.path.join(host.work_dir(), "runs", name)
-    elif host.restricted:
-        check_dataset_access(host, cfg.output_dir, "output_dir")
     from lora_trainer.config import validate_config
     validate_config(cfg, check_paths=True, require=require)
     return cfg
 
 
 def check_dataset_access(host: Host, path: str, what: str = "train_data_dir") -> None:
-    """Uploaded datasets (under the host's uploads folder) are always allowed; other server paths
-    only when the host allows reading the server's disk."""
-    uploads = os.path.realpath(uploads_dir(host))
-    real = os.path.realpath(path)
-    if real == uploads or real.startswith(uploads + os.sep):
-        return
-    host.check_server_path(path, what)
+    """The access rule for one dataset path (uploads are always allowed); see `hosts.access`."""
+    check_path(host, what, path)
 
 
 def uploads_dir(host: Host) -> str:
