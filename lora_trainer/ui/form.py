@@ -144,8 +144,9 @@ def display(field: FormField, value: Any) -> Any:
 
 
 def build_fields(gr: Any, make: Any, names: list[str], hidden: tuple[str, ...] = (),
-                 values: dict[str, Any] | None = None) -> list[FormField]:
-    """Create components for `names` (in the current layout context); `values` overrides defaults."""
+                 values: dict[str, Any] | None = None, lists: dict[str, list[str]] | None = None) -> list[FormField]:
+    """Create components for `names` (in the current layout context); `values` overrides defaults;
+    `lists` offers choices for path keys (a dropdown that still takes a typed value)."""
     infos = {f.name: f for f in config_fields()}
     out = []
     for name in names:
@@ -164,6 +165,9 @@ def build_fields(gr: Any, make: Any, names: list[str], hidden: tuple[str, ...] =
             comp = make(gr.Number, value=value, precision=0 if kind == "int" else None, **common)
         elif kind in ("opt_int", "opt_float"):
             comp = make(gr.Textbox, value=value, placeholder="empty = not set", lines=1, **common)
+        elif kind == "text" and (lists or {}).get(name):
+            options = list((lists or {})[name])
+            comp = make(gr.Dropdown, choices=options, value=value or None, allow_custom_value=True, **common)
         else:
             lines = 3 if kind == "yaml" or name == "sample_prompts" else 1
             comp = make(gr.Textbox, value=value, lines=lines, **common)
