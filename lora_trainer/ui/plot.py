@@ -1,7 +1,7 @@
 """A loss curve drawn with PIL: the same picture on every gradio version, no plotting library.
 
-The top band stays empty (gradio draws the component's label badge over the image's top-left
-corner), the axis values sit on the right, and a legend tells the raw loss from its moving average.
+The top band holds only the legend, between gradio's label badge (top left) and its image toolbar
+(top right); the axis values sit on the right; the legend tells the raw loss from its moving average.
 """
 
 from __future__ import annotations
@@ -49,8 +49,8 @@ def loss_plot(steps: list[int], losses: list[float], resumed_at: int | None = No
     draw.text((x1 + 4, y1 - 8), f"{lo:.3f}", fill=TEXT)
     draw.text((x0, y1 + 6), f"step {s0}", fill=TEXT)
     draw.text((x1 - 70, y1 + 6), f"step {steps[-1]}", fill=TEXT)
-    # legend, top right, above the plot area
-    lx = x1 - 190
+    # legend above the plot area, clear of the label badge (left) and the image toolbar (right)
+    lx = 110
     draw.line([(lx, 14), (lx + 18, 14)], fill=RAW, width=2)
     draw.text((lx + 22, 8), "loss per step", fill=TEXT)
     draw.line([(lx + 110, 14), (lx + 128, 14)], fill=SMOOTH, width=2)

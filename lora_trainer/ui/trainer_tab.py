@@ -268,6 +268,9 @@ def build_trainer_tab(host: Host) -> gr.Blocks:
 
         def start_and_follow(make_config: Any) -> Iterator[tuple[Any, ...]]:
             try:
+                running = running_training(registry)
+                if running is not None:  # before reading the form: the answer is the same whatever it holds
+                    raise TrainingBusy(running)
                 job = start_training(host, make_config())
             except TrainingBusy as exc:
                 yield (*keep, f"**Not started:** {exc}")
