@@ -3,8 +3,9 @@ preset -> Train -> reload mid-run (the page re-attaches) -> a second Train is re
 Resume -> result card; the v-prediction choice through the form and its YAML; the remote-access rule
 for every path-valued key, typed into the form of an app listening beyond localhost.
 
-Fast on purpose: the built-in tiny model, 64 px, 2 images, 4 steps. Screenshots of the final screens go
-to docs/screenshots/ (small PNGs linked from the README) and the artifacts folder.
+Fast on purpose: the built-in tiny model, 64 px, 2 images, 6 steps. Screenshots of the final screens go
+to the artifacts folder, and with LT_UPDATE_SCREENSHOTS=1 also to docs/screenshots/ (small PNGs linked
+from the README).
 """
 
 from __future__ import annotations
@@ -68,11 +69,13 @@ def _wait_value(page, elem_id: str, pattern: str, timeout_s: float) -> str:
 
 
 def _shot(page, name: str, artifacts: str) -> None:
-    """A full-page screenshot in the artifacts and a small copy in docs/screenshots."""
+    """A full-page screenshot in the artifacts (and a small copy in docs/screenshots when asked)."""
     from PIL import Image
 
     path = os.path.join(artifacts, name)
     page.screenshot(path=path, full_page=True)
+    if not os.environ.get("LT_UPDATE_SCREENSHOTS"):
+        return
     os.makedirs(SHOTS, exist_ok=True)
     with Image.open(path) as img:
         img = img.convert("RGB")
