@@ -41,7 +41,7 @@ def _pick(page, elem_id: str, option: str) -> None:
 
 
 def _text(page, elem_id: str) -> str:
-    return page.locator(f"#{elem_id}").inner_text()
+    return page.locator(f"#{elem_id}").first.inner_text()  # gradio 3.41 repeats a Markdown's id inside
 
 
 def _wait_text(page, elem_id: str, pattern: str, timeout_s: float) -> str:
@@ -209,3 +209,25 @@ def test_remote_rule_for_every_path_field(public_app_server, browser, artifacts,
             said.append(text.replace(str(target), "<path>"))
         assert said[0] == said[1], said
     _shot(page, "trainer_remote_refusal.png", artifacts)
+
+
+def test_page_load_shows_the_run_started_elsewhere(app_server, browser, dataset):
+    """A run started through the app's HTTP API (same routes as in the WebUI) is what a page shows when
+    it loads; here one that fails while loading its model, so this runs fast on every gradio."""
+    import json
+    import urllib.request
+
+    models = app_server["root"] / "models" / "Stable-diffusion"
+    models.mkdir(parents=True, exist_ok=True)
+    (models / "broken.safetensors").write_bytes(b"not a model")
+    body = {"config": {"train_data_dir": dataset, "base_model": str(models / "broken.safetensors"),
+                       "output_name": "elsewhere", "resolution": 64}}
+    req = urllib.request.Request(app_server["url"] + "lora-trainer/v1/train", data=json.dumps(body).encode(),
+                                 method="POST", headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        job = json.loads(r.read())
+    page = browser.new_page(viewport={"width": 1400, "height": 1200})
+    _open(page, app_server["url"])
+    _wait_text(page, "lt_status", r"Failed:.*broken\.safetensors", 120)
+    with urllib.request.urlopen(app_server["url"] + f"lora-trainer/v1/train/{job['id']}", timeout=30) as r:
+        assert json.loads(r.read())["state"] == "failed"
