@@ -138,6 +138,9 @@ def test_preset_train_reload_stop_resume(app_server, browser, artifacts, dataset
     prompt = _box(page, "lt_result_prompt").input_value()
     assert prompt == "<lora:flow:0.8>", prompt
     assert "resumed from" in _box(page, "lt_log").input_value()
+    follows = page.evaluate("() => { const t = document.querySelector('#lt_log textarea');"
+                            " return t.scrollHeight - t.scrollTop - t.clientHeight < 30; }")
+    assert follows, "the log box shows its newest lines"
     assert (lora / "flow.safetensors").exists() and (lora / "flow.json").exists()
     assert not list(lora.glob("flow-0*")), "the finished run replaces what its stop published"
     _shot(page, "trainer_done.png", artifacts)

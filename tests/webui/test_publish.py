@@ -57,3 +57,28 @@ def test_loss_history_keeps_the_run_before_a_resume(tmp_path):
     assert steps == [1, 2, 3] and losses == [1.0, 0.5, 1.0 / 3]
     runs.loss_history_sink(cfg)  # a fresh run with the same name starts the history anew
     assert runs.loss_history(str(tmp_path), 99) == ([], [])
+
+
+def test_a_second_training_is_refused_at_once_with_name_and_step(tmp_path):
+    """One training at a time: the answer names the running one and its step, before any config work."""
+    import time
+
+    import pytest
+
+    from lora_trainer.jobs import Job, JobRegistry
+
+    def body(emit, stop):
+        emit.emit("progress", step=3, total_steps=10, loss=0.5)
+        stop.wait(30)
+
+    jobs = JobRegistry()
+    running = jobs.add(Job("train", body, title="busy")).start()
+    try:
+        deadline = time.time() + 10
+        while running.last("progress") is None and time.time() < deadline:
+            time.sleep(0.01)
+        with pytest.raises(runs.TrainingBusy, match=r"a training is already running \(busy, step 3/10\)"):
+            runs.start_training(StandaloneHost(str(tmp_path)), {"anything": "not even valid"}, jobs=jobs)
+    finally:
+        running.stop()
+        running.join(10)
