@@ -7,6 +7,8 @@ lock, then publishes the final LoRA and its sidecars into the host's Lora folder
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -14,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from lora_trainer.atomic import atomic_copy
 from lora_trainer.errors import ConfigError
+from lora_trainer.hosts.access import check_config_paths
 from lora_trainer.jobs import Job, JobRegistry
 from lora_trainer.jobs import registry as default_registry
 
@@ -59,30 +62,16 @@ def prepare_config(host: Host, config: Any, overrides: Iterable[str] = ()) -> Tr
     raw, overrides = dict(config), list(overrides)
     require = ("train_data_dir",) if host.name == "webui" else ("train_data_dir", "base_model")
     cfg = load_config(raw, overrides, base_dir=base_dir, check_paths=False)
+    check_config_paths(host, cfg)  # before anything below looks at the disk
     if not cfg.train_data_dir:
         raise ConfigError("train_data_dir", "is empty: choose a dataset folder or upload images")
-    check_dataset_access(host, cfg.train_data_dir)
-    if cfg.metadata_path:
-        check_dataset_access(host, cfg.metadata_path)
     name = safe_name(cfg.output_name or (os.path.basename(os.path.normpath(cfg.output_dir)) if cfg.output_dir
                                           else os.path.basename(os.path.normpath(cfg.train_data_dir))))
-    if cfg.output_dir and host.restricted:
-        check_dataset_access(host, cfg.output_dir, "output_dir")
     # the host's defaults are settled while loading: the config is not changed after this
     host_defaults = [f"output_name={name}"]
     if not cfg.output_dir:
         host_defaults.append(f"output_dir={os.path.join(host.work_dir(), 'runs', name)}")
     return load_config(raw, [*overrides, *host_defaults], base_dir=base_dir, check_paths=True, require=require)
-
-
-def check_dataset_access(host: Host, path: str, what: str = "train_data_dir") -> None:
-    """Uploaded datasets (under the host's uploads folder) are always allowed; other server paths
-    only when the host allows reading the server's disk."""
-    uploads = os.path.realpath(uploads_dir(host))
-    real = os.path.realpath(path)
-    if real == uploads or real.startswith(uploads + os.sep):
-        return
-    host.check_server_path(path, what)
 
 
 def uploads_dir(host: Host) -> str:
@@ -104,6 +93,123 @@ def publish(host: Host, lora_file: str) -> str:
     return dest
 
 
+def _arch_of(lora_file: str) -> str | None:
+    """sd1 / sd2 / sdxl from the file's own metadata (for the sidecar's "sd version")."""
+    from lora_trainer.lora.file import read_lora_metadata
+
+    version = str(read_lora_metadata(lora_file).get("ss_base_model_version", ""))
+    return "sdxl" if version.startswith("sdxl") else "sd2" if version.startswith("sd_v2") else (
+        "sd1" if version.startswith("sd_v1") else None)
+
+
+def write_stopped_sidecars(cfg: TrainConfig, result: Any) -> None:
+    """A stopped run's file (`name-<step>.safetensors`) gets the `.json` and preview a finished one has,
+    so its card in the Lora tab shows the trigger word, weight and a picture too."""
+    from lora_trainer.lora.metadata import write_sidecars
+
+    samples = [p for p in (result.samples or []) if os.path.isfile(p)]
+    write_sidecars(result.output_path, trigger_words=cfg.trigger_word or None,
+                   preferred_weight=cfg.preferred_weight, arch=_arch_of(result.output_path),
+                   description=cfg.description, notes=f"stopped after {result.steps} steps; resumable",
+                   preview=samples[-1] if samples else None)
+
+
+PARTIAL_RECORD = "published-partial.json"  # in the run folder: what stopped runs put in the Lora folder
+
+
+def _partials(cfg: TrainConfig) -> list[str]:
+    path = os.path.join(cfg.output_dir, PARTIAL_RECORD)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (OSError, ValueError):
+        return []
+    return [str(p) for p in data] if isinstance(data, list) else []
+
+
+def remember_partial(cfg: TrainConfig, published: str) -> None:
+    from lora_trainer.atomic import atomic_write_text
+
+    atomic_write_text(os.path.join(cfg.output_dir, PARTIAL_RECORD), json.dumps(_partials(cfg) + [published]))
+
+
+def replace_partials(host: Host, cfg: TrainConfig, final: str) -> list[str]:
+    """The finished run replaces what its stops published (`name-<step>` files and sidecars)."""
+    removed = []
+    for path in _partials(cfg):
+        if os.path.realpath(path) == os.path.realpath(final):
+            continue
+        stem = path[: -len(".safetensors")] if path.endswith(".safetensors") else path
+        for file in (path, *(stem + ext for ext in SIDECARS)):
+            if os.path.isfile(file):
+                os.remove(file)
+                removed.append(file)
+    with contextlib.suppress(OSError):
+        os.remove(os.path.join(cfg.output_dir, PARTIAL_RECORD))
+    if removed:
+        host.file_landed(final, "lora")
+    return removed
+
+
+LOSS_HISTORY = "loss-history.tsv"  # in the run folder: "step<TAB>loss" per step, so a resumed run plots it all
+
+
+def loss_history_sink(cfg: TrainConfig) -> Any:
+    """An event sink appending each step's loss to the run folder's history (a fresh run starts it anew)."""
+    path = os.path.join(cfg.output_dir, LOSS_HISTORY)
+    if not cfg.resume_from_checkpoint:
+        with contextlib.suppress(OSError):
+            os.remove(path)
+
+    def sink(event: Any) -> None:
+        d = event.data
+        if event.type == "progress" and d.get("loss") is not None and d.get("step") is not None:
+            os.makedirs(cfg.output_dir, exist_ok=True)
+            with open(path, "a", encoding="utf-8") as fh:  # a log, appended line by line (not a document)
+                fh.write(f"{int(d['step'])}\t{float(d['loss'])}\n")
+
+    return sink
+
+
+def loss_history(output_dir: str, before_step: int) -> tuple[list[int], list[float]]:
+    """Steps and losses of earlier parts of a run (before `before_step`), for the whole-run curve."""
+    steps: list[int] = []
+    losses: list[float] = []
+    try:
+        with open(os.path.join(output_dir, LOSS_HISTORY), encoding="utf-8") as fh:
+            rows = [line.split("\t") for line in fh if "\t" in line]
+    except OSError:
+        return steps, losses
+    seen: dict[int, float] = {}
+    for row in rows:
+        with contextlib.suppress(ValueError):
+            if int(row[0]) < before_step:
+                seen[int(row[0])] = float(row[1])  # a later part of the run wins (resumed from an older state)
+    for step in sorted(seen):
+        steps.append(step)
+        losses.append(seen[step])
+    return steps, losses
+
+
+def resumable_states(host: Host) -> list[dict[str, Any]]:
+    """Saved training states under the host's runs folder, newest first: {run, step, path, mtime}."""
+    from lora_trainer.train.checkpoint import STATE_SUFFIX
+
+    root = os.path.join(host.work_dir(), "runs")
+    out = []
+    for run in sorted(os.listdir(root)) if os.path.isdir(root) else []:
+        folder = os.path.join(root, run)
+        if not os.path.isdir(folder):
+            continue
+        for name in os.listdir(folder):
+            path = os.path.join(folder, name)
+            if name.endswith(STATE_SUFFIX) and os.path.isfile(os.path.join(path, "trainer_state.json")):
+                step = name[: -len(STATE_SUFFIX)].rsplit("-", 1)[-1]
+                out.append({"run": run, "step": int(step) if step.isdigit() else -1, "path": path,
+                            "mtime": os.path.getmtime(path)})
+    return sorted(out, key=lambda r: r["mtime"], reverse=True)
+
+
 def training_target(host: Host, cfg: TrainConfig):
     """The job body: lock, adapter, train, verify the host model, publish."""
 
@@ -113,6 +219,7 @@ def training_target(host: Host, cfg: TrainConfig):
         title = f"LoRA training: {cfg.output_name}"
         emit.emit("status", message="waiting for the WebUI to finish its current job" if host.name == "webui"
                   else "starting")
+        emit.add(loss_history_sink(cfg))
         with host.exclusive(title):
             sink = host.progress_sink(title)
             if sink is not None:
@@ -126,9 +233,16 @@ def training_target(host: Host, cfg: TrainConfig):
             if problems:
                 emit.emit("log", level="error", message="the WebUI model differs from before training: "
                           + "; ".join(problems[:10]))
-        output = getattr(result, "output_path", None)
+        output = result.output_path
         if output and os.path.isfile(output):
+            if result.stopped:
+                write_stopped_sidecars(cfg, result)
             published = publish(host, output)
+            if result.stopped:
+                remember_partial(cfg, published)
+            else:
+                for gone in replace_partials(host, cfg, published):
+                    emit.emit("log", level="info", message=f"replaced the stopped run's {os.path.basename(gone)}")
             stem = os.path.splitext(os.path.basename(published))[0]  # a stopped run keeps its -<step> name
             prompt = f"<lora:{stem}:{cfg.preferred_weight}>"
             emit.emit("log", level="info", message=f"saved to {published}; use {prompt} in a prompt")
@@ -140,15 +254,32 @@ def training_target(host: Host, cfg: TrainConfig):
     return run
 
 
+class TrainingBusy(ConfigError):
+    """Train pressed while a run is going (another browser tab, the API): said at once, not queued."""
+
+    def __init__(self, job: Job):
+        progress = job.last("progress")
+        where = (f"step {progress.data.get('step')}/{progress.data.get('total_steps')}" if progress
+                 else "starting")
+        super().__init__("train", f"a training is already running ({job.title}, {where}); stop it or wait "
+                                  "for it to finish")
+        self.job = job
+
+
+def running_training(jobs: JobRegistry = default_registry) -> Job | None:
+    """The training job that is queued or running in this process, if any (one at a time)."""
+    return next((j for j in jobs.list("train") if j.alive), None)
+
+
 def start_training(host: Host, config: Any, overrides: Iterable[str] = (), *,
                    jobs: JobRegistry = default_registry) -> Job:
     """Validate now (errors reach the caller at once), then train in a background job.
 
     One training at a time per process: the model is shared.
     """
-    for job in jobs.list("train"):
-        if job.alive:
-            raise ConfigError("train", f"a training is already running ({job.id}: {job.title}); stop it or wait")
+    running = running_training(jobs)
+    if running is not None:
+        raise TrainingBusy(running)
     host.check_can_train()
     cfg = prepare_config(host, config, overrides)
     job = Job("train", training_target(host, cfg), title=cfg.output_name)

@@ -1,7 +1,8 @@
 """The standalone app (`python -m lora_trainer app`): local folders, the engine loads the model.
 
-Exposure rule as in the WebUI: when the app listens beyond localhost and was not started with
-`--allow-remote-paths`, remote users can neither read server folders nor make the server download.
+Exposure rule as in the WebUI: when the app listens beyond localhost (`--host 0.0.0.0`, a LAN address)
+or is shared through a public link (`--share`) and was not started with `--allow-remote-paths`,
+browsers can neither read or write server paths (see `hosts.access`) nor make the server download.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ class StandaloneHost(Host):
     name = "standalone"
 
     def __init__(self, root: str = ".", settings: dict[str, Any] | None = None, *, listen: str = "127.0.0.1",
-                 allow_remote: bool = False):
+                 allow_remote: bool = False, share: bool = False):
         super().__init__(root, settings)
         self.listen = listen
+        self.share = share
         self.allow_remote = allow_remote
         self._lock = threading.Lock()  # one training at a time: it owns the CPU/GPU
 
@@ -33,11 +35,12 @@ class StandaloneHost(Host):
 
     @property
     def restricted(self) -> bool:
-        return self.listen not in LOCAL_NAMES and not self.allow_remote
+        return (self.share or self.listen not in LOCAL_NAMES) and not self.allow_remote
 
     def restriction_reason(self) -> str:
-        return (f"the app listens on {self.listen} (beyond localhost) without --allow-remote-paths; restart it "
-                "with that flag if you trust everyone who can reach it")
+        where = "is shared through a public link" if self.share else f"listens on {self.listen} (beyond localhost)"
+        return (f"the app {where} without --allow-remote-paths; restart it with that flag if you trust everyone "
+                "who can reach it")
 
     @contextlib.contextmanager
     def exclusive(self, title: str) -> Iterator[None]:

@@ -87,6 +87,14 @@ def _generator_with_table_refresh(event: Any, fn: Any, inputs: Any, outputs: lis
     return dep
 
 
+def enable_queue(app: Any, workers: int = 16) -> Any:
+    """Queue with room for several browsers at once (a page following a run must not make another
+    page's Train or Stop wait): gradio 3 counts workers per app, 4+ limits each event."""
+    if GRADIO_MAJOR < 4:
+        return app.queue(concurrency_count=workers)
+    return app.queue(default_concurrency_limit=workers)
+
+
 def blocks(**kwargs: Any) -> Any:
     """gr.Blocks without the arguments newer gradio moved to launch() (css, theme)."""
     if GRADIO_MAJOR >= 6:

@@ -20,20 +20,90 @@ BASIC = ("output_name", "trigger_word", "train_data_dir", "base_model", "resolut
          "lora_alpha", "epochs", "batch_size", "learning_rate", "save_every_n_epochs", "sample_prompts")
 # decided by the host, not the user
 HOST_FIELDS = ("output_dir", "logging_dir", "task_type")
+# meaningless inside the WebUI, which trains the checkpoint it has loaded
+WEBUI_HIDDEN = ("base_model", "model_type", "tokenizer_path", "vae_path", "model_cache_dir", "device")
 NAME_RE = re.compile(r"^[\w\-. ]{1,100}$")
+# an optional yes/no: "not set" is a third answer (e.g. v-prediction: detect from the model)
+AUTO, YES, NO = "auto", "yes", "no"
+TRI_STATE = {AUTO: None, YES: True, NO: False}
+SECTION_TITLES = {"model": "Model", "data": "Dataset and captions", "network": "Network (LoRA shape)",
+                  "training": "Training", "output": "Saving and resuming", "sample": "Sample images",
+                  "task": "Task", "llm": "Language models"}
+# human labels; a key not listed gets its name in words
+LABELS = {
+    "output_name": "LoRA name", "trigger_word": "Trigger word", "train_data_dir": "Dataset folder",
+    "base_model": "Base model", "resolution": "Resolution (px)", "lora_rank": "Rank (dim)",
+    "lora_alpha": "Alpha", "epochs": "Epochs", "batch_size": "Batch size", "learning_rate": "Learning rate",
+    "save_every_n_epochs": "Save a copy every N epochs (0 = only at the end)",
+    "sample_prompts": "Sample prompts (one per line)", "model_type": "Architecture",
+    "v_parameterization": "V-prediction", "tokenizer_path": "Tokenizer folder", "vae_path": "Separate VAE",
+    "clip_skip": "CLIP skip", "model_cache_dir": "Model cache folder", "metadata_path": "Captions CSV (metadata.csv)",
+    "enable_bucket": "Aspect-ratio buckets", "min_bucket_reso": "Smallest bucket side",
+    "max_bucket_reso": "Largest bucket side", "bucket_reso_steps": "Bucket side step",
+    "caption_extension": "Caption file extension", "caption_dropout_rate": "Caption dropout rate",
+    "flip_aug": "Mirror images (flip)", "num_repeats": "Repeats per image",
+    "cache_latents": "Cache latents", "cache_latents_to_disk": "Cache latents on disk",
+    "cache_text_encoder_outputs": "Cache text-encoder outputs", "max_token_length": "Caption tokens",
+    "lora_dropout": "LoRA dropout", "conv_dim": "Conv rank (LoCon)", "conv_alpha": "Conv alpha",
+    "train_unet": "Train the UNet", "train_text_encoder": "Train the text encoder",
+    "network_weights": "Start from a LoRA file", "max_train_steps": "Stop after N steps",
+    "unet_lr": "UNet learning rate", "text_encoder_lr": "Text-encoder learning rate",
+    "optimizer_args": "Optimizer arguments", "lr_scheduler": "LR schedule", "lr_warmup_steps": "Warm-up steps",
+    "gradient_accumulation_steps": "Gradient accumulation steps", "max_grad_norm": "Clip gradient norm",
+    "gradient_checkpointing": "Gradient checkpointing", "mixed_precision": "Mixed precision",
+    "min_snr_gamma": "Min-SNR gamma", "num_workers": "Data-loading workers",
+    "save_precision": "Saved weights dtype", "save_steps": "Save a copy every N steps",
+    "save_last_n": "Keep the newest N copies", "save_state": "Save resumable state",
+    "resume_from_checkpoint": "Resume from state", "preferred_weight": "Preferred weight",
+    "sample_every_n_steps": "Sample every N steps", "sample_every_n_epochs": "Sample every N epochs",
+    "sample_steps": "Sample denoising steps", "sample_seed": "Sample seed", "sample_width": "Sample width",
+    "sample_height": "Sample height", "sample_guidance": "Sample guidance (CFG)",
+}
+# the three answers of an optional yes/no, in words (per field where the generic ones say too little)
+TRI_STATE_WORDS = {"v_parameterization": ("detect from the model", "yes (v-prediction)", "no (epsilon)")}
 
 
 @dataclass
 class FormField:
     info: FieldInfo
     component: Any
-    kind: str  # "bool" | "choice" | "int" | "float" | "text" | "yaml"
+    kind: str  # "bool" | "opt_bool" | "choice" | "int" | "float" | "opt_int" | "opt_float" | "text" | "yaml"
+
+
+def label_of(name: str) -> str:
+    return LABELS.get(name) or name.replace("_", " ").capitalize()
+
+
+def help_of(info: FieldInfo) -> str:
+    """The schema's help as the form shows it: plain text (the `code` marks are for the docs)."""
+    return re.sub(r"`([^`]*)`", r"\1", info.help)
+
+
+def tri_state_choices(name: str) -> list[str]:
+    """The three answers of an optional yes/no, as shown (auto first)."""
+    words = TRI_STATE_WORDS.get(name, ("auto", "yes", "no"))
+    return [f"{AUTO}: {words[0]}" if words[0] != AUTO else AUTO,
+            words[1] if words[1].startswith(YES) else f"{YES}: {words[1]}",
+            words[2] if words[2].startswith(NO) else f"{NO}: {words[2]}"]
+
+
+def _tri_state_value(text: Any) -> bool | None:
+    """A shown answer ("yes (v-prediction)", "auto: detect ...", True, None) -> True/False/None."""
+    if text is None or isinstance(text, bool):
+        return text
+    word = re.split(r"[\s:(]", str(text).strip().lower(), maxsplit=1)[0]
+    if word not in TRI_STATE:
+        from lora_trainer.errors import ConfigError
+        raise ConfigError("form", f"'{text}' is not one of auto / yes / no")
+    return TRI_STATE[word]
 
 
 def _kind(info: FieldInfo) -> str:
     t = info.type.replace(" ", "")
     if info.choices:
         return "choice"
+    if t == "bool|None":
+        return "opt_bool"
     if t.startswith("bool"):
         return "bool"
     # optional numbers are text boxes: a gr.Number can not be empty (browsers send 0 for None),
@@ -49,7 +119,10 @@ def _kind(info: FieldInfo) -> str:
     return "text"
 
 
-def _display(value: Any, kind: str) -> Any:
+def _display(value: Any, kind: str, name: str = "") -> Any:
+    if kind == "opt_bool":
+        wanted = _tri_state_value(value)
+        return next(c for c, v in zip(tri_state_choices(name), TRI_STATE.values(), strict=True) if v is wanted)
     if kind == "yaml":
         if value in (None, "", [], {}):
             return ""
@@ -65,31 +138,50 @@ def _display(value: Any, kind: str) -> Any:
     return "" if value is None else str(value)
 
 
+def display(field: FormField, value: Any) -> Any:
+    """`value` (a config value) as `field`'s component shows it."""
+    return _display(value, field.kind, field.info.name)
+
+
 def build_fields(gr: Any, make: Any, names: list[str], hidden: tuple[str, ...] = (),
-                 values: dict[str, Any] | None = None) -> list[FormField]:
-    """Create components for `names` (in the current layout context); `values` overrides defaults."""
+                 values: dict[str, Any] | None = None, lists: dict[str, list[str]] | None = None) -> list[FormField]:
+    """Create components for `names` (in the current layout context); `values` overrides defaults;
+    `lists` offers choices for path keys (a dropdown that still takes a typed value)."""
     infos = {f.name: f for f in config_fields()}
     out = []
     for name in names:
         info = infos[name]
         kind = _kind(info)
-        label = name.replace("_", " ")
-        value = _display((values or {}).get(name, info.default), kind)
-        common = {"label": label, "elem_id": f"lt_{name}", "visible": name not in hidden}
+        value = _display((values or {}).get(name, info.default), kind, name)
+        common = {"label": label_of(name), "elem_id": f"lt_{name}", "visible": name not in hidden,
+                  "info": help_of(info)}
         if kind == "bool":
-            comp = make(gr.Checkbox, value=value, info=info.help, **common)
+            comp = make(gr.Checkbox, value=value, **common)
+        elif kind == "opt_bool":
+            comp = make(gr.Radio, choices=tri_state_choices(name), value=value, **common)
         elif kind == "choice":
-            comp = make(gr.Dropdown, choices=[str(c) for c in info.choices], value=str(value), info=info.help,
-                        **common)
+            comp = make(gr.Dropdown, choices=[str(c) for c in info.choices], value=str(value), **common)
         elif kind in ("int", "float"):
-            comp = make(gr.Number, value=value, info=info.help, precision=0 if kind == "int" else None, **common)
+            comp = make(gr.Number, value=value, precision=0 if kind == "int" else None, **common)
         elif kind in ("opt_int", "opt_float"):
-            comp = make(gr.Textbox, value=value, info=info.help, placeholder="empty = not set", lines=1, **common)
+            comp = make(gr.Textbox, value=value, placeholder="empty = not set", lines=1, **common)
+        elif kind == "text" and (lists or {}).get(name):
+            options = list((lists or {})[name])
+            comp = make(gr.Dropdown, choices=options, value=value or None, allow_custom_value=True, **common)
         else:
             lines = 3 if kind == "yaml" or name == "sample_prompts" else 1
-            comp = make(gr.Textbox, value=value, info=info.help, lines=lines, **common)
+            comp = make(gr.Textbox, value=value, lines=lines, **common)
         out.append(FormField(info, comp, kind))
     return out
+
+
+def advanced_sections(names: list[str]) -> list[tuple[str, list[str]]]:
+    """Advanced field names grouped by config section, in schema order: [(title, names)]."""
+    infos = {f.name: f for f in config_fields()}
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        groups.setdefault(infos[name].section, []).append(name)
+    return [(SECTION_TITLES.get(sec, sec.capitalize()), group) for sec, group in groups.items()]
 
 
 def all_field_names() -> tuple[list[str], list[str]]:
@@ -102,6 +194,11 @@ def all_field_names() -> tuple[list[str], list[str]]:
 def _parse(value: Any, kind: str, name: str) -> Any:
     if kind == "bool":
         return bool(value)
+    if kind == "opt_bool":
+        return _tri_state_value(value if value not in ("", None) else None)
+    if kind == "choice":  # back to the schema's own value (max_token_length 75, not "75")
+        info = next(f for f in config_fields() if f.name == name)
+        return next((c for c in info.choices or () if str(c) == str(value)), value)
     if kind in ("int", "float"):
         if value is None or value == "":
             return None
@@ -127,7 +224,8 @@ def _parse(value: Any, kind: str, name: str) -> Any:
 
 
 def values_to_dict(fields: list[FormField], values: list[Any]) -> dict[str, Any]:
-    """Form values -> config mapping, leaving out keys still at their default."""
+    """Form values -> config mapping, leaving out keys still at their default (an optional yes/no or
+    number left at "not set" is never sent: `false`/`0` would switch off detection or defaults)."""
     out: dict[str, Any] = {}
     for field, value in zip(fields, values, strict=False):
         parsed = _parse(value, field.kind, field.info.name)
@@ -136,13 +234,15 @@ def values_to_dict(fields: list[FormField], values: list[Any]) -> dict[str, Any]
             continue
         if parsed == default or (parsed is None and field.kind in ("int", "float")):
             continue
+        if field.kind == "text" and default is not None and str(parsed) == str(default):
+            continue  # resolution "512" typed as text
         out[field.info.name] = parsed
     return out
 
 
 def dict_to_updates(fields: list[FormField], data: dict[str, Any], update: Any) -> list[Any]:
     """Updates that show `data` (a loaded YAML) in the form; keys not given go back to defaults."""
-    return [update(value=_display(data.get(f.info.name, f.info.default), f.kind)) for f in fields]
+    return [update(value=display(f, data.get(f.info.name, f.info.default))) for f in fields]
 
 
 def form_to_yaml(fields: list[FormField], values: list[Any]) -> str:
@@ -161,7 +261,8 @@ def yaml_to_dict(text: str) -> dict[str, Any]:
         raise ConfigError("config", "must be a mapping of key: value")
     cfg = load_config(raw, check_paths=False, require=())
     defaults = {f.name: f.default for f in config_fields()}
-    return {k: v for k, v in cfg.__dict__.items() if k in defaults and v != defaults[k]}
+    values = {name: getattr(cfg, name) for name in defaults}
+    return {k: v for k, v in values.items() if v != defaults[k]}
 
 
 def check_output_name(name: str | None) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import gradio as gr
@@ -18,19 +19,39 @@ if TYPE_CHECKING:
     from lora_trainer.hosts.base import Host
 
 POLL_S = 1.0
+# what applying a preset never changes (besides every path field): it names this run, not its settings
+KEPT_BY_PRESETS = ("output_name", "trigger_word", "sample_prompts", "description", "preferred_weight")
+KEEP = object()  # marker in preset_values: leave the component as it is
 # the standalone app starts on the built-in tiny model so a first run works with no download
 APP_DEFAULTS = {"base_model": "builtin:tiny-sd1", "resolution": 64, "output_name": "my_lora"}
 SEND_TO_TXT2IMG_JS = "(text) => { window.loraTrainerSendToTxt2img && window.loraTrainerSendToTxt2img(text); return text; }"
 
 
 def presets() -> dict[str, str]:
-    """Preset name -> YAML file (shipped in lora_trainer/presets)."""
-    folder = os.path.join(os.path.dirname(os.path.dirname(__file__)), "presets")
-    out = {}
-    if os.path.isdir(folder):
-        for name in sorted(os.listdir(folder)):
-            if name.endswith((".yaml", ".yml")):
-                out[os.path.splitext(name)[0]] = os.path.join(folder, name)
+    """Preset name -> YAML file (shipped inside the package, `lora_trainer/presets/`)."""
+    from lora_trainer.presets import list_presets
+
+    return list_presets()
+
+
+def preset_values(fields: list[F.FormField], name: str) -> list[Any] | None:
+    """Form values after applying preset `name`: its keys set, other settings back to their defaults,
+    while what names this run (LoRA name, trigger word, dataset, prompts, chosen files) is kept.
+    None = unknown preset (nothing changes)."""
+    from lora_trainer.presets import load_preset
+
+    if name not in presets():
+        return None
+    data = load_preset(name)
+    out: list[Any] = []
+    for f in fields:
+        key = f.info.name
+        if key in data:
+            out.append(F.display(f, data[key]))
+        elif key in KEPT_BY_PRESETS or f.info.path:
+            out.append(KEEP)
+        else:
+            out.append(F.display(f, f.info.default))
     return out
 
 
@@ -42,7 +63,8 @@ def _loaded(host: Host) -> str:
 
 def form_config(host: Host, fields: list[F.FormField], values: list[Any], opened: str | None) -> dict[str, Any]:
     """Form values -> the config mapping the run starter validates. `opened` is the folder the
-    dataset section has open (a typed folder or the upload folder), used when the form has none."""
+    dataset section has open (a typed folder or the upload folder), used when the form has none.
+    Sample prompts without a cadence get one (samples during the run, not only at its end)."""
     from lora_trainer.errors import ConfigError
 
     data = F.values_to_dict(fields, values)
@@ -53,7 +75,14 @@ def form_config(host: Host, fields: list[F.FormField], values: list[Any], opened
         raise ConfigError("train_data_dir", "type a dataset folder, or open/upload one in the Dataset section")
     if _loaded(host):
         data.pop("base_model", None)
+    if data.get("sample_prompts") and not data.get("sample_every_n_steps") and not data.get("sample_every_n_epochs"):
+        data["sample_every_n_epochs"] = default_sample_epochs(int(data.get("epochs") or 10))
     return data
+
+
+def default_sample_epochs(epochs: int) -> int:
+    """About five sample rounds per run (every epoch for short runs)."""
+    return max(1, epochs // 5)
 
 
 def list_runs(host: Host) -> list[dict[str, Any]]:
@@ -69,24 +98,134 @@ def list_runs(host: Host) -> list[dict[str, Any]]:
     return sorted(runs, key=lambda r: r["mtime"], reverse=True)
 
 
+def state_choices(host: Host) -> dict[str, str]:
+    """Resumable states as shown in the Resume list ("run · step N · date") -> state folder."""
+    from lora_trainer.hosts.runs import resumable_states
+
+    return {f"{s['run']} · step {s['step']} · {time.strftime('%Y-%m-%d %H:%M', time.localtime(s['mtime']))}":
+            s["path"] for s in resumable_states(host)}
+
+
+def resume_config(state_path: str) -> dict[str, Any]:
+    """The stopped run's own settings (saved in its state) plus `resume_from_checkpoint`: Resume
+    continues exactly that run, whatever the form shows now."""
+    import json
+
+    from lora_trainer.errors import ConfigError
+
+    try:
+        with open(os.path.join(state_path, "trainer_state.json"), encoding="utf-8") as fh:
+            saved = json.load(fh).get("config") or {}
+    except (OSError, ValueError) as exc:
+        raise ConfigError("resume_from_checkpoint", f"cannot read the saved state {state_path}: {exc}") from exc
+    config = {k: v for k, v in saved.items() if v is not None}
+    config["resume_from_checkpoint"] = state_path
+    return config
+
+
+def model_choices(host: Host) -> list[str]:
+    """Models the Base model list offers: the built-in tiny ones and what the models folder holds."""
+    from lora_trainer.config import MODEL_EXTENSIONS
+
+    folder = host.model_dirs()["checkpoint"]
+    found = []
+    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+        path = os.path.join(folder, name)
+        if name.lower().endswith(MODEL_EXTENSIONS[:2]) or os.path.isfile(os.path.join(path, "model_index.json")):
+            found.append(path)
+    return ["builtin:tiny-sd1", "builtin:tiny-sdxl", *found]
+
+
+def file_choices(folder: str) -> list[str]:
+    from lora_trainer.config import MODEL_EXTENSIONS
+
+    if not os.path.isdir(folder):
+        return []
+    return [os.path.join(folder, n) for n in sorted(os.listdir(folder)) if n.lower().endswith(MODEL_EXTENSIONS)]
+
+
+class Following:
+    """What one page shows about one training job, re-rendered from the job's events."""
+
+    def __init__(self, job: Any, host: Host):
+        from lora_trainer.ui.run_view import Cadence
+
+        cfg = job.config
+        self.job, self.cursor = job, 0
+        self.view = RunView(name=cfg.output_name or "", loaded_model=_loaded(host),
+                            cadence=Cadence(cfg.sample_every_n_steps, cfg.sample_every_n_epochs)
+                            if cfg.sample_prompts else None)
+        self.resumed = bool(cfg.resume_from_checkpoint)
+
+    def poll(self) -> tuple[Any, ...]:
+        from lora_trainer.hosts.runs import loss_history
+
+        events, self.cursor = self.job.events_since(self.cursor)
+        self.view.feed(events)
+        if self.resumed and self.view.earlier is None and self.view.steps:
+            self.view.earlier = loss_history(self.job.config.output_dir, self.view.steps[0])
+        return self.render()
+
+    def render(self) -> tuple[Any, ...]:
+        v = self.view
+        steps, losses, resumed_at = v.curve()
+        card, prompt = self.card()
+        return (v.status_markdown(), v.plan_markdown(), loss_plot(steps, losses, resumed_at), v.samples[-12:],
+                update(visible=bool(card)), card, prompt, "\n".join(v.log[-80:]))
+
+    def card(self) -> tuple[str, str]:
+        v, cfg = self.view, self.job.config
+        if self.job.alive or not v.output or v.error or not os.path.isfile(v.output):
+            return "", ""
+        name = v.result_name()
+        prompt = f"<lora:{name}:{cfg.preferred_weight}>"
+        trig = cfg.trigger_word
+        what = ("is ready" if not v.stopped else "(stopped early; Resume continues the run and replaces it) is in")
+        card = (f"**{name}** {what} `{os.path.dirname(v.output)}`.  \n"
+                f"Trigger word: `{trig or '(none)'}` · {v.end_markdown().split(' ', 1)[1]}")
+        return card, f"{trig}, {prompt}" if trig else prompt
+
+    def follow(self) -> Iterator[tuple[Any, ...]]:
+        """Yield the view until the job ends (one last yield after)."""
+        while True:
+            alive = self.job.alive
+            yield self.poll()
+            if not alive:
+                return
+            time.sleep(POLL_S)
+
+
+IDLE = "Idle."
+
+
 def build_trainer_tab(host: Host) -> gr.Blocks:
-    from lora_trainer.hosts.runs import start_training
+    from lora_trainer.hosts.runs import TrainingBusy, running_training, start_training
     from lora_trainer.jobs import registry
 
     basic, advanced = F.all_field_names()
     loaded = _loaded(host)
+    hidden = F.WEBUI_HIDDEN if loaded else ()
+    dirs = host.model_dirs()
+    lists = {"base_model": model_choices(host), "vae_path": file_choices(dirs["vae"]),
+             "network_weights": file_choices(dirs["lora"])}
     with gr.Blocks(analytics_enabled=False) as tab:
         gr.Markdown("### Train a LoRA" + (f" on the loaded checkpoint **{loaded}**" if loaded else ""))
         with gr.Row():
             with gr.Column(scale=3):
                 preset = make(gr.Dropdown, label="Preset", choices=["(none)", *presets()], value="(none)",
-                              elem_id="lt_preset")
-                basic_fields = F.build_fields(gr, make, basic, hidden=("base_model",) if loaded else (),
+                              elem_id="lt_preset", info="Fills the settings below; your name, dataset and "
+                              "prompts stay.")
+                preset_info = make(gr.Markdown, value="", elem_id="lt_preset_info")
+                basic_fields = F.build_fields(gr, make, basic, hidden=hidden, lists=lists,
                                               values=APP_DEFAULTS if not loaded else None)
                 with gr.Accordion("Dataset: open or upload, check, caption, edit", open=host.restricted):
                     dataset = _dataset_section(host)
-                with gr.Accordion("Advanced (every option)", open=False):
-                    adv_fields = F.build_fields(gr, make, advanced)
+                adv_fields: list[F.FormField] = []
+                with gr.Accordion("Advanced settings", open=False, elem_id="lt_advanced"):
+                    for title, names in F.advanced_sections(advanced):
+                        shown = [n for n in names if n not in hidden]
+                        with gr.Accordion(title, open=False, visible=bool(shown)):
+                            adv_fields += F.build_fields(gr, make, names, hidden=hidden, lists=lists)
                 with gr.Accordion("YAML config: import / export", open=False):
                     yaml_text = make(gr.Textbox, label="YAML", lines=10, elem_id="lt_yaml")
                     with gr.Row():
@@ -97,7 +236,9 @@ def build_trainer_tab(host: Host) -> gr.Blocks:
                 with gr.Row():
                     train_btn = make(gr.Button, value="Train", variant="primary", elem_id="lt_train")
                     stop_btn = make(gr.Button, value="Stop", elem_id="lt_stop")
-                status = make(gr.Markdown, value="Idle.", elem_id="lt_status")
+                notice = make(gr.Markdown, value="", elem_id="lt_notice")
+                status = make(gr.Markdown, value=IDLE, elem_id="lt_status")
+                plan = make(gr.Markdown, value="", elem_id="lt_plan")
                 plot = make(gr.Image, label="Loss", type="pil", interactive=False, elem_id="lt_plot")
                 gallery = make(gr.Gallery, label="Samples", columns=4, height=260, elem_id="lt_samples")
                 with make(gr.Group, visible=False, elem_id="lt_result") as result_box:
@@ -105,7 +246,16 @@ def build_trainer_tab(host: Host) -> gr.Blocks:
                     result_prompt = make(gr.Textbox, label="Use it in a prompt", interactive=False,
                                          elem_id="lt_result_prompt", show_copy_button=True)
                     send_btn = make(gr.Button, value="Send to txt2img", elem_id="lt_send", visible=bool(loaded))
-                log = make(gr.Textbox, label="Log", lines=8, max_lines=16, interactive=False, elem_id="lt_log")
+                log = make(gr.Textbox, label="Log", lines=8, max_lines=16, interactive=False, elem_id="lt_log",
+                           autoscroll=True)
+                with gr.Accordion("Resume a stopped run", open=True):
+                    states = state_choices(host)
+                    resume_pick = make(gr.Dropdown, label="Saved state", choices=list(states),
+                                       value=next(iter(states), None), elem_id="lt_resume_state",
+                                       info="Stop saves one; Resume continues that run with its own settings.")
+                    with gr.Row():
+                        resume_btn = make(gr.Button, value="Resume", elem_id="lt_resume")
+                        resume_refresh = make(gr.Button, value="Refresh list", elem_id="lt_resume_refresh")
                 with gr.Accordion("Past runs", open=False):
                     runs = make(gr.Dataframe, headers=["name", "LoRA file", "folder"], interactive=False,
                                 elem_id="lt_runs")
@@ -113,51 +263,80 @@ def build_trainer_tab(host: Host) -> gr.Blocks:
 
         fields = basic_fields + adv_fields
         comps = [f.component for f in fields]
+        outs = [status, plan, plot, gallery, result_box, result_md, result_prompt, log]
+        keep = tuple(update() for _ in outs)
 
-        def do_train(*args: Any):
-            values, opened = list(args[:-1]), args[-1]
-            view = RunView()
+        def start_and_follow(make_config: Any) -> Iterator[tuple[Any, ...]]:
             try:
-                job = start_training(host, form_config(host, fields, values, opened))
-                cfg = job.config
-            except UserError as exc:
-                yield (f"**Cannot start:** {exc}", None, [], update(visible=False), "", "", str(exc))
+                running = running_training(registry)
+                if running is not None:  # before reading the form: the answer is the same whatever it holds
+                    raise TrainingBusy(running)
+                job = start_training(host, make_config())
+            except TrainingBusy as exc:
+                yield (*keep, f"**Not started:** {exc}")
                 return
-            cursor = 0
-            while True:
-                events, cursor = job.events_since(cursor)
-                view.feed(events)
-                alive = job.alive
-                yield (view.status_markdown(), loss_plot(view.steps, view.losses), view.samples[-12:],
-                       update(visible=False), "", "", "\n".join(view.log[-60:]))
-                if not alive:
-                    break
-                time.sleep(POLL_S)
-            if view.output and not view.error:
-                name = view.result_name()
-                prompt = f"<lora:{name}:{cfg.preferred_weight}>"
-                trig = cfg.trigger_word
-                card = (f"**{name}** is ready in `{os.path.dirname(view.output)}`.  \n"
-                        f"Trigger word: `{trig or '(none)'}`")
-                prompt_text = f"{trig}, {prompt}" if trig else prompt
-                yield (view.status_markdown(), loss_plot(view.steps, view.losses), view.samples[-12:],
-                       update(visible=True), card, prompt_text, "\n".join(view.log[-60:]))
+            except UserError as exc:
+                yield (*keep, f"**Cannot start:** {exc}")
+                return
+            cfg = job.config
+            note = ""
+            if cfg.sample_prompts and cfg.sample_every_n_epochs and not cfg.sample_every_n_steps:
+                note = f"Samples every {cfg.sample_every_n_epochs} epoch(s) (Advanced → Sample images)."
+            first = True
+            for frame in Following(job, host).follow():
+                yield (*frame, note if first else update())
+                first = False
 
-        def do_stop() -> str:
-            job = next((j for j in registry.list("train") if j.alive), None)
+        def do_train(*args: Any) -> Iterator[tuple[Any, ...]]:
+            values, opened = list(args[:-1]), args[-1]
+            yield from start_and_follow(lambda: form_config(host, fields, values, opened))
+
+        def do_resume(label: str | None) -> Iterator[tuple[Any, ...]]:
+            from lora_trainer.errors import ConfigError
+
+            path = state_choices(host).get(label or "")
+
+            def config() -> dict[str, Any]:
+                if not path:
+                    raise ConfigError("resume_from_checkpoint", "pick a saved state in the list (Refresh list "
+                                                                "after a run was stopped)")
+                return resume_config(path)
+
+            yield from start_and_follow(config)
+
+        def latest_job() -> Any:
+            jobs = registry.list("train")
+            return running_training(registry) or (jobs[-1] if jobs else None)
+
+        def do_attach() -> Iterator[tuple[Any, ...]]:
+            """On page load: show the running (or last) training, live until it ends."""
+            job = latest_job()
+            if job is None or getattr(job, "config", None) is None:
+                yield (IDLE, *keep[1:])
+                return
+            yield from Following(job, host).follow()
+
+        def do_stop() -> Iterator[tuple[Any, ...]]:
+            job = running_training(registry)
             if job is None:
-                return "Nothing is running."
+                yield (*keep, "Nothing is running.")
+                return
             job.stop("stopped from the UI")
-            return "**Stopping…** the run saves a resumable state first."
+            first = True
+            for frame in Following(job, host).follow():  # this page shows the outcome, even a fresh one
+                yield (*frame, "**Stopping…** saving a resumable state first." if first else update())
+                first = False
+            yield (*keep, "")
 
         def do_preset(name: str):
-            path = presets().get(name)
-            if not path:
-                return [update() for _ in fields]
-            with open(path, encoding="utf-8") as fh:
-                data = F.yaml_to_dict(fh.read())
-            return [update(value=F._display(data[f.info.name], f.kind)) if f.info.name in data else update()
-                    for f in fields]
+            from lora_trainer.presets import describe
+
+            values = preset_values(fields, name)
+            if values is None:
+                return [update() for _ in fields] + [""]
+            about = describe(name)
+            return [update() if v is KEEP else update(value=v) for v in values] + [
+                f"Preset **{name}**: {about[:1].upper() + about[1:]}" if about else f"Preset **{name}** applied."]
 
         def do_import(text: str, file: Any):
             if file:
@@ -177,16 +356,23 @@ def build_trainer_tab(host: Host) -> gr.Blocks:
             rows = [[r["name"], r["lora"], r["folder"]] for r in list_runs(host)]
             return rows or [["", "", ""]]
 
-        outs = [status, plot, gallery, result_box, result_md, result_prompt, log]
+        def do_states():
+            choices = list(state_choices(host))
+            return update(choices=choices, value=choices[0] if choices else None)
+
+        live = {"concurrency_limit": None, "show_progress": "hidden"}
         data_dir = next(f.component for f in fields if f.info.name == "train_data_dir")
-        on(train_btn.click, do_train, inputs=[*comps, dataset["dataset_dir"]], outputs=outs)
+        on(train_btn.click, do_train, inputs=[*comps, dataset["dataset_dir"]], outputs=[*outs, notice], **live)
+        on(resume_btn.click, do_resume, inputs=[resume_pick], outputs=[*outs, notice], **live)
+        on(stop_btn.click, do_stop, inputs=[], outputs=[*outs, notice], **live)
+        on(tab.load, do_attach, inputs=[], outputs=outs, **live)
         if "open" in dataset and "folder" in dataset:  # the form follows the folder opened in the section
             on(dataset["open"].click, lambda folder: folder, inputs=[dataset["folder"]], outputs=[data_dir])
-        on(stop_btn.click, do_stop, inputs=[], outputs=[status])
-        on(preset.change, do_preset, inputs=[preset], outputs=comps)
-        on(yaml_import.click, do_import, inputs=[yaml_text, yaml_file], outputs=[*comps, status])
+        on(preset.change, do_preset, inputs=[preset], outputs=[*comps, preset_info])
+        on(yaml_import.click, do_import, inputs=[yaml_text, yaml_file], outputs=[*comps, notice])
         on(yaml_export.click, do_export, inputs=comps, outputs=[yaml_text])
         on(runs_refresh.click, do_runs, inputs=[], outputs=[runs])
+        on(resume_refresh.click, do_states, inputs=[], outputs=[resume_pick])
         on(send_btn.click, None, inputs=[result_prompt], outputs=[result_prompt], js=SEND_TO_TXT2IMG_JS)
         tab.lt_components = {"fields": fields, "dataset": dataset}  # type: ignore[attr-defined]
     return tab

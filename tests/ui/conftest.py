@@ -30,15 +30,35 @@ def artifacts() -> str:
     return ARTIFACTS
 
 
+# the app may run on another environment's Python than the browser driver (e.g. the A1111 pins,
+# gradio 3.41, which have no Playwright): LT_APP_PYTHON=.venv-a1111/bin/python
+APP_PYTHON = os.environ.get("LT_APP_PYTHON") or sys.executable
+
+
+@pytest.fixture(scope="session")
+def app_can_train() -> bool:
+    """The tiny built-in model needs diffusers in the app's environment (the A1111 pins have none)."""
+    return subprocess.run([APP_PYTHON, "-c", "import diffusers"], capture_output=True).returncode == 0
+
+
 @pytest.fixture(scope="module")
 def app_server(tmp_path_factory):
     """`python -m lora_trainer app` on a free port with its own root folder."""
-    root = tmp_path_factory.mktemp("app_root")
+    yield from _serve(tmp_path_factory.mktemp("app_root"), [])
+
+
+@pytest.fixture(scope="module")
+def public_app_server(tmp_path_factory):
+    """The app listening on every interface without --allow-remote-paths (browsed via 127.0.0.1)."""
+    yield from _serve(tmp_path_factory.mktemp("public_root"), ["--host", "0.0.0.0"])
+
+
+def _serve(root, extra):
     port = free_port()
     env = dict(os.environ, PYTHONUNBUFFERED="1", GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1")
     log = open(root / "app.log", "w")  # noqa: SIM115 - closed after the server stops
-    proc = subprocess.Popen([sys.executable, "-m", "lora_trainer", "app", "--root", str(root), "--port", str(port)],
-                            stdout=log, stderr=subprocess.STDOUT, env=env)
+    proc = subprocess.Popen([APP_PYTHON, "-m", "lora_trainer", "app", "--root", str(root), "--port", str(port),
+                             *extra], stdout=log, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}/"
 
     def answering() -> bool:
