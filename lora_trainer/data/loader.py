@@ -9,7 +9,7 @@ and prefetching change when a batch is read, never what it holds, so resume stay
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -24,18 +24,19 @@ BatchKey = tuple[int, tuple[int, ...]]  # (epoch, sample ids of one micro-batch)
 
 class RunBatchSampler(Sampler[BatchKey]):
     """This rank's micro-batches from (`start_epoch`, `start_pos`) to the end of epoch `epochs - 1`,
-    each epoch cut to `per_epoch` batches (every rank takes the same number)."""
+    each epoch cut to `per_epoch` batches (every rank takes the same number). `batches_for(epoch)`
+    gives an epoch's micro-batches in loop order (`TrainDataset.batches_for_epoch` for images, the
+    token batches of an LLM run); it runs in the training process only."""
 
-    def __init__(self, dataset: TrainDataset, *, seed: int, rank: int, world_size: int, start_epoch: int,
-                 start_pos: int, epochs: int, per_epoch: int):
-        self.dataset, self.seed, self.rank, self.world_size = dataset, seed, rank, world_size
+    def __init__(self, batches_for: Callable[[int], list[list[int]]], *, start_epoch: int, start_pos: int,
+                 epochs: int, per_epoch: int):
+        self.batches_for = batches_for
         self.start_epoch, self.start_pos, self.epochs, self.per_epoch = start_epoch, start_pos, epochs, per_epoch
 
     def __iter__(self) -> Iterator[BatchKey]:
         for epoch in range(self.start_epoch, self.epochs):
-            batches = self.dataset.batches_for_epoch(epoch, self.seed, self.rank, self.world_size)[:self.per_epoch]
             first = self.start_pos if epoch == self.start_epoch else 0
-            for ids in batches[first:]:
+            for ids in self.batches_for(epoch)[:self.per_epoch][first:]:
                 yield epoch, tuple(ids)
 
     def __len__(self) -> int:
@@ -43,7 +44,7 @@ class RunBatchSampler(Sampler[BatchKey]):
 
 
 class BatchDataset(Dataset[dict[str, Any]]):
-    """One item = one loaded micro-batch: `TrainDataset.load_batch` plus its cached latents, if any.
+    """Images: one item = one loaded micro-batch, `TrainDataset.load_batch` plus its cached latents.
 
     With every latent cached (the pre-pass ran), images are not decoded at all; otherwise pixels
     are loaded and the step encodes them.
@@ -73,11 +74,12 @@ def _as_is(batch: dict[str, Any]) -> dict[str, Any]:
     return batch
 
 
-def make_loader(dataset: TrainDataset, sampler: RunBatchSampler, *, latent_cache: LatentCache | None,
-                num_workers: int, pin_memory: bool) -> DataLoader[dict[str, Any]]:
-    """The run's DataLoader: `num_workers` processes (0 = load in the training process), tensors
-    pinned for fast copies to a CUDA device."""
-    return DataLoader(BatchDataset(dataset, latent_cache), sampler=sampler, batch_size=None, collate_fn=_as_is,
+def make_loader(dataset: Dataset[dict[str, Any]], sampler: RunBatchSampler, *, num_workers: int,
+                pin_memory: bool) -> DataLoader[dict[str, Any]]:
+    """The run's DataLoader over a dataset indexed by (epoch, ids): `num_workers` processes (0 = load
+    in the training process), tensors pinned for fast copies to a CUDA device. Its own generator
+    seeds the workers, so making it draws nothing from the global RNG."""
+    return DataLoader(dataset, sampler=sampler, batch_size=None, collate_fn=_as_is,
                       num_workers=num_workers, pin_memory=pin_memory, persistent_workers=False,
                       prefetch_factor=2 if num_workers > 0 else None,
                       generator=torch.Generator().manual_seed(0))

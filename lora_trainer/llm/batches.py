@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.utils.data import Dataset
 
 from lora_trainer.llm.encode import IGNORE
 
@@ -42,6 +43,23 @@ def collate(examples: Sequence[Example], pad_id: int, device: Any = "cpu") -> di
         labels[row, :len(y)] = torch.as_tensor(y, dtype=torch.long)
         mask[row, :len(x)] = 1
     return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
+
+
+class TokenBatches(Dataset[dict[str, Any]]):
+    """The LLM run's DataLoader items: (epoch, example ids) → the padded micro-batch on the CPU
+    (pinned and moved by the loader and the step), tagged with its key so the step can check it."""
+
+    def __init__(self, examples: Sequence[Example], pad_id: int):
+        self.examples, self.pad_id = examples, pad_id
+
+    def __getitem__(self, key: tuple[int, tuple[int, ...]]) -> dict[str, Any]:  # type: ignore[override]
+        epoch, ids = key
+        batch: dict[str, Any] = collate([self.examples[i] for i in ids], self.pad_id)
+        batch["epoch"], batch["ids"] = epoch, ids
+        return batch
+
+    def __len__(self) -> int:  # indexed by (epoch, ids) keys only
+        raise TypeError("TokenBatches is indexed by (epoch, ids) keys only")
 
 
 def target_count(batch: dict[str, torch.Tensor]) -> int:

@@ -94,6 +94,10 @@ class LLMTask(Task):
     def __init__(self, cfg: TrainConfig):
         super().__init__(cfg)
         self.model: Any = None
+        self._batches: Iterator[dict[str, Any]] | None = None
+
+    def teardown(self) -> None:
+        self._batches = None  # an unfinished loader iterator: its worker processes end with it
 
     # ---- before the model -------------------------------------------------------------------------
     def prepare(self) -> dict[str, Any]:
@@ -158,11 +162,27 @@ class LLMTask(Task):
         return B.micro_batches(len(self.encoded.examples), self.cfg.batch_size, self.cfg.seed, epoch,
                                dist.rank, dist.world_size)
 
+    def _next_batch(self, ids: list[int], epoch: int, pos: int) -> dict[str, torch.Tensor]:
+        """The padded micro-batch `ids` on the training device, from the run's DataLoader (made at
+        the first step, from the position the run starts or resumes at)."""
+        if self._batches is None:
+            from lora_trainer.data.loader import RunBatchSampler, make_loader
+
+            pad = int(self.tokenizer.pad_token_id or 0)  # padding never reaches the loss (labels -100, mask 0)
+            sampler = RunBatchSampler(self.epoch_batches, start_epoch=epoch, start_pos=pos,
+                                      epochs=int(self.plan["epochs"]), per_epoch=int(self.plan["batches_per_epoch"]))
+            self._batches = iter(make_loader(B.TokenBatches(self.encoded.examples, pad), sampler,
+                                             num_workers=self.cfg.num_workers, pin_memory=self.device.type == "cuda"))
+        batch = next(self._batches)
+        if batch["epoch"] != epoch or list(batch["ids"]) != list(ids):
+            raise RuntimeError(f"data loader out of step: got epoch {batch['epoch']} {batch['ids']}, "
+                               f"the loop is at epoch {epoch} {ids}")
+        return {k: batch[k].to(self.device, non_blocking=True) for k in ("input_ids", "attention_mask", "labels")}
+
     def micro_losses(self, group: list[list[int]], epoch: int, pos: int) -> Iterator[torch.Tensor]:
         """The step's loss is averaged over all its target tokens, so each micro-batch's summed
         cross-entropy is divided by the group's token count (not by the number of micro-batches)."""
-        pad = int(self.tokenizer.pad_token_id or 0)  # padding never reaches the loss (labels -100, mask 0)
-        batches = [B.collate([self.encoded.examples[i] for i in idx], pad, self.device) for idx in group]
+        batches = [self._next_batch(idx, epoch, pos + j) for j, idx in enumerate(group)]
         n_tokens = max(1, sum(B.target_count(b) for b in batches))
         for j, batch in enumerate(batches):
             seed_all(derive_seed(self.cfg.seed, epoch, pos + j, self.run.dist.rank) % (2 ** 32))

@@ -207,15 +207,12 @@ class ImageLoRATask(Task):
         """The loaded micro-batch `ids` from the run's DataLoader (made at the first step, from the
         position the run starts or resumes at)."""
         if self._batches is None:
-            from lora_trainer.data import RunBatchSampler, make_loader
+            from lora_trainer.data import BatchDataset, RunBatchSampler, make_loader
 
-            dist = self.run.dist
-            sampler = RunBatchSampler(self.dataset, seed=self.cfg.seed, rank=dist.rank, world_size=dist.world_size,
-                                      start_epoch=epoch, start_pos=pos, epochs=int(self.plan["epochs"]),
-                                      per_epoch=int(self.plan["batches_per_epoch"]))
-            self._batches = iter(make_loader(self.dataset, sampler, latent_cache=self.latent_cache,
-                                             num_workers=self.cfg.num_workers,
-                                             pin_memory=self.device.type == "cuda"))
+            sampler = RunBatchSampler(self.epoch_batches, start_epoch=epoch, start_pos=pos,
+                                      epochs=int(self.plan["epochs"]), per_epoch=int(self.plan["batches_per_epoch"]))
+            self._batches = iter(make_loader(BatchDataset(self.dataset, self.latent_cache), sampler,
+                                             num_workers=self.cfg.num_workers, pin_memory=self.device.type == "cuda"))
         batch = next(self._batches)
         if batch["epoch"] != epoch or list(batch["ids"]) != list(ids):
             raise RuntimeError(f"data loader out of step: got epoch {batch['epoch']} {batch['ids']}, "

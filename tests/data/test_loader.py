@@ -8,7 +8,14 @@ import pytest
 import torch
 
 from lora_trainer.config import load_config
-from lora_trainer.data import LatentCache, RunBatchSampler, TrainDataset, make_loader, scan_dataset
+from lora_trainer.data import (
+    BatchDataset,
+    LatentCache,
+    RunBatchSampler,
+    TrainDataset,
+    make_loader,
+    scan_dataset,
+)
 from tests.data.conftest import make_image
 
 
@@ -28,15 +35,15 @@ def folder(tmp_path: Path) -> Path:
 
 
 def _sampler(ds: TrainDataset, start_epoch: int = 0, start_pos: int = 0, rank: int = 0, world: int = 1):
-    return RunBatchSampler(ds, seed=3, rank=rank, world_size=world, start_epoch=start_epoch, start_pos=start_pos,
-                           epochs=3, per_epoch=ds.num_batches(world))
+    return RunBatchSampler(lambda e: ds.batches_for_epoch(e, 3, rank, world), start_epoch=start_epoch,
+                           start_pos=start_pos, epochs=3, per_epoch=ds.num_batches(world))
 
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_loader_yields_what_load_batch_loads_in_loop_order(folder: Path, workers: int) -> None:
     ds = _dataset(folder)
     expected = [(e, ids) for e in range(3) for ids in ds.batches_for_epoch(e, 3)[:ds.num_batches()]]
-    got = list(make_loader(ds, _sampler(ds), latent_cache=None, num_workers=workers, pin_memory=False))
+    got = list(make_loader(BatchDataset(ds), _sampler(ds), num_workers=workers, pin_memory=False))
     assert [(b["epoch"], list(b["ids"])) for b in got] == expected
     for batch, (epoch, ids) in zip(got, expected, strict=True):
         direct = ds.load_batch(ids, epoch)
@@ -62,7 +69,7 @@ def test_a_loader_does_not_touch_the_global_rng(folder: Path) -> None:
     torch.manual_seed(0)
     expected = torch.rand(3)
     torch.manual_seed(0)
-    list(make_loader(ds, _sampler(ds), latent_cache=None, num_workers=2, pin_memory=False))
+    list(make_loader(BatchDataset(ds), _sampler(ds), num_workers=2, pin_memory=False))
     assert torch.equal(torch.rand(3), expected)
 
 
@@ -75,5 +82,5 @@ def test_cached_latents_skip_the_pixels_and_variants_cover_every_key(folder: Pat
         cache.put(key, ds.pixels_of(i, fit, flip)[0, :, ::8, ::8])
     needed = {k for e in range(3) for ids in ds.batches_for_epoch(e, 3) for k in ds.load_batch(ids, e, False)["keys"]}
     assert needed <= {v[1] for v in variants}
-    batch = next(iter(make_loader(ds, _sampler(ds), latent_cache=cache, num_workers=0, pin_memory=False)))
+    batch = next(iter(make_loader(BatchDataset(ds, cache), _sampler(ds), num_workers=0, pin_memory=False)))
     assert batch["pixels"] is None and batch["latents"].shape[0] == len(batch["ids"])

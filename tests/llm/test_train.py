@@ -227,3 +227,13 @@ def test_plan_counts_steps_without_loading_the_model(tiny_llama, counting_data, 
     assert plan["batches_per_epoch"] == -(-plan["examples"] // 5)
     assert plan["total_steps"] == 3 * -(-plan["batches_per_epoch"] // 2) and plan["effective_batch_size"] == 10
     assert not (tmp_path / "out").exists()
+
+
+def test_loader_workers_give_the_same_adapter(tiny_llama, counting_data, tmp_path):
+    """Token batches come through the run's DataLoader: worker processes change nothing trained."""
+    over = {"max_train_steps": 4, "batch_size": 4, "gradient_accumulation_steps": 2, "learning_rate": 5e-3}
+    plain = train_llm(llm_config(tmp_path / "w0", tiny_llama, counting_data[0], num_workers=0, **over))
+    workers = train_llm(llm_config(tmp_path / "w2", tiny_llama, counting_data[0], num_workers=2, **over))
+    a = load_file(f"{plain.output_path}/adapter_model.safetensors")
+    b = load_file(f"{workers.output_path}/adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
