@@ -24,6 +24,28 @@ KEPT_BY_PRESETS = ("output_name", "trigger_word", "sample_prompts", "description
 KEEP = object()  # marker in preset_values: leave the component as it is
 # the standalone app starts on the built-in tiny model so a first run works with no download
 APP_DEFAULTS = {"base_model": "builtin:tiny-sd1", "resolution": 64, "output_name": "my_lora"}
+# the log box follows new lines while the reader is at its bottom (gradio's own autoscroll does not
+# on every version); installed once per page by the tab's load event
+LOG_FOLLOW_JS = """() => {
+  if (window.ltLogFollow) { return []; }
+  window.ltLogFollow = true;
+  const root = () => (typeof gradioApp === "function" ? gradioApp() : document);
+  let following = true, touched = 0;
+  const atBottom = (t) => t.scrollHeight - t.scrollTop - t.clientHeight < 24;
+  setInterval(() => {
+    const box = root().querySelector("#lt_log textarea");
+    if (!box) { return; }
+    if (!box.dataset.ltFollow) {  // the reader scrolling up stops following; back at the bottom resumes it
+      box.dataset.ltFollow = "1";
+      for (const ev of ["wheel", "pointerdown", "keydown", "touchstart"]) {
+        box.addEventListener(ev, () => { touched = Date.now(); }, {passive: true});
+      }
+      box.addEventListener("scroll", () => { if (Date.now() - touched < 1000) { following = atBottom(box); } });
+    }
+    if (following && !atBottom(box)) { box.scrollTop = box.scrollHeight; }
+  }, 400);
+  return [];
+}"""
 SEND_TO_TXT2IMG_JS = "(text) => { window.loraTrainerSendToTxt2img && window.loraTrainerSendToTxt2img(text); return text; }"
 
 
@@ -366,6 +388,7 @@ def build_trainer_tab(host: Host) -> gr.Blocks:
         on(resume_btn.click, do_resume, inputs=[resume_pick], outputs=[*outs, notice], **live)
         on(stop_btn.click, do_stop, inputs=[], outputs=[*outs, notice], **live)
         on(tab.load, do_attach, inputs=[], outputs=outs, **live)
+        on(tab.load, None, inputs=[], outputs=[], js=LOG_FOLLOW_JS)
         if "open" in dataset and "folder" in dataset:  # the form follows the folder opened in the section
             on(dataset["open"].click, lambda folder: folder, inputs=[dataset["folder"]], outputs=[data_dir])
         on(preset.change, do_preset, inputs=[preset], outputs=[*comps, preset_info])
