@@ -76,6 +76,7 @@ def test_labels_and_help_are_for_people(fields):
 def test_untouched_form_leaves_v_prediction_detection_on(tmp_path, fields):
     """An SD2-v style base (a diffusers folder whose scheduler says v_prediction) trained from the form's
     values, through the run starter the app uses, saves `ss_v_parameterization: True` (a full tiny run)."""
+    pytest.importorskip("diffusers")  # the engine's own model loading (not in A1111's pins)
     from lora_trainer.hosts.runs import start_training
     from lora_trainer.hosts.standalone import StandaloneHost
     from lora_trainer.jobs import JobRegistry
