@@ -49,11 +49,15 @@ LOG_FOLLOW_JS = """() => {
 SEND_TO_TXT2IMG_JS = "(text) => { window.loraTrainerSendToTxt2img && window.loraTrainerSendToTxt2img(text); return text; }"
 
 
-def presets() -> dict[str, str]:
-    """Preset name -> YAML file (shipped inside the package, `lora_trainer/presets/`)."""
-    from lora_trainer.presets import list_presets
+def presets(host: Host | None = None) -> dict[str, str]:
+    """Preset name -> YAML file (shipped inside the package, `lora_trainer/presets/`). Inside the WebUI,
+    presets that choose their own base model (the tiny quick_try) are left out: it trains the loaded one."""
+    from lora_trainer.presets import list_presets, load_preset
 
-    return list_presets()
+    found = list_presets()
+    if host is not None and _loaded(host):
+        found = {n: p for n, p in found.items() if "base_model" not in load_preset(n)}
+    return found
 
 
 def preset_values(fields: list[F.FormField], name: str) -> list[Any] | None:
@@ -234,7 +238,7 @@ def build_trainer_tab(host: Host) -> gr.Blocks:
         gr.Markdown("### Train a LoRA" + (f" on the loaded checkpoint **{loaded}**" if loaded else ""))
         with gr.Row():
             with gr.Column(scale=3):
-                preset = make(gr.Dropdown, label="Preset", choices=["(none)", *presets()], value="(none)",
+                preset = make(gr.Dropdown, label="Preset", choices=["(none)", *presets(host)], value="(none)",
                               elem_id="lt_preset", info="Fills the settings below; your name, dataset and "
                               "prompts stay.")
                 preset_info = make(gr.Markdown, value="", elem_id="lt_preset_info")

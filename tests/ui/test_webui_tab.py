@@ -27,3 +27,9 @@ def test_webui_tab_hides_options_of_the_engine_loaded_model(tmp_path):
     values[[f.info.name for f in fields].index("base_model")] = "/somewhere/else.safetensors"
     config = T.form_config(host, fields, values, str(tmp_path))
     assert "base_model" not in config and config["output_name"] == "mine"
+
+
+def test_presets_choosing_their_own_model_are_not_offered_in_the_webui(tmp_path):
+    assert "quick_try" in T.presets(Host(str(tmp_path)))
+    offered = T.presets(LoadedHost(str(tmp_path)))
+    assert "quick_try" not in offered and "style" in offered
