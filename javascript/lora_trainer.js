@@ -18,21 +18,4 @@
             switch_to_txt2img();
         }
     };
-    // The log box follows new lines (gradio 3.41, A1111's, has no Textbox autoscroll): when the text
-    // grows and the reader was at the bottom, stay at the bottom.
-    var lastLength = 0;
-    var following = true;  // the reader is at the bottom (checked before new text arrives)
-    setInterval(function () {
-        var box = app().querySelector("#lt_log textarea");
-        if (!box) {
-            return;
-        }
-        if (box.value.length !== lastLength) {
-            lastLength = box.value.length;
-            if (following) {
-                box.scrollTop = box.scrollHeight;
-            }
-        }
-        following = box.scrollHeight - box.scrollTop - box.clientHeight < 24;
-    }, 700);
 })();

@@ -138,6 +138,8 @@ class RunView:
                  f"{p.get('it_per_s', 0):.2f} it/s" if isinstance(p.get("it_per_s"), (int, float)) else "",
                  f"ETA {_eta(p.get('eta_s'))}"]
         line = " · ".join(x for x in parts if x)
+        if self.name:
+            line = f"Training **{self.name}**: " + line
         nxt = self.cadence.next_sample(int(p.get("step") or 0), int(p.get("epoch") or 0)) if self.cadence else ""
         return line + (f"  \nNext sample at {nxt}." if nxt else "")
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -12,26 +11,50 @@ import gradio as gr
 from lora_trainer.errors import UserError
 from lora_trainer.ui import form as F
 from lora_trainer.ui.compat import make, on, update
-from lora_trainer.ui.plot import loss_plot
-from lora_trainer.ui.run_view import RunView
+from lora_trainer.ui.run_follow import Following, resume_config, state_choices
 
 if TYPE_CHECKING:
     from lora_trainer.hosts.base import Host
 
-POLL_S = 1.0
 # what applying a preset never changes (besides every path field): it names this run, not its settings
 KEPT_BY_PRESETS = ("output_name", "trigger_word", "sample_prompts", "description", "preferred_weight")
 KEEP = object()  # marker in preset_values: leave the component as it is
 # the standalone app starts on the built-in tiny model so a first run works with no download
 APP_DEFAULTS = {"base_model": "builtin:tiny-sd1", "resolution": 64, "output_name": "my_lora"}
+# the log box follows new lines while the reader is at its bottom (gradio's own autoscroll does not
+# on every version); installed once per page by the tab's load event
+LOG_FOLLOW_JS = """() => {
+  if (window.ltLogFollow) { return []; }
+  window.ltLogFollow = true;
+  const root = () => (typeof gradioApp === "function" ? gradioApp() : document);
+  let following = true, touched = 0;
+  const atBottom = (t) => t.scrollHeight - t.scrollTop - t.clientHeight < 24;
+  setInterval(() => {
+    const box = root().querySelector("#lt_log textarea");
+    if (!box) { return; }
+    if (!box.dataset.ltFollow) {  // the reader scrolling up stops following; back at the bottom resumes it
+      box.dataset.ltFollow = "1";
+      for (const ev of ["wheel", "pointerdown", "keydown", "touchstart"]) {
+        box.addEventListener(ev, () => { touched = Date.now(); }, {passive: true});
+      }
+      box.addEventListener("scroll", () => { if (Date.now() - touched < 1000) { following = atBottom(box); } });
+    }
+    if (following && !atBottom(box)) { box.scrollTop = box.scrollHeight; }
+  }, 400);
+  return [];
+}"""
 SEND_TO_TXT2IMG_JS = "(text) => { window.loraTrainerSendToTxt2img && window.loraTrainerSendToTxt2img(text); return text; }"
 
 
-def presets() -> dict[str, str]:
-    """Preset name -> YAML file (shipped inside the package, `lora_trainer/presets/`)."""
-    from lora_trainer.presets import list_presets
+def presets(host: Host | None = None) -> dict[str, str]:
+    """Preset name -> YAML file (shipped inside the package, `lora_trainer/presets/`). Inside the WebUI,
+    presets that choose their own base model (the tiny quick_try) are left out: it trains the loaded one."""
+    from lora_trainer.presets import list_presets, load_preset
 
-    return list_presets()
+    found = list_presets()
+    if host is not None and _loaded(host):
+        found = {n: p for n, p in found.items() if "base_model" not in load_preset(n)}
+    return found
 
 
 def preset_values(fields: list[F.FormField], name: str) -> list[Any] | None:
@@ -57,8 +80,7 @@ def preset_values(fields: list[F.FormField], name: str) -> list[Any] | None:
 
 def _loaded(host: Host) -> str:
     """Name of the checkpoint the host has loaded (WebUI), or "" (the app loads `base_model`)."""
-    fn = getattr(host, "loaded_model_name", None)
-    return str(fn() or "") if callable(fn) else ""
+    return host.loaded_model_name()
 
 
 def form_config(host: Host, fields: list[F.FormField], values: list[Any], opened: str | None) -> dict[str, Any]:
@@ -98,31 +120,6 @@ def list_runs(host: Host) -> list[dict[str, Any]]:
     return sorted(runs, key=lambda r: r["mtime"], reverse=True)
 
 
-def state_choices(host: Host) -> dict[str, str]:
-    """Resumable states as shown in the Resume list ("run · step N · date") -> state folder."""
-    from lora_trainer.hosts.runs import resumable_states
-
-    return {f"{s['run']} · step {s['step']} · {time.strftime('%Y-%m-%d %H:%M', time.localtime(s['mtime']))}":
-            s["path"] for s in resumable_states(host)}
-
-
-def resume_config(state_path: str) -> dict[str, Any]:
-    """The stopped run's own settings (saved in its state) plus `resume_from_checkpoint`: Resume
-    continues exactly that run, whatever the form shows now."""
-    import json
-
-    from lora_trainer.errors import ConfigError
-
-    try:
-        with open(os.path.join(state_path, "trainer_state.json"), encoding="utf-8") as fh:
-            saved = json.load(fh).get("config") or {}
-    except (OSError, ValueError) as exc:
-        raise ConfigError("resume_from_checkpoint", f"cannot read the saved state {state_path}: {exc}") from exc
-    config = {k: v for k, v in saved.items() if v is not None}
-    config["resume_from_checkpoint"] = state_path
-    return config
-
-
 def model_choices(host: Host) -> list[str]:
     """Models the Base model list offers: the built-in tiny ones and what the models folder holds."""
     from lora_trainer.config import MODEL_EXTENSIONS
@@ -144,57 +141,6 @@ def file_choices(folder: str) -> list[str]:
     return [os.path.join(folder, n) for n in sorted(os.listdir(folder)) if n.lower().endswith(MODEL_EXTENSIONS)]
 
 
-class Following:
-    """What one page shows about one training job, re-rendered from the job's events."""
-
-    def __init__(self, job: Any, host: Host):
-        from lora_trainer.ui.run_view import Cadence
-
-        cfg = job.config
-        self.job, self.cursor = job, 0
-        self.view = RunView(name=cfg.output_name or "", loaded_model=_loaded(host),
-                            cadence=Cadence(cfg.sample_every_n_steps, cfg.sample_every_n_epochs)
-                            if cfg.sample_prompts else None)
-        self.resumed = bool(cfg.resume_from_checkpoint)
-
-    def poll(self) -> tuple[Any, ...]:
-        from lora_trainer.hosts.runs import loss_history
-
-        events, self.cursor = self.job.events_since(self.cursor)
-        self.view.feed(events)
-        if self.resumed and self.view.earlier is None and self.view.steps:
-            self.view.earlier = loss_history(self.job.config.output_dir, self.view.steps[0])
-        return self.render()
-
-    def render(self) -> tuple[Any, ...]:
-        v = self.view
-        steps, losses, resumed_at = v.curve()
-        card, prompt = self.card()
-        return (v.status_markdown(), v.plan_markdown(), loss_plot(steps, losses, resumed_at), v.samples[-12:],
-                update(visible=bool(card)), card, prompt, "\n".join(v.log[-80:]))
-
-    def card(self) -> tuple[str, str]:
-        v, cfg = self.view, self.job.config
-        if self.job.alive or not v.output or v.error or not os.path.isfile(v.output):
-            return "", ""
-        name = v.result_name()
-        prompt = f"<lora:{name}:{cfg.preferred_weight}>"
-        trig = cfg.trigger_word
-        what = ("is ready" if not v.stopped else "(stopped early; Resume continues the run and replaces it) is in")
-        card = (f"**{name}** {what} `{os.path.dirname(v.output)}`.  \n"
-                f"Trigger word: `{trig or '(none)'}` · {v.end_markdown().split(' ', 1)[1]}")
-        return card, f"{trig}, {prompt}" if trig else prompt
-
-    def follow(self) -> Iterator[tuple[Any, ...]]:
-        """Yield the view until the job ends (one last yield after)."""
-        while True:
-            alive = self.job.alive
-            yield self.poll()
-            if not alive:
-                return
-            time.sleep(POLL_S)
-
-
 IDLE = "Idle."
 
 
@@ -212,7 +158,7 @@ def build_trainer_tab(host: Host) -> gr.Blocks:
         gr.Markdown("### Train a LoRA" + (f" on the loaded checkpoint **{loaded}**" if loaded else ""))
         with gr.Row():
             with gr.Column(scale=3):
-                preset = make(gr.Dropdown, label="Preset", choices=["(none)", *presets()], value="(none)",
+                preset = make(gr.Dropdown, label="Preset", choices=["(none)", *presets(host)], value="(none)",
                               elem_id="lt_preset", info="Fills the settings below; your name, dataset and "
                               "prompts stay.")
                 preset_info = make(gr.Markdown, value="", elem_id="lt_preset_info")
@@ -366,6 +312,7 @@ def build_trainer_tab(host: Host) -> gr.Blocks:
         on(resume_btn.click, do_resume, inputs=[resume_pick], outputs=[*outs, notice], **live)
         on(stop_btn.click, do_stop, inputs=[], outputs=[*outs, notice], **live)
         on(tab.load, do_attach, inputs=[], outputs=outs, **live)
+        on(tab.load, None, inputs=[], outputs=[], js=LOG_FOLLOW_JS)
         if "open" in dataset and "folder" in dataset:  # the form follows the folder opened in the section
             on(dataset["open"].click, lambda folder: folder, inputs=[dataset["folder"]], outputs=[data_dir])
         on(preset.change, do_preset, inputs=[preset], outputs=[*comps, preset_info])

@@ -76,6 +76,7 @@ def test_labels_and_help_are_for_people(fields):
 def test_untouched_form_leaves_v_prediction_detection_on(tmp_path, fields):
     """An SD2-v style base (a diffusers folder whose scheduler says v_prediction) trained from the form's
     values, through the run starter the app uses, saves `ss_v_parameterization: True` (a full tiny run)."""
+    pytest.importorskip("diffusers")  # the engine's own model loading (not in A1111's pins)
     from lora_trainer.hosts.runs import start_training
     from lora_trainer.hosts.standalone import StandaloneHost
     from lora_trainer.jobs import JobRegistry
@@ -108,3 +109,18 @@ def test_untouched_form_leaves_v_prediction_detection_on(tmp_path, fields):
     assert job.state == "done", job.error
     meta = read_lora_metadata(job.result.output_path)
     assert meta["ss_v_parameterization"] == "True", meta.get("ss_v_parameterization")
+
+
+def test_sample_prompts_without_a_cadence_get_one(tmp_path, fields):
+    from lora_trainer.hosts.standalone import StandaloneHost
+    from lora_trainer.ui.trainer_tab import form_config
+
+    host = StandaloneHost(str(tmp_path))
+    values = _set(fields, _defaults(fields), "output_name", "x")
+    values = _set(fields, values, "sample_prompts", "a zqx\na vyk")
+    config = form_config(host, fields, _set(fields, values, "epochs", 20), str(tmp_path))
+    assert config["sample_prompts"] == ["a zqx", "a vyk"] and config["sample_every_n_epochs"] == 4
+    chosen = form_config(host, fields, _set(fields, values, "sample_every_n_steps", 7), str(tmp_path))
+    assert chosen["sample_every_n_steps"] == 7 and "sample_every_n_epochs" not in chosen
+    assert "sample_every_n_epochs" not in form_config(host, fields, _set(fields, values, "sample_prompts", ""),
+                                                      str(tmp_path))

@@ -123,8 +123,7 @@ def test_preset_train_reload_stop_resume(app_server, browser, artifacts, dataset
     _wait_text(page, "lt_notice", r"already running \(flow, (step \d+/6|starting)\)", 15)
 
     page.locator("#lt_stop").click()
-    status = _wait_text(page, "lt_status", "Stopped", 120)
-    assert re.search(r"final loss \d.*flow-0000\d+\.safetensors \(\d+(\.\d)? [KM]B\)", status), status
+    _wait_text(page, "lt_status", r"Stopped.*final loss \d.*flow-0000\d+\.safetensors \(\d+(\.\d)? [KM]B\)", 120)
     _wait_text(page, "lt_result_md", "stopped early", 10)
     lora = app_server["root"] / "models" / "Lora"
     partial = sorted(lora.glob("flow-0*.safetensors"))
@@ -138,9 +137,9 @@ def test_preset_train_reload_stop_resume(app_server, browser, artifacts, dataset
     prompt = _box(page, "lt_result_prompt").input_value()
     assert prompt == "<lora:flow:0.8>", prompt
     assert "resumed from" in _box(page, "lt_log").input_value()
-    follows = page.evaluate("() => { const t = document.querySelector('#lt_log textarea');"
-                            " return t.scrollHeight - t.scrollTop - t.clientHeight < 30; }")
-    assert follows, "the log box shows its newest lines"
+    page.wait_for_function("() => { const t = document.querySelector('#lt_log textarea');"
+                           " return t.scrollHeight > t.clientHeight + 30"
+                           " && t.scrollHeight - t.scrollTop - t.clientHeight < 30; }", timeout=10000)
     assert (lora / "flow.safetensors").exists() and (lora / "flow.json").exists()
     assert not list(lora.glob("flow-0*")), "the finished run replaces what its stop published"
     _shot(page, "trainer_done.png", artifacts)

@@ -118,3 +118,25 @@ def test_app_decides_remote_from_its_flags(argv, restricted):
     assert host.restricted is restricted
     if restricted:
         assert "--allow-remote-paths" in host.restriction_reason()
+
+
+def test_the_webui_rule_follows_its_flag_and_its_own_model_folders(tmp_path):
+    """Inside the WebUI (--listen without --enable-insecure-extension-access) the same rule applies, with
+    the WebUI's folders (--ckpt-dir, --lora-dir, ...)."""
+    from types import SimpleNamespace
+
+    from lora_trainer.hosts.access import check_path
+    from lora_trainer.hosts.webui import WebUIHost, WebUIServices
+
+    ckpt = tmp_path / "my-checkpoints"
+    opts = SimpleNamespace(disable_extension_access=True, ckpt_dir=str(ckpt), lora_dir=str(tmp_path / "loras"),
+                           vae_dir=None, embeddings_dir=None, data_dir=str(tmp_path / "webui"))
+    host = WebUIHost(WebUIServices(cmd_opts=opts), root=str(tmp_path / "webui"))
+    assert host.restricted
+    check_path(host, "base_model", str(ckpt / "v1-5.safetensors"))
+    check_path(host, "network_weights", str(tmp_path / "loras" / "a.safetensors"))
+    for name in ("base_model", "network_weights", "vae_path"):
+        with pytest.raises(AccessDenied, match=rf"^{name} '.*enable-insecure-extension-access"):
+            check_path(host, name, str(tmp_path / "elsewhere" / "x.safetensors"))
+    opts.disable_extension_access = False
+    check_path(host, "base_model", "/anything/at/all.safetensors")
