@@ -165,12 +165,143 @@ def cards_html(manifest: Any, source: Any, statuses: dict[str, tuple[str, Any]])
     return f"<div class='ld-cards'>{''.join(cards)}</div>"
 
 
-def build_downloader_tab(host: Host) -> gr.Blocks:
-    from lora_trainer.hosts import downloads
+class _QueueView:
+    """The host's download queue as this tab shows and drives it."""
 
-    can_open = not host.restricted
+    def __init__(self, host: Host):
+        from lora_trainer.hosts import downloads
+
+        self.host, self.dl, self.can_open = host, downloads, not host.restricted
+
+    def render(self) -> str:
+        try:
+            return queue_html(self.dl.items(self.host), self.can_open)
+        except UserError:
+            return queue_html([])
+
+    def follow(self, note: str):
+        """Yield (note, table) until nothing is queued or running (live progress on every row)."""
+        while True:
+            items = self.dl.items(self.host)
+            yield note, queue_html(items, self.can_open)
+            if not any(it.get("state") in ACTIVE_STATES for it in items):
+                return
+            time.sleep(POLL_S)
+
+    def name(self, item_id: str) -> str:
+        try:
+            return str(self.dl.item(self.host, item_id).get("name") or item_id)
+        except KeyError:
+            return item_id
+
+    def start(self, text: str, destination: str, conns: float):
+        body = {"links": text or "", "connections": int(conns)}
+        if destination != "auto":
+            body["kind"] = destination
+        try:
+            ids = [row["id"] for row in self.dl.start_downloads(self.host, body)]
+        except UserError as exc:
+            yield f"**Not started:** {wording(str(exc))}", self.render()
+            return
+        yield from self.follow(f"{len(ids)} download(s) queued…")
+        failed = [it for it in self.dl.items(self.host) if it.get("id") in ids and it.get("state") != "done"]
+        yield (f"**{len(failed)} did not finish** — see the last columns." if failed
+               else "All downloads finished."), self.render()
+
+    def act(self, act: str) -> tuple[str, str, str]:
+        """A row button. Quick, and run outside the queue (a download's live view must not hold up
+        Cancel); a retried row is then followed live by `follow_retry`. (message, table, retried id)"""
+        verb, _, item_id = (act or "").partition(":")
+        try:
+            if verb == "cancel":
+                self.dl.cancel(self.host, item_id)
+                return f"Cancelled {self.name(item_id)}.", self.render(), ""
+            if verb == "open":
+                return self.dl.open_folder(self.host, item_id), self.render(), ""
+            if verb == "retry":
+                self.dl.retry(self.host, item_id)
+                return f"Retrying {self.name(item_id)}…", self.render(), item_id
+        except KeyError:
+            return "That download is no longer in the queue.", self.render(), ""
+        except UserError as exc:
+            return wording(str(exc)), self.render(), ""
+        return "", self.render(), ""
+
+    def follow_retry(self, item_id: str):
+        if not item_id:
+            yield gr.update(), self.render()
+            return
+        yield from self.follow(f"Retrying {self.name(item_id)}…")
+        try:
+            state = self.dl.item(self.host, item_id).get("state")
+        except KeyError:
+            state = "removed"
+        yield f"Retried {self.name(item_id)}: {state}.", self.render()
+
+    def clear(self) -> tuple[str, str]:
+        return f"Cleared {self.dl.clear_finished(self.host)} finished download(s).", self.render()
+
+
+class _TeamView:
+    """A team manifest as cards; Install/Update pull through the host's queue."""
+
+    def __init__(self, queue: _QueueView):
+        self.queue, self.host, self.dl = queue, queue.host, queue.dl
+
+    def show(self, src: str) -> tuple[str, str]:
+        try:
+            m, source, statuses = self.dl.read_team_manifest(self.host, src)
+        except UserError as exc:
+            return f"**Cannot read the manifest:** {wording(str(exc))}", ""
+        todo = sum(s != "current" for s, _ in statuses.values())
+        note = (f"{len(m.loras)} LoRA(s), {todo} to install or update." if todo
+                else f"{len(m.loras)} LoRA(s), all up to date.")
+        return note, cards_html(m, source, statuses)
+
+    def update(self, src: str, names: list[str] | None):
+        """Pull in a thread; meanwhile the queue shows each file's progress (and its Cancel)."""
+        import threading
+
+        what = ", ".join(names) if names else "every LoRA"
+        done: dict[str, Any] = {}
+
+        def work() -> None:
+            try:
+                done["report"] = self.dl.pull_team(self.host, src, names)
+            except UserError as exc:
+                done["error"] = exc
+
+        worker = threading.Thread(target=work, daemon=True)
+        worker.start()
+        while worker.is_alive():
+            yield f"Updating {what}…", gr.update(), self.queue.render()
+            worker.join(POLL_S)
+        if "error" in done:
+            yield f"**Not updated:** {wording(str(done['error']))}", gr.update(), self.queue.render()
+            return
+        lines = "\n".join(f"- {html.escape(wording(o.line()))}" for o in done["report"].outcomes)
+        yield lines or "Nothing to do.", self.show(src)[1], self.queue.render()
+
+    def card(self, act: str, src: str):
+        verb, _, name = (act or "").partition(":")
+        if verb != "update" or not name:
+            yield "", gr.update(), self.queue.render()
+            return
+        yield from self.update(src, [name])
+
+    def update_all(self, src: str):
+        yield from self.update(src, None)
+
+
+def build_downloader_tab(host: Host) -> gr.Blocks:
+    queue = _QueueView(host)
+    team = _TeamView(queue)
     with gr.Blocks(analytics_enabled=False) as tab:
         make(gr.HTML, value=STYLE)
+        with gr.Row(elem_id="ld_hidden_row"):  # what the HTML buttons click (see the module docstring)
+            action = make(gr.Textbox, value="", elem_id="ld_action", show_label=False)
+            action_go = make(gr.Button, value="act", elem_id="ld_action_go")
+            card_go = make(gr.Button, value="card", elem_id="ld_card_go")
         gr.Markdown("### Download LoRAs and models from direct links")
         if host.restricted:
             gr.Markdown(f"**Downloads are disabled here:** {host.restriction_reason()}")
@@ -189,168 +320,39 @@ def build_downloader_tab(host: Host) -> gr.Blocks:
         with gr.Row():
             refresh = make(gr.Button, value="Refresh", elem_id="ld_refresh", size="sm")
             clear = make(gr.Button, value="Clear finished", elem_id="ld_clear", size="sm")
-        with gr.Accordion("Team manifest (shared LoRAs)", open=False):
-            with gr.Row():
-                manifest = make(gr.Textbox, label="Manifest link or file", elem_id="ld_manifest",
-                                placeholder="https://…/team.json",
-                                info="What lora-trainer publish wrote; every LoRA in it shows as a card.")
-                load = make(gr.Button, value="Show", elem_id="ld_manifest_load")
-                update_all = make(gr.Button, value="Update all", elem_id="ld_update_all")
-            card_message = make(gr.Markdown, value="", elem_id="ld_card_message")
-            cards = make(gr.HTML, value="", elem_id="ld_cards")
-        settings_parts = _settings(host) if host.name == "standalone" else None
-        with gr.Row(elem_id="ld_hidden_row"):
-            action = make(gr.Textbox, value="", elem_id="ld_action", show_label=False)
-            action_go = make(gr.Button, value="act", elem_id="ld_action_go")
-            card_go = make(gr.Button, value="card", elem_id="ld_card_go")
-
-        def queue():
-            return downloads.manager(host)
-
-        def render() -> str:
-            try:
-                return queue_html(queue().items(), can_open)
-            except UserError:
-                return queue_html([])
-
-        def follow(note: str):
-            """Yield the table until nothing is queued or running (live progress for every row)."""
-            mgr = queue()
-            while True:
-                items = mgr.items()
-                yield note, queue_html(items, can_open)
-                if not any(it.get("state") in ACTIVE_STATES for it in items):
-                    return
-                time.sleep(POLL_S)
-
-        def do_start(text: str, destination: str, conns: float):
-            body = {"links": text or "", "connections": int(conns)}
-            if destination != "auto":
-                body["kind"] = destination
-            try:
-                ids = [row["id"] for row in downloads.start_downloads(host, body)]
-            except UserError as exc:
-                yield f"**Not started:** {wording(str(exc))}", render()
-                return
-            note = f"{len(ids)} download(s) queued…"
-            yield from follow(note)
-            mine = [it for it in queue().items() if it.get("id") in ids]
-            failed = [it for it in mine if it.get("state") != "done"]
-            yield (f"**{len(failed)} did not finish** — see the last columns." if failed
-                   else "All downloads finished."), render()
-
-        def do_action(act: str):
-            """Quick and outside the queue (a running download's live view must not block Cancel);
-            a retried row is then followed live by `follow_retry`. Returns (message, table, retried id)."""
-            verb, _, item_id = (act or "").partition(":")
-            try:
-                if verb == "cancel":
-                    downloads.cancel(host, item_id)
-                    return f"Cancelled {_name(item_id)}.", render(), ""
-                if verb == "open":
-                    return downloads.open_folder(host, item_id), render(), ""
-                if verb == "retry":
-                    downloads.retry(host, item_id)
-                    return f"Retrying {_name(item_id)}…", render(), item_id
-            except KeyError:
-                return "That download is no longer in the queue.", render(), ""
-            except UserError as exc:
-                return wording(str(exc)), render(), ""
-            return "", render(), ""
-
-        def follow_retry(item_id: str):
-            if not item_id:
-                yield gr.update(), render()
-                return
-            note = f"Retrying {_name(item_id)}…"
-            yield from follow(note)
-            try:
-                state = downloads.item(host, item_id).get("state")
-            except KeyError:
-                state = "removed"
-            yield f"Retried {_name(item_id)}: {state}.", render()
-
-        def _name(item_id: str) -> str:
-            try:
-                return str(downloads.item(host, item_id).get("name") or item_id)
-            except KeyError:
-                return item_id
-
-        def do_clear():
-            n = downloads.clear_finished(host)
-            return f"Cleared {n} finished download(s).", render()
-
-        def show_cards(src: str):
-            try:
-                m, source, statuses = downloads.read_team_manifest(host, src)
-            except UserError as exc:
-                return f"**Cannot read the manifest:** {wording(str(exc))}", ""
-            todo = sum(s != "current" for s, _ in statuses.values())
-            note = f"{len(m.loras)} LoRA(s), {todo} to install or update." if todo else \
-                f"{len(m.loras)} LoRA(s), all up to date."
-            return note, cards_html(m, source, statuses)
-
-        def do_update(src: str, names: list[str] | None):
-            """Pull in a thread; meanwhile the queue shows each file's progress (and its Cancel)."""
-            import threading
-
-            what = ", ".join(names) if names else "every LoRA"
-            done: dict[str, Any] = {}
-
-            def work() -> None:
-                try:
-                    done["report"] = downloads.pull_team(host, src, names)
-                except UserError as exc:
-                    done["error"] = exc
-
-            worker = threading.Thread(target=work, daemon=True)
-            worker.start()
-            while worker.is_alive():
-                yield f"Updating {what}…", gr.update(), render()
-                worker.join(POLL_S)
-            if "error" in done:
-                yield f"**Not updated:** {wording(str(done['error']))}", gr.update(), render()
-                return
-            report = done["report"]
-            lines = "\n".join(f"- {html.escape(wording(o.line()))}" for o in report.outcomes)
-            _, cards_value = show_cards(src)
-            yield lines or "Nothing to do.", cards_value, render()
-
-        def do_card(act: str, src: str):
-            verb, _, name = (act or "").partition(":")
-            if verb != "update" or not name:
-                yield "", gr.update(), render()
-                return
-            yield from do_update(src, [name])
-
-        def do_update_all(src: str):
-            yield from do_update(src, None)
-
-        on(start.click, do_start, inputs=[links, dest, connections], outputs=[message, table])
-        on(refresh.click, render, inputs=[], outputs=[table], queue=False)
-        on(clear.click, do_clear, inputs=[], outputs=[message, table], queue=False)
+        on(start.click, queue.start, inputs=[links, dest, connections], outputs=[message, table])
+        on(refresh.click, queue.render, inputs=[], outputs=[table], queue=False)
+        on(clear.click, queue.clear, inputs=[], outputs=[message, table], queue=False)
         retried = gr.State("")
-        acted = on(action_go.click, do_action, inputs=[action], outputs=[message, table, retried],
+        acted = on(action_go.click, queue.act, inputs=[action], outputs=[message, table, retried],
                    js="(x) => [window.ldAction || x]", queue=False)
-        acted.then(follow_retry, inputs=[retried], outputs=[message, table])
-        on(card_go.click, do_card, inputs=[action, manifest], outputs=[card_message, cards, table],
-           js="(x, m) => [window.ldAction || x, m]")
-        on(load.click, show_cards, inputs=[manifest], outputs=[card_message, cards], queue=False)
-        on(update_all.click, do_update_all, inputs=[manifest], outputs=[card_message, cards, table])
-        if settings_parts is not None:
-            fields, save, saved = settings_parts
-
-            def do_save(civitai: str, hf: str, proxy: str) -> str:
-                downloads.apply_settings(host, {"civitai_token": civitai, "hf_token": hf, "proxy": proxy})
-                return "Saved for this session (set LORA_TRAINER_CIVITAI_TOKEN, LORA_TRAINER_HF_TOKEN or " \
-                       "LORA_TRAINER_PROXY to keep them across restarts)."
-
-            on(save.click, do_save, inputs=fields, outputs=[saved])
+        acted.then(queue.follow_retry, inputs=[retried], outputs=[message, table])
+        _team_section(team, action, card_go, table)
+        if host.name == "standalone":
+            _settings(host)
     return tab
 
 
-def _settings(host: Host) -> tuple[list[Any], Any, Any]:
+def _team_section(team: _TeamView, action: Any, card_go: Any, table: Any) -> None:
+    with gr.Accordion("Team manifest (shared LoRAs)", open=False):
+        with gr.Row():
+            manifest = make(gr.Textbox, label="Manifest link or file", elem_id="ld_manifest",
+                            placeholder="https://…/team.json",
+                            info="What lora-trainer publish wrote; every LoRA in it shows as a card.")
+            load = make(gr.Button, value="Show", elem_id="ld_manifest_load")
+            update_all = make(gr.Button, value="Update all", elem_id="ld_update_all")
+        card_message = make(gr.Markdown, value="", elem_id="ld_card_message")
+        cards = make(gr.HTML, value="", elem_id="ld_cards")
+    on(card_go.click, team.card, inputs=[action, manifest], outputs=[card_message, cards, table],
+       js="(x, m) => [window.ldAction || x, m]")
+    on(load.click, team.show, inputs=[manifest], outputs=[card_message, cards], queue=False)
+    on(update_all.click, team.update_all, inputs=[manifest], outputs=[card_message, cards, table])
+
+
+def _settings(host: Host) -> None:
     """Tokens and proxy for the standalone app (inside the WebUI they are on its Settings page)."""
+    from lora_trainer.hosts import downloads
+
     with gr.Accordion("Tokens and proxy", open=False):
         civitai = make(gr.Textbox, label="Civitai API token", type="password", elem_id="ld_civitai_token",
                        value=host.setting("civitai_token") or "", info="for files that need a Civitai login")
@@ -361,4 +363,10 @@ def _settings(host: Host) -> tuple[list[Any], Any, Any]:
                                                                   "the system's proxy settings")
         save = make(gr.Button, value="Save", elem_id="ld_settings_save")
         saved = make(gr.Markdown, value="", elem_id="ld_settings_saved")
-    return [civitai, hf, proxy], save, saved
+
+    def do_save(civitai_token: str, hf_token: str, proxy_url: str) -> str:
+        downloads.apply_settings(host, {"civitai_token": civitai_token, "hf_token": hf_token, "proxy": proxy_url})
+        return ("Saved for this session (set LORA_TRAINER_CIVITAI_TOKEN, LORA_TRAINER_HF_TOKEN or "
+                "LORA_TRAINER_PROXY to keep them across restarts).")
+
+    on(save.click, do_save, inputs=[civitai, hf, proxy], outputs=[saved])
