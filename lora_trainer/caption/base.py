@@ -7,6 +7,11 @@ from typing import Protocol
 from PIL import Image
 
 from lora_trainer.errors import UserError
+from lora_trainer.events import StopFlag
+
+
+class CaptionStopped(Exception):
+    """A stop request ended a batch in the middle of generation; its half-written captions are dropped."""
 
 
 class Captioner(Protocol):
@@ -17,8 +22,9 @@ class Captioner(Protocol):
     def load(self) -> None:
         """Load the model (heavy); called once before the first batch."""
 
-    def caption(self, images: list[Image.Image]) -> list[str]:
-        """One caption (sentence or comma-separated tags) per RGB image."""
+    def caption(self, images: list[Image.Image], stop: StopFlag | None = None) -> list[str]:
+        """One caption (sentence or comma-separated tags) per RGB image. Captioners with long
+        generations watch `stop` between tokens and raise CaptionStopped; the others finish the batch."""
 
     def close(self) -> None:
         """Free the model and its GPU memory."""

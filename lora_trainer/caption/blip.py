@@ -12,6 +12,7 @@ from PIL import Image
 from lora_trainer.caption.base import pick_device, to_rgb
 from lora_trainer.caption.models import ModelFiles, resolve_model
 from lora_trainer.errors import ModelLoadError, UserError
+from lora_trainer.events import StopFlag
 
 BLIP_FILES = ModelFiles(
     label="BLIP captioner",
@@ -73,7 +74,7 @@ class BlipCaptioner:
         self._model = model.to(device=device, dtype=self._dtype).eval()
         self._device = device
 
-    def caption(self, images: list[Image.Image]) -> list[str]:
+    def caption(self, images: list[Image.Image], stop: StopFlag | None = None) -> list[str]:
         import torch
 
         self.load()

@@ -11,6 +11,7 @@ from PIL import Image
 
 from lora_trainer.caption.base import to_rgb
 from lora_trainer.errors import UserError
+from lora_trainer.events import StopFlag
 
 HOST_MODELS = ("blip", "deepbooru")
 
@@ -59,7 +60,7 @@ class HostCaptioner:
         interrogator.blip_model = interrogator.blip_model.to(self.devices.device_interrogate)
         interrogator.dtype = next(interrogator.blip_model.parameters()).dtype
 
-    def caption(self, images: list[Image.Image]) -> list[str]:
+    def caption(self, images: list[Image.Image], stop: StopFlag | None = None) -> list[str]:
         self.load()
         if self.kind == "deepbooru":
             from modules import deepbooru

@@ -2,7 +2,8 @@
 with the trigger word and existing captions, write `.txt` and/or `metadata.csv` atomically.
 
 Reports through events ("status", "progress" with step/total_steps/it_per_s/eta_s, "log",
-"done"); a stop request ends it between batches with everything done so far saved.
+"done"); a stop request ends it between batches (prose captioners: between tokens, dropping the
+unfinished batch) with everything done before saved.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from lora_trainer.caption.base import Captioner
+from lora_trainer.caption.base import Captioner, CaptionStopped
 from lora_trainer.data.tools.store import CaptionStore
 from lora_trainer.data.tools.tags import dedupe, join_tags, norm_tag, put_first, split_tags
 from lora_trainer.errors import DatasetError, UserError
@@ -104,7 +105,11 @@ def caption_dataset(root: str | os.PathLike, captioner: Captioner, *, mode: str 
             batch = todo[start:start + captioner.batch_size]
             opened = _open_images(batch, store.root, result, emit)
             if opened:
-                captions = captioner.caption([im for _, im in opened])
+                try:
+                    captions = captioner.caption([im for _, im in opened], stop)
+                except CaptionStopped:  # ended mid-generation: nothing of this batch is written
+                    result.stopped = True
+                    break
                 for (path, _), text in zip(opened, captions, strict=True):
                     caption = compose(existing[path], text, mode, trigger, captioner.prose)
                     if not caption:

@@ -21,7 +21,7 @@ from typing import Any
 
 from PIL import Image
 
-from lora_trainer.caption.base import pick_device, to_rgb
+from lora_trainer.caption.base import CaptionStopped, pick_device, to_rgb
 from lora_trainer.caption.models import ModelFiles, resolve_model
 from lora_trainer.caption.support import (
     DETAILS,
@@ -31,6 +31,7 @@ from lora_trainer.caption.support import (
     version_tuple,
 )
 from lora_trainer.errors import ModelLoadError, UserError
+from lora_trainer.events import StopFlag
 
 FLORENCE_TASKS = {"short": "<CAPTION>", "detailed": "<DETAILED_CAPTION>", "more-detailed": "<MORE_DETAILED_CAPTION>"}
 VLM_PROMPTS = {
@@ -113,6 +114,18 @@ def pick_dtype(device: str, precision: str) -> Any:
 def _dtype_kwarg() -> str:
     """transformers 4.56 renamed `torch_dtype` to `dtype`."""
     return "dtype" if version_tuple(installed_version("transformers") or "0") >= (4, 56, 0) else "torch_dtype"
+
+
+def _stop_criteria(stop: StopFlag) -> Any:
+    """generate() ends every sequence at the next token once `stop` is requested."""
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class StopRequested(StoppingCriteria):
+        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+            return torch.full((input_ids.shape[0],), stop.requested, dtype=torch.bool, device=input_ids.device)
+
+    return StoppingCriteriaList([StopRequested()])
 
 
 class VLMCaptioner:
@@ -210,7 +223,7 @@ class VLMCaptioner:
         """Decoder-only output repeats the prompt; keep what was generated."""
         return out if self._model.config.is_encoder_decoder else out[:, inputs["input_ids"].shape[1]:]
 
-    def caption(self, images: list[Image.Image]) -> list[str]:
+    def caption(self, images: list[Image.Image], stop: StopFlag | None = None) -> list[str]:
         import torch
 
         self.load()
@@ -221,8 +234,12 @@ class VLMCaptioner:
                                       "do_sample": False}
         if self.min_length:
             generation["min_new_tokens"] = self.min_length
+        if stop is not None:  # a detailed caption on a CPU takes minutes: Stop should not wait for it
+            generation["stopping_criteria"] = _stop_criteria(stop)
         with torch.inference_mode():
             out = self._model.generate(**inputs, **generation)
+        if stop is not None and stop.requested:
+            raise CaptionStopped()
         texts = self._processor.batch_decode(self._new_tokens(out, inputs), skip_special_tokens=True)
         return [" ".join(t.split()) for t in texts]
 

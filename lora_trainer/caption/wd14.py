@@ -16,6 +16,7 @@ from lora_trainer.caption.base import to_rgb
 from lora_trainer.caption.models import ModelFiles, resolve_model
 from lora_trainer.caption.tagging import TagTable, read_tag_table, select_tags
 from lora_trainer.errors import ModelLoadError, UserError
+from lora_trainer.events import StopFlag
 
 WD14_FILES = ModelFiles(
     label="WD14 tagger",
@@ -107,7 +108,7 @@ class WD14Tagger:
             return np.concatenate(rows)
         return self._session.run(None, {self._input: batch})[0]
 
-    def caption(self, images: list[Image.Image]) -> list[str]:
+    def caption(self, images: list[Image.Image], stop: StopFlag | None = None) -> list[str]:
         return [", ".join(select_tags(row, self.table, **self.options)) for row in self.scores(images)]
 
     def close(self) -> None:

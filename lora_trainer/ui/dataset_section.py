@@ -232,7 +232,7 @@ def stop_captioning() -> str:
     running = [j for j in registry.list("caption") if j.alive]
     for job in running:
         job.stop("stopped from the UI")
-    return "stopping after the current batch…" if running else "nothing is being captioned"
+    return "stopping…" if running else "nothing is being captioned"
 
 
 def _error(exc: Exception) -> str:

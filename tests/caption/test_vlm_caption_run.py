@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 
 from lora_trainer.caption import make_captioner, support
+from lora_trainer.caption.base import CaptionStopped
 from lora_trainer.caption.run import caption_dataset
 from lora_trainer.cli import main
+from lora_trainer.events import StopFlag
 
 from .conftest import noise, solid
 from .test_caption_run import snapshot
@@ -126,3 +128,29 @@ def test_cli_errors_for_prose_captioners_are_one_line(dataset, tmp_path, capsys)
                                     ("--captioner vlm needs --model", "Florence-2 captioner model"), strict=True):
         reason = support.unavailable_reason(name)
         assert line.startswith(f"error: {reason or expected}")
+
+
+class StopAfterReads(StopFlag):
+    """Reports a stop request from the n-th time it is asked: lands in the middle of generate()."""
+
+    def __init__(self, reads: int) -> None:
+        super().__init__()
+        self.left = reads
+
+    @property
+    def requested(self) -> bool:
+        self.left -= 1
+        return self.left < 0
+
+
+def test_stop_ends_generation_mid_batch_and_writes_nothing_of_it(tmp_path, florence2_dir):
+    for i in range(3):
+        noise(30 + i).save(tmp_path / f"{i}.png")
+    captioner = make_captioner("florence2", model=str(florence2_dir), device="cpu", batch_size=3, max_length=40,
+                               min_length=40, num_beams=1)
+    stop = StopAfterReads(3)  # the loop's check, then two generated tokens
+    result = caption_dataset(tmp_path, captioner, mode="overwrite", stop=stop)
+    assert result.stopped and result.captioned == 0 and not list(tmp_path.glob("*.txt"))
+    assert stop.left < 0 and stop.left > -10  # generation ended after a few tokens, not 40
+    with pytest.raises(CaptionStopped):
+        captioner.caption([noise(1)], StopAfterReads(0))
