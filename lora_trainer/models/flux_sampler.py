@@ -22,7 +22,8 @@ CLIP_MAX_LENGTH = 77
 
 
 @torch.no_grad()
-def encode_prompts(parts: dict[str, Any], prompts: list[str], max_sequence_length: int = 512) -> dict[str, torch.Tensor]:
+def encode_prompts(parts: dict[str, Any], prompts: list[str],
+                   max_sequence_length: int = 512) -> dict[str, torch.Tensor]:
     """{"t5": [B, L, D]} plus {"pooled": [B, D]} for FLUX.1 or {"t5_mask": [B, L]} for Chroma."""
     tok, t5 = parts["tokenizer_2"], parts["text_encoder_2"]
     dev = next(t5.parameters()).device

@@ -122,7 +122,8 @@ def test_a_plain_fused_lora_splits_exactly(tiny_flux):
           "lora_unet_single_blocks_0_linear1.lora_up.weight": torch.randn(448, 5, generator=g, dtype=torch.float64),
           "lora_unet_single_blocks_0_linear1.alpha": torch.tensor(2.5, dtype=torch.float64)}
     parts = split_flux_state_dict(sd)
-    full = sd["lora_unet_single_blocks_0_linear1.lora_up.weight"] @ sd["lora_unet_single_blocks_0_linear1.lora_down.weight"]
+    name = "lora_unet_single_blocks_0_linear1"
+    full = sd[name + ".lora_up.weight"] @ sd[name + ".lora_down.weight"]
     rows = []
     for child in ("attn_to_q", "attn_to_k", "attn_to_v", "proj_mlp"):
         n = f"lora_transformer_single_transformer_blocks_0_{child}"
@@ -143,8 +144,8 @@ def test_peft_layout_keys(tiny_flux, tiny_chroma, tmp_path):
     assert "text_encoder.text_model.encoder.layers.1.mlp.fc2.lora_B.weight" in keys
     assert not [k for k in keys if not k.endswith((".lora_A.weight", ".lora_B.weight"))]
     with pytest.raises(ValueError, match="Chroma"):
-        save_flux_lora(tmp_path / "c.safetensors", _network(tiny_chroma).kohya_state_dict(torch.float32), kind="chroma",
-                       metadata={}, layout="peft")
+        save_flux_lora(tmp_path / "c.safetensors", _network(tiny_chroma).kohya_state_dict(torch.float32),
+                       kind="chroma", metadata={}, layout="peft")
 
 
 def test_chroma_files_hold_no_key_chroma_lacks(tiny_chroma, tiny_flux):
@@ -168,7 +169,8 @@ def test_metadata_says_flux(tmp_path):
     assert (chroma["modelspec.architecture"], chroma["ss_base_model_version"]) == ("chroma/lora", "chroma")
     from lora_trainer.lora.metadata_flux import write_flux_sidecars
 
-    out = write_flux_sidecars(tmp_path / "mine.safetensors", kind="flux-dev", trigger_words="zqx", preferred_weight=1.0)
+    out = write_flux_sidecars(tmp_path / "mine.safetensors", kind="flux-dev", trigger_words="zqx",
+                              preferred_weight=1.0)
     import json
 
     data = json.loads(out["json"].read_text())
@@ -230,8 +232,8 @@ def test_file_loads_in_diffusers_with_equal_deltas(kind, layout, tmp_path):
     net = LoRANetwork(targets, rank=4, alpha=2.0)
     _randomize(net, 1)
     meta = _fixed(build_flux_metadata(kind=parts["kind"], output_name="lora", rank=4, alpha=2.0))
-    save_flux_lora(tmp_path / "lora.safetensors", net.kohya_state_dict(torch.float32), kind=parts["kind"], metadata=meta,
-                   layout=layout)
+    save_flux_lora(tmp_path / "lora.safetensors", net.kohya_state_dict(torch.float32), kind=parts["kind"],
+                   metadata=meta, layout=layout)
     kw = transformer_inputs(parts)
     with torch.no_grad():
         net.attach()
@@ -268,7 +270,8 @@ def test_single_block_linear1_reads_back_in_diffusers_at_real_width(tmp_path):
         sd[n + ".lora_down.weight"] = torch.randn(rank, 3072, generator=g) * 0.1
         sd[n + ".lora_up.weight"] = torch.randn(out, rank, generator=g) * 0.1
         sd[n + ".alpha"] = torch.tensor(alpha)
-        want[internal_to_path(n)] = (sd[n + ".lora_up.weight"].double(), sd[n + ".lora_down.weight"].double() * alpha / rank)
+        up, down = sd[n + ".lora_up.weight"].double(), sd[n + ".lora_down.weight"].double()
+        want[internal_to_path(n)] = (up, down * alpha / rank)
     probe = torch.randn(3072, 3, generator=g, dtype=torch.float64)
     save_flux_lora(tmp_path / "big.safetensors", sd, kind="flux-dev",
                    metadata=_fixed(build_flux_metadata(kind="flux-dev", output_name="big", rank=rank, alpha=alpha)))
@@ -344,8 +347,8 @@ def test_forge_maps_every_key_and_its_model_gives_our_output(kind, layout, tmp_p
     parts, _ = _fresh(kind)
     net = _network(parts, rank=4, alpha=2.0, seed=7)
     meta = _fixed(build_flux_metadata(kind=parts["kind"], output_name="lora", rank=4, alpha=2.0))
-    save_flux_lora(tmp_path / "lora.safetensors", net.kohya_state_dict(torch.float32), kind=parts["kind"], metadata=meta,
-                   layout=layout)
+    save_flux_lora(tmp_path / "lora.safetensors", net.kohya_state_dict(torch.float32), kind=parts["kind"],
+                   metadata=meta, layout=layout)
     lora = load_file(str(tmp_path / "lora.safetensors"))
     kw = transformer_inputs(parts)
     with torch.no_grad():
