@@ -35,11 +35,13 @@ def layer_kinds(child: str, single: bool) -> set[str]:
 
 def count_blocks(transformer: nn.Module) -> tuple[int, int]:
     """(double, single) block counts of a diffusers Flux/Chroma transformer."""
-    return len(getattr(transformer, "transformer_blocks", ())), len(getattr(transformer, "single_transformer_blocks", ()))
+    double = len(getattr(transformer, "transformer_blocks", ()))
+    return double, len(getattr(transformer, "single_transformer_blocks", ()))
 
 
 def flux_transformer_targets(transformer: nn.Module, *, chroma: bool, layers: Collection[str] = LAYER_KINDS,
-                             double_blocks: str | None = "all", single_blocks: str | None = "all") -> list[LoraTarget]:
+                             double_blocks: str | None = "all",
+                             single_blocks: str | None = "all") -> list[LoraTarget]:
     """Linear layers of the chosen kinds in the chosen blocks (`double_blocks`/`single_blocks`:
     "all", "none", or indices like "0-9,12"). Chroma has no modulation layers to choose."""
     unknown = set(layers) - set(LAYER_KINDS)

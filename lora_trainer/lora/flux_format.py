@@ -22,8 +22,7 @@ from lora_trainer.lora.network import split_kohya_key
 
 MLP_RATIO = 4  # FLUX.1 and Chroma: single-block MLP width = 4 x hidden
 
-_BFL_CHILD = {bfl.replace(".", "_"): bfl for bfl, _, _ in
-              [*naming_flux._DOUBLE.values(), *naming_flux._SINGLE.values()]}
+_BFL_CHILD = {bfl.replace(".", "_"): bfl for bfl in naming_flux.BFL_BLOCK_CHILDREN}
 _K_BLOCK = re.compile(r"^lora_unet_(double|single)_blocks_(\d+)_(.+)$")
 
 
@@ -39,8 +38,8 @@ def _alpha(sd: dict[str, torch.Tensor], name: str, rank: int) -> float:
 
 def fuse_flux_state_dict(sd: dict[str, torch.Tensor], *, chroma: bool) -> dict[str, torch.Tensor]:
     """Run-time state dict (`lora_transformer_...` per diffusers module, `lora_te1_...`; names of a run
-    on a BFL-layout model pass through) -> file keys (`lora_unet_double_blocks_0_img_attn_qkv...`). ValueError for a key with no place in the file
-    (e.g. a modulation LoRA for Chroma, which has no modulation layers)."""
+    on a BFL-layout model pass through) -> file keys (`lora_unet_double_blocks_0_img_attn_qkv...`).
+    ValueError for a key with no place in the file (e.g. a modulation LoRA for Chroma, which has none)."""
     out: dict[str, torch.Tensor] = {}
     groups: dict[str, dict[int, str]] = defaultdict(dict)
     for key in sd:

@@ -83,6 +83,7 @@ TOP_CHROMA = {
     "distilled_guidance_layer.out_proj": "distilled_guidance_layer.out_proj",
 }
 MODULATION_BFL = ("img_mod.lin", "txt_mod.lin", "modulation.lin")
+BFL_BLOCK_CHILDREN = tuple(dict.fromkeys(bfl for bfl, _, _ in [*_DOUBLE.values(), *_SINGLE.values()]))
 
 _D = re.compile(r"^transformer_blocks\.(\d+)\.(.+)$")
 _S = re.compile(r"^single_transformer_blocks\.(\d+)\.(.+)$")

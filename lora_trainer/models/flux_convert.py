@@ -22,6 +22,7 @@ from lora_trainer.lora.flux_format import MLP_RATIO
 
 BFL_PREFIXES = ("model.diffusion_model.", "diffusion_model.")
 _NORM_OUT = "norm_out.linear"
+_CHROMA_GUIDANCE = re.compile(r"^distilled_guidance_layer\.(layers|norms)\.(\d+)(?:\.(in|out)_layer)?$")
 
 
 def _swap_halves(t: torch.Tensor) -> torch.Tensor:
@@ -89,7 +90,7 @@ def bfl_to_diffusers(sd: dict[str, torch.Tensor], *, chroma: bool) -> dict[str, 
             new = top[path]
             out[f"{new}.{leaf}"] = _swap_halves(t) if new == _NORM_OUT else t
             continue
-        if chroma and (m := re.match(r"^distilled_guidance_layer\.(layers|norms)\.(\d+)(?:\.(in|out)_layer)?$", path)):
+        if chroma and (m := _CHROMA_GUIDANCE.match(path)):
             if m[1] == "norms":
                 out[f"distilled_guidance_layer.norms.{m[2]}.weight"] = t
             else:

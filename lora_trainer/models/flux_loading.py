@@ -27,8 +27,8 @@ from lora_trainer.models.flux_detect import AIO_CLIP, AIO_T5, AIO_VAE, FluxFile
 CONFIG_DIR = os.path.join(os.path.dirname(__file__), "configs", "flux")
 BUILTIN = {"builtin:tiny-flux": "flux", "builtin:tiny-chroma": "chroma"}
 ROPE_AXES = {128: (16, 56, 56), 32: (8, 12, 12)}  # head dim -> rope axes (real FLUX.1/Chroma, tiny)
-T5_TOKENIZER_REPOS = [("black-forest-labs/FLUX.1-dev", "tokenizer_2"), ("black-forest-labs/FLUX.1-schnell", "tokenizer_2"),
-                      ("google/t5-v1_1-xxl", "")]
+T5_TOKENIZER_REPOS = [("black-forest-labs/FLUX.1-dev", "tokenizer_2"),
+                      ("black-forest-labs/FLUX.1-schnell", "tokenizer_2"), ("google/t5-v1_1-xxl", "")]
 
 
 def shipped_config(name: str) -> dict[str, Any]:
@@ -131,7 +131,8 @@ def transformer_config_from_bfl(shapes: dict[str, list[int]], kind: str) -> dict
     count = lambda rx: len({m[1] for k in shapes if (m := re.match(rx, k))})  # noqa: E731
     cfg: dict[str, Any] = {"patch_size": 1, "in_channels": in_ch, "num_layers": count(r"^double_blocks\.(\d+)\."),
                            "num_single_layers": count(r"^single_blocks\.(\d+)\."), "attention_head_dim": head_dim,
-                           "num_attention_heads": hidden // head_dim, "joint_attention_dim": shapes["txt_in.weight"][1],
+                           "num_attention_heads": hidden // head_dim,
+                           "joint_attention_dim": shapes["txt_in.weight"][1],
                            "axes_dims_rope": list(ROPE_AXES[head_dim])}
     if kind == "chroma":
         g_hidden, g_in = shapes["distilled_guidance_layer.in_proj.weight"]
@@ -222,7 +223,8 @@ def _load_t5(path: str, prefix: str, dtype: Any) -> Any:
 
     from lora_trainer.models.flux_tiny import TEXT_WIDTH, t5_config
 
-    sd = {k: v for k, v in _read(path, prefix, dtype).items() if not k.startswith(("decoder.", "lm_head.", "logit_scale"))}
+    sd = {k: v for k, v in _read(path, prefix, dtype).items()
+          if not k.startswith(("decoder.", "lm_head.", "logit_scale"))}  # encoder only
     emb = sd.get("shared.weight", sd.get("encoder.embed_tokens.weight"))
     if emb is None:
         raise ModelLoadError(f"{path}: no T5 token embedding (shared.weight) in it; use t5xxl_fp16.safetensors")
@@ -328,7 +330,8 @@ def load_flux_folder(path: str, dtype: Any = None) -> dict[str, Any]:
     from lora_trainer.models.flux_tiny import transformer_class
 
     kw: dict[str, Any] = {"local_files_only": True, **({"torch_dtype": dtype} if dtype is not None else {})}
-    transformer = transformer_class("chroma" if chroma else "flux").from_pretrained(path, subfolder="transformer", **kw)
+    cls = transformer_class("chroma" if chroma else "flux")
+    transformer = cls.from_pretrained(path, subfolder="transformer", **kw)
     kind = "chroma" if chroma else ("flux-dev" if transformer.config.guidance_embeds else "flux-schnell")
     vae = AutoencoderKL.from_pretrained(path, subfolder="vae", **kw)
     t5_sub = "text_encoder" if chroma else "text_encoder_2"

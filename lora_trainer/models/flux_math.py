@@ -70,7 +70,8 @@ def text_ids(length: int, *, device: torch.device | None = None, dtype: torch.dt
     return torch.zeros(length, 3, device=device, dtype=dtype)
 
 
-def guidance_input(kind: str, batch: int, value: float = 1.0, *, device: torch.device | None = None) -> torch.Tensor | None:
+def guidance_input(kind: str, batch: int, value: float = 1.0, *,
+                   device: torch.device | None = None) -> torch.Tensor | None:
     """The distilled-guidance input: a [B] tensor of `value` for FLUX.1-dev (train with 1.0), None for
     schnell and Chroma (they have no guidance embedder)."""
     if kind != "flux-dev":
@@ -117,7 +118,8 @@ def scheduler_sigmas(steps: int, seq_len: int, scheduler_config: dict) -> torch.
     c = scheduler_config
     return sample_sigmas(steps, seq_len=seq_len, dynamic=bool(c.get("use_dynamic_shifting", False)),
                          shift=float(c.get("shift", 1.0)), base_seq_len=int(c.get("base_image_seq_len", 256)),
-                         max_seq_len=int(c.get("max_image_seq_len", 4096)), base_shift=float(c.get("base_shift", 0.5)),
+                         max_seq_len=int(c.get("max_image_seq_len", 4096)),
+                         base_shift=float(c.get("base_shift", 0.5)),
                          max_shift=float(c.get("max_shift", 1.15)))
 
 

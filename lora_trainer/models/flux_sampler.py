@@ -21,18 +21,22 @@ from lora_trainer.models import flux_math
 CLIP_MAX_LENGTH = 77
 
 
-@torch.no_grad()
-def encode_prompts(parts: dict[str, Any], prompts: list[str], max_sequence_length: int = 512) -> dict[str, torch.Tensor]:
-    """{"t5": [B, L, D]} plus {"pooled": [B, D]} for FLUX.1 or {"t5_mask": [B, L]} for Chroma."""
+def encode_prompts(parts: dict[str, Any], prompts: list[str],
+                   max_sequence_length: int = 512) -> dict[str, torch.Tensor]:
+    """{"t5": [B, L, D]} plus {"pooled": [B, D]} for FLUX.1 or {"t5_mask": [B, L]} for Chroma; batch first,
+    so the values can be cached. T5 is never trained and runs without grad; CLIP-L runs in the caller's
+    grad mode (with grad when a CLIP-L LoRA is trained)."""
     tok, t5 = parts["tokenizer_2"], parts["text_encoder_2"]
     dev = next(t5.parameters()).device
     enc = tok(prompts, padding="max_length", max_length=max_sequence_length, truncation=True, return_tensors="pt")
     if parts["kind"] == "chroma":
         mask = enc.attention_mask.to(dev)
-        seq = t5(enc.input_ids.to(dev), attention_mask=mask)[0]
+        with torch.no_grad():
+            seq = t5(enc.input_ids.to(dev), attention_mask=mask)[0]
         keep = torch.arange(mask.shape[1], device=dev)[None, :] <= mask.sum(1, keepdim=True)
         return {"t5": seq, "t5_mask": keep.to(seq.dtype)}
-    seq = t5(enc.input_ids.to(dev))[0]
+    with torch.no_grad():
+        seq = t5(enc.input_ids.to(dev))[0]
     clip = parts["text_encoder"]
     ids = parts["tokenizer"](prompts, padding="max_length", max_length=CLIP_MAX_LENGTH, truncation=True,
                              return_tensors="pt").input_ids

@@ -103,7 +103,8 @@ def build_tiny_flux_parts(kind: str = "flux", seed: int = 0) -> dict[str, Any]:
         if m is not None:
             m.eval()
     sched = {k: v for k, v in scheduler_config(PART_KIND[kind]).items() if not k.startswith("_")}
-    return {"kind": PART_KIND[kind], "transformer": transformer, "vae": vae, "text_encoder": clip, "tokenizer": clip_tok,
+    return {"kind": PART_KIND[kind], "transformer": transformer, "vae": vae, "text_encoder": clip,
+            "tokenizer": clip_tok,
             "text_encoder_2": t5, "tokenizer_2": t5_tok, "scheduler": FlowMatchEulerDiscreteScheduler(**sched)}
 
 

@@ -4,8 +4,9 @@ Why: FLUX.1 and Chroma read prompts through a T5 tokenizer; none can be download
 models must still run the real `transformers` T5 tokenizer code path (pad/eos/unk ids, `▁` word
 marks, `</s>` appended, padding to `max_length`). The vocabulary follows T5's layout: `<pad>` = 0,
 `</s>` = 1, `<unk>` = 2, then `▁word` pieces for a small word list and single characters, so unknown
-words still tokenize (into characters); words appear lower-case and capitalised. Built with the `tokenizers` library (no sentencepiece model
-file), saved as `tokenizer.json` so `T5TokenizerFast.from_pretrained` reads it back.
+words still tokenize (into characters); words appear lower-case and capitalised. Built with the
+`tokenizers` library (no sentencepiece model file), saved as `tokenizer.json` so
+`T5TokenizerFast.from_pretrained` reads it back.
 """
 
 from __future__ import annotations

@@ -131,3 +131,18 @@ def test_generate_gives_a_seeded_image(tiny_flux):
     b = generate(tiny_flux, "a red circle", seed=3, steps=2, width=64, height=64, max_sequence_length=16)
     c = generate(tiny_flux, "a red circle", seed=4, steps=2, width=64, height=64, max_sequence_length=16)
     assert a.size == (64, 64) and a.tobytes() == b.tobytes() != c.tobytes()
+
+
+def test_clip_l_lora_gets_gradients_through_the_prompt_encoding(tiny_flux):
+    from lora_trainer.lora.discovery_flux import flux_clip_targets
+    from lora_trainer.lora.network import LoRANetwork
+    from lora_trainer.models.flux_sampler import encode_prompts
+
+    net = LoRANetwork(flux_clip_targets(tiny_flux["text_encoder"]), rank=2, alpha=2).attach()
+    try:
+        cond = encode_prompts(tiny_flux, ["a red circle"], 16)
+        assert not cond["t5"].requires_grad and cond["pooled"].requires_grad
+        cond["pooled"].sum().backward()
+    finally:
+        net.detach()
+    assert all(m.lora_up.weight.grad is not None for m in net.loras.values())

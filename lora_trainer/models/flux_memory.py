@@ -1,0 +1,126 @@
+"""What a FLUX.1 / Chroma LoRA run keeps in GPU memory, and the settings to try per card size.
+
+Why: a user with a 12 GB card must learn before loading 24 GB of weights which settings fit. The
+weight sizes here are exact (parameter counts of the shipped real configs, built on the meta
+device, times the storage dtype); activations are not estimated (they depend on resolution, batch and
+checkpointing, and are measured on a GPU). The suggestions are kohya sd-scripts' documented ones
+(docs/flux_train_network.md, "with --fp8_base"): 24 GB basic (batch 2), 16 GB batch 1 + block swap,
+12 GB 16 blocks swapped + 8-bit AdamW, 10 GB 22 blocks + fp8 T5, 8 GB 28 blocks + fp8 T5.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+GB = 1024 ** 3
+SUGGESTIONS = (  # (card GB, settings) from kohya's table
+    (24, {"fp8_base": True, "blocks_to_swap": 0, "batch_size": 2, "optimizer": "adamw"}),
+    (16, {"fp8_base": True, "blocks_to_swap": 8, "batch_size": 1, "optimizer": "adamw"}),
+    (12, {"fp8_base": True, "blocks_to_swap": 16, "batch_size": 1, "optimizer": "adamw8bit"}),
+    (10, {"fp8_base": True, "blocks_to_swap": 22, "batch_size": 1, "optimizer": "adamw8bit", "t5_fp8": True}),
+    (8, {"fp8_base": True, "blocks_to_swap": 28, "batch_size": 1, "optimizer": "adamw8bit", "t5_fp8": True}),
+)
+
+
+@dataclass(frozen=True)
+class FluxSizes:
+    """Parameter counts of a real model's parts."""
+
+    double_block: int
+    single_block: int
+    n_double: int
+    n_single: int
+    other: int      # embedders and final layer (always resident)
+    t5: int
+    clip_l: int     # 0 for Chroma
+    vae: int
+
+    @property
+    def transformer(self) -> int:
+        return self.double_block * self.n_double + self.single_block * self.n_single + self.other
+
+
+@lru_cache(maxsize=4)
+def real_sizes(kind: str) -> FluxSizes:
+    """Exact counts from the shipped configs (FLUX.1-dev / -schnell / Chroma, T5-XXL encoder, CLIP-L, ae)."""
+    from accelerate import init_empty_weights
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    from lora_trainer.models.flux_loading import shipped_config
+    from lora_trainer.models.flux_tiny import transformer_class
+
+    def clean(c: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in c.items() if not k.startswith("_") and k != "architectures"}
+
+    def count(m: Any) -> int:
+        return sum(p.numel() for p in m.parameters())
+
+    with init_empty_weights():
+        tr = transformer_class(kind)(**clean(shipped_config(f"transformer-{kind}")))
+        t5 = T5EncoderModel(T5Config(**clean(shipped_config("t5xxl"))))
+        vae = AutoencoderKL(**clean(shipped_config("vae")))
+        clip = CLIPTextModel(CLIPTextConfig(**clean(shipped_config("clip_l")))) if kind != "chroma" else None
+    d, s = count(tr.transformer_blocks[0]), count(tr.single_transformer_blocks[0])
+    nd, ns = len(tr.transformer_blocks), len(tr.single_transformer_blocks)
+    return FluxSizes(d, s, nd, ns, count(tr) - d * nd - s * ns, count(t5), count(clip) if clip else 0, count(vae))
+
+
+def swap_split(sizes: FluxSizes, blocks_to_swap: int) -> tuple[int, int]:
+    """(double, single) blocks kept in CPU memory for kohya's `--blocks_to_swap N`: N // 2 double blocks and
+    (N - N // 2) * 2 single blocks (a double block is about two single ones), at most all but 2 of each
+    (so up to 35 for FLUX.1; library/flux_models.py `enable_block_swap`)."""
+    doubles = blocks_to_swap // 2
+    singles = (blocks_to_swap - doubles) * 2
+    if blocks_to_swap < 0 or doubles > sizes.n_double - 2 or singles > sizes.n_single - 2:
+        most = max(n for n in range(2 * (sizes.n_double + sizes.n_single))
+                   if n // 2 <= sizes.n_double - 2 and (n - n // 2) * 2 <= sizes.n_single - 2)
+        raise ValueError(f"blocks_to_swap must be 0-{most}, got {blocks_to_swap}")
+    return doubles, singles
+
+
+def swapped_params(sizes: FluxSizes, blocks_to_swap: int) -> int:
+    """Parameters kept in CPU memory when `blocks_to_swap` blocks are swapped (see `swap_split`)."""
+    doubles, singles = swap_split(sizes, blocks_to_swap)
+    return doubles * sizes.double_block + singles * sizes.single_block
+
+
+def weight_memory(kind: str, *, fp8_base: bool = False, blocks_to_swap: int = 0, rank: int = 16,
+                  optimizer: str = "adamw", t5_fp8: bool = False, compute_bytes: int = 2) -> dict[str, float]:
+    """GB of GPU memory for weights and optimizer state during training (text encoders are needed only
+    while caching their outputs, so they are reported apart, not added): transformer (resident part),
+    LoRA parameters + gradients + optimizer state, and the peak while encoding text."""
+    sizes = real_sizes(kind)
+    base_bytes = 1 if fp8_base else compute_bytes
+    resident = (sizes.transformer - swapped_params(sizes, blocks_to_swap)) * base_bytes
+    lora = lora_params(kind, rank)
+    state_per_param = {"adamw": 8, "adamw8bit": 2, "lion": 4, "prodigy": 16, "sgd": 0}.get(optimizer, 8)
+    train = lora * (4 + 4 + state_per_param)  # fp32 weights + grads + state
+    text = sizes.t5 * (1 if t5_fp8 else compute_bytes) + sizes.clip_l * compute_bytes
+    return {"transformer_gb": resident / GB, "lora_and_optimizer_gb": train / GB, "text_encoders_gb": text / GB,
+            "vae_gb": sizes.vae * compute_bytes / GB, "training_weights_gb": (resident + train) / GB}
+
+
+def lora_params(kind: str, rank: int) -> int:
+    """LoRA parameters on every block Linear (attention, MLP, modulation where the model has it)."""
+    from accelerate import init_empty_weights
+
+    from lora_trainer.lora.discovery_flux import flux_transformer_targets
+    from lora_trainer.models.flux_loading import shipped_config
+    from lora_trainer.models.flux_tiny import transformer_class
+
+    cfg = {k: v for k, v in shipped_config(f"transformer-{kind}").items() if not k.startswith("_")}
+    with init_empty_weights():
+        tr = transformer_class(kind)(**cfg)
+    return sum(rank * (t.module.in_features + t.module.out_features)
+               for t in flux_transformer_targets(tr, chroma=kind == "chroma"))
+
+
+def suggest(vram_gb: float) -> dict[str, Any]:
+    """kohya's documented settings for the largest listed card not above `vram_gb` (8 GB's below 8)."""
+    for card, settings in SUGGESTIONS:
+        if vram_gb >= card:
+            return {"card_gb": card, **settings}
+    return {"card_gb": SUGGESTIONS[-1][0], **SUGGESTIONS[-1][1]}
