@@ -20,7 +20,7 @@ LAYERS: list[tuple[str, ...]] = [
     (ROOT, "errors"),
     ("events", "atomic"),
     ("config", "jobs", "synthetic"),
-    ("data", "download"),
+    ("data", "download", "presets"),
     ("lora", "caption"),
     ("models", "share"),
     ("train",),
