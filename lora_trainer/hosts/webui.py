@@ -115,7 +115,13 @@ def forge_services() -> WebUIServices:
         return sd_models.forge_model_reload()[0]
 
     def selected() -> str:
+        # set once Forge's UI is built (after the extension tabs); before that, what it would select
         info = sd_models.model_data.forge_loading_parameters.get("checkpoint_info")
+        if info is None:
+            try:
+                info = sd_models.select_checkpoint()
+            except Exception:  # noqa: BLE001 - no checkpoint at all: no name
+                info = None
         return str(getattr(info, "title", "") or getattr(info, "name_for_extra", "") or "")
 
     def refresh() -> None:
