@@ -49,8 +49,28 @@ def forge_model(forge_root: str, tmp_path_factory: pytest.TempPathFactory) -> It
             checkpoints[key] = path
         return checkpoints[key]
 
+    loaded: dict[tuple, Any] = {}
+
     def make(arch: str, storage_dtype: Any = None, v_prediction: bool = False) -> Any:
-        return tiny_forge.load(checkpoint(arch, v_prediction), storage_dtype=storage_dtype)
+        """storage_dtype: None (the file's float), a torch dtype (Forge's 'Diffusion in Low Bits'), or
+        "gguf" (the UNet from a Q8_0 GGUF file, as GGUF models ship). One engine per kind for the
+        session, as in Forge, where every training and generation use the one loaded model (a test
+        that changes its state puts it back)."""
+        key = (arch, str(storage_dtype), v_prediction)
+        if key not in loaded:
+            loaded[key] = load(arch, storage_dtype, v_prediction)
+        return loaded[key]
+
+    def load(arch: str, storage_dtype: Any, v_prediction: bool) -> Any:
+        path = checkpoint(arch, v_prediction)
+        if storage_dtype != "gguf":
+            sd_model = tiny_forge.load(path, storage_dtype=storage_dtype)
+        else:
+            gguf = path[: -len(".safetensors")] + ".gguf"
+            if not os.path.exists(gguf):
+                tiny_forge.write_gguf_unet(path, gguf)
+            sd_model = tiny_forge.swap_in_gguf_unet(tiny_forge.load(path), gguf, str(folder / f"repo-{arch}"))
+        return tiny_forge.first_load(sd_model)
 
     yield make
     for cls in added:

@@ -79,16 +79,19 @@ def test_forward_is_forges_own_and_backprops_to_the_lora_only(forge_model):
     assert all(p.grad is None and p.is_inference() for p in unet.parameters())
 
 
-@pytest.mark.parametrize("arch,storage", [("sd1", None), ("sd1", FP8), ("sdxl", None), ("sdxl", FP8)],
-                         ids=["sd1-float", "sd1-fp8", "sdxl-float", "sdxl-fp8"])
+@pytest.mark.parametrize("arch,storage", [("sd1", None), ("sd1", FP8), ("sd1", "gguf"), ("sdxl", None), ("sdxl", FP8)],
+                         ids=["sd1-float", "sd1-fp8", "sd1-gguf-q8", "sdxl-float", "sdxl-fp8"])
 def test_trains_on_the_loaded_model_and_leaves_forge_as_it_was(forge_model, dataset, tmp_path, arch, storage):
-    if storage is not None and FP8 is None:
+    if storage is FP8 and FP8 is None:
         pytest.skip("torch without float8")
     sd_model = forge_model(arch, storage)
     unet = sd_model.forge_objects.unet.model.diffusion_model
-    if storage is not None:
-        assert {p.dtype for n, p in unet.named_parameters() if "transformer_blocks" in n and n.endswith("weight")
-                and p.dim() == 2} == {storage}, "Forge stores the Linear weights in fp8"
+    linear = [p for n, p in unet.named_parameters() if "transformer_blocks" in n and n.endswith("weight") and p.dim() == 2]
+    if storage == "gguf":
+        assert {type(p).__name__ for p in linear} == {"ParameterGGUF"} and all(p.gguf_cls for p in linear), \
+            "Forge keeps the Linear weights as Q8_0 blocks and dequantises them in its forward"
+    elif storage is not None:
+        assert {p.dtype for p in linear} == {storage}, "Forge stores the Linear weights in fp8"
     before = host_state(sd_model)
     adapter = ForgeAdapter(sd_model, verify_hash=True)
     result = train(make_cfg(dataset, tmp_path / "out"), adapter=adapter)
@@ -161,9 +164,16 @@ def test_a_lora_forge_applied_for_an_earlier_prompt_is_out_while_training_and_ba
         if event.type == "progress" and not seen:
             seen.append(state_dict_hash(kmodel))
 
-    train(make_cfg(dataset, tmp_path / "o", max_train_steps=2), adapter=ForgeAdapter(sd_model), emit=sink)
-    assert seen == [clean], "the earlier LoRA must not be in the weights the new one trains on"
-    assert host_state(sd_model) == patched_state
+    try:
+        train(make_cfg(dataset, tmp_path / "o", max_train_steps=2), adapter=ForgeAdapter(sd_model), emit=sink)
+        assert seen == [clean], "the earlier LoRA must not be in the weights the new one trains on"
+        assert host_state(sd_model) == patched_state
+    finally:  # a prompt without LoRA, as Forge handles it: the original patcher, its loader refreshed
+        fo = sd_model.forge_objects
+        fo.unet = sd_model.forge_objects_original.unet
+        with torch.inference_mode():
+            fo.unet.refresh_loras()
+    assert state_dict_hash(kmodel) == clean
 
 
 def test_stop_and_error_leave_forge_as_it_was(forge_model, dataset, tmp_path):
@@ -213,3 +223,30 @@ def test_other_families_are_refused_in_one_line(forge_root):
         assert why and word in why and "\n" not in why
         with pytest.raises(HostRefused, match=word):
             adapter_for(WebUIServices(sd_model_getter=lambda m=model: m, forge=True))
+
+
+def test_gradient_checkpointing_recomputes_forges_blocks_with_the_same_gradients(forge_model):
+    sd_model = forge_model("sd1")
+    adapter = ForgeAdapter(sd_model)
+    net = LoRANetwork(adapter.lora_targets(unet=True, text_encoder=False, conv=False), rank=4, alpha=4).attach()
+    with torch.no_grad():
+        for m in net.loras.values():
+            m.lora_up.weight.normal_(0, 0.05)
+    x, t = torch.randn(2, 4, 8, 8), torch.tensor([100, 700])
+    cond = adapter.encode_text(["a red circle", "a blue square"])
+
+    def grads():
+        net.zero_grad(set_to_none=True)
+        adapter.predict(x, t, cond).square().mean().backward()
+        return [p.grad.clone() for p in net.parameters()]
+
+    try:
+        plain = grads()
+        adapter.set_gradient_checkpointing(True)
+        assert adapter._checkpointed, "Forge's transformer and resnet blocks are wrapped"
+        checkpointed = grads()
+        adapter.set_gradient_checkpointing(False)
+    finally:
+        net.detach()
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-7) for a, b in zip(plain, checkpointed, strict=True))
+    assert not any("forward" in m.__dict__ for m in sd_model.forge_objects.unet.model.modules())

@@ -136,3 +136,57 @@ def load(path: str, *, storage_dtype: Any = None) -> Any:
                                                         filename=path)
     sd_model.filename, sd_model.sd_model_hash = path, "0123abcd"
     return sd_model
+
+
+
+def write_gguf_unet(safetensors_path: str, path: str) -> str:
+    """The checkpoint's UNet as a GGUF file (how GGUF models ship: the UNet alone), its 2-D Linear
+    weights quantised to Q8_0 with Forge's bundled `gguf` package, the rest kept in fp32."""
+    import gguf
+    from safetensors.torch import load_file
+
+    writer = gguf.GGUFWriter(path, arch="tiny")
+    for key, t in sorted(load_file(safetensors_path).items()):
+        if not key.startswith("model.diffusion_model."):
+            continue
+        arr = t.float().numpy()
+        if t.dim() == 2 and t.shape[1] % 32 == 0:
+            q = gguf.quants.quantize(arr, gguf.GGMLQuantizationType.Q8_0)
+            writer.add_tensor(key, q, raw_shape=q.shape, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+        else:
+            writer.add_tensor(key, arr)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def swap_in_gguf_unet(sd_model: Any, gguf_path: str, repo: str) -> Any:
+    """Replace the engine's UNet with one Forge builds from the GGUF file: its own reader
+    (`load_torch_file`), its per-component loader (GGUF storage -> its GGUF operations) and a new
+    `UnetPatcher`, under inference mode - the steps `forge_loader` takes for a GGUF UNet."""
+    from backend.loader import load_huggingface_component
+    from backend.patcher.unet import UnetPatcher
+    from backend.utils import load_torch_file
+
+    prefix = "model.diffusion_model."
+    with torch.inference_mode():
+        sd = {k[len(prefix):]: v for k, v in load_torch_file(gguf_path).items()}
+        unet = load_huggingface_component(sd_model.model_config, "unet", "diffusers", "UNet2DConditionModel", repo, sd)
+        old = sd_model.forge_objects.unet
+        patcher = UnetPatcher.from_model(unet, diffusers_scheduler=None, config=sd_model.model_config,
+                                         k_predictor=old.model.predictor)
+    for objects in (sd_model.forge_objects, sd_model.forge_objects_original, sd_model.forge_objects_after_applying_lora):
+        objects.unet = patcher
+    return sd_model
+
+
+def first_load(sd_model: Any) -> Any:
+    """Have Forge's memory manager load the UNet as a first generation does (it also bakes GGUF
+    weights into their compute layout there), so tests start from the state a user's Forge is in."""
+    from backend import memory_management
+
+    with torch.inference_mode():
+        memory_management.load_models_gpu([sd_model.forge_objects.unet])
+    return sd_model
