@@ -72,7 +72,8 @@ class Api:
         try:
             sd_model = getattr(getattr(self.host, "services", None), "sd_model", None)
             info = getattr(sd_model, "sd_checkpoint_info", None)
-            model = getattr(info, "name_for_extra", None) or (type(sd_model).__name__ if sd_model else None)
+            # (Forge holds a placeholder until its first generation: the host names the checkpoint it will load)
+            model = getattr(info, "name_for_extra", None) or (self.host.loaded_model_name() if sd_model else None)
         except Exception:  # noqa: BLE001 - info must always answer
             pass
         restricted = self.host.restricted

@@ -19,6 +19,8 @@ def adapter_for(services: WebUIServices, **kwargs: Any) -> ModelAdapter:
                              "wait for it to load, then start training again.")
     services.check_trainable()
     kwargs.setdefault("verify_hash", services.flag("lora_trainer_verify_weights"))
+    if services.forge and not hasattr(model, "forge_objects"):
+        model = forge_load(services)
     if hasattr(model, "forge_objects"):
         from lora_trainer.models.forge import ForgeAdapter
         return ForgeAdapter(model, services, **kwargs)
@@ -33,3 +35,19 @@ def adapter_for(services: WebUIServices, **kwargs: Any) -> ModelAdapter:
         return WebUILdmAdapter(model, services, **kwargs)
     raise ModelLoadError(f"the loaded model ({type(model).__name__}) is not one LoRA Trainer can train: "
                          "load an SD1.5, SD2.x or SDXL checkpoint.")
+
+
+def forge_load(services: WebUIServices) -> Any:
+    """Before its first generation Forge holds only a placeholder (`FakeInitialModel`): load the
+    selected checkpoint the way a generation would (the caller holds the WebUI's queue lock)."""
+    if services.load_model is None:
+        raise ModelLoadError("Forge has not loaded a checkpoint yet: generate one image (or pick a checkpoint "
+                             "at the top of the page), then start training again.")
+    try:
+        model = services.load_model()
+    except Exception as exc:  # noqa: BLE001 - Forge's own loader error, shown in one line
+        raise ModelLoadError(f"Forge could not load the selected checkpoint: {exc}") from exc
+    if model is None or not hasattr(model, "forge_objects"):
+        raise ModelLoadError("Forge has no checkpoint loaded: pick one at the top of the page, then start "
+                             "training again.")
+    return model

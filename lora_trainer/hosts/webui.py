@@ -52,8 +52,49 @@ def _restore_backups(networks: Any, sd_model: Any) -> int:
     return restored
 
 
+def _is_forge() -> bool:
+    """Forge ships `modules_forge` beside `modules` (found without importing anything)."""
+    import importlib.util
+
+    return importlib.util.find_spec("modules_forge") is not None
+
+
+def forge_services() -> WebUIServices:
+    """Forge: its own loader and LoRA code (no sd_hijack optimisations, no builtin-Lora backups to
+    undo - the adapter takes Forge's LoRA patches out itself)."""
+    from modules import call_queue, devices, sd_models, shared
+
+    def load() -> Any:
+        return sd_models.forge_model_reload()[0]
+
+    def selected() -> str:
+        # set once Forge's UI is built (after the extension tabs); before that, what it would select
+        info = sd_models.model_data.forge_loading_parameters.get("checkpoint_info")
+        if info is None:
+            try:
+                info = sd_models.select_checkpoint()
+            except Exception:  # noqa: BLE001 - no checkpoint at all: no name
+                info = None
+        return str(getattr(info, "title", "") or getattr(info, "name_for_extra", "") or "")
+
+    def refresh() -> None:
+        try:
+            import networks  # extensions-builtin/sd_forge_lora
+            networks.list_available_networks()
+        except Exception as exc:  # noqa: BLE001 - a missing builtin extension must not fail the run
+            log.warning("could not refresh the Lora list: %s", exc)
+
+    return WebUIServices(
+        sd_model_getter=lambda: shared.sd_model, state=shared.state, queue_lock=call_queue.queue_lock,
+        cmd_opts=shared.cmd_opts, opts=shared.opts, refresh_loras=refresh, device=devices.device,
+        current_image=getattr(shared.state, "assign_current_image", None), forge=True, load_model=load,
+        selected_model_name=selected)
+
+
 def webui_services() -> WebUIServices:
     """Services of the running WebUI (imports `modules.*`; call only inside the WebUI)."""
+    if _is_forge():
+        return forge_services()
     from modules import call_queue, devices, shared
 
     def undo() -> None:
@@ -85,14 +126,11 @@ def webui_services() -> WebUIServices:
         from modules import lowvram
         lowvram.module_in_gpu = module
 
-    forge = hasattr(shared.sd_model, "forge_objects") or os.path.isdir(os.path.join(
-        getattr(shared.cmd_opts, "data_dir", "") or ".", "backend"))
     return WebUIServices(
         sd_model_getter=lambda: shared.sd_model, state=shared.state, queue_lock=call_queue.queue_lock,
         cmd_opts=shared.cmd_opts, opts=shared.opts, undo_optimizations=undo, apply_optimizations=apply,
         unmerge_networks=unmerge, refresh_loras=refresh, device=devices.device, autocast=devices.autocast,
-        lowvram_get=lowvram_get, lowvram_set=lowvram_set, current_image=getattr(shared.state, "assign_current_image", None),
-        forge=forge)
+        lowvram_get=lowvram_get, lowvram_set=lowvram_set, current_image=getattr(shared.state, "assign_current_image", None))
 
 
 class HostStopFlag(StopFlag):
@@ -204,6 +242,8 @@ class WebUIHost(Host):
 
     def loaded_model_name(self) -> str:
         model = self.services.sd_model
+        if self.services.forge and not hasattr(model, "forge_objects") and self.services.selected_model_name:
+            return self.services.selected_model_name()  # Forge's placeholder: the checkpoint it will load
         if model is None:
             return ""
         info = getattr(model, "sd_checkpoint_info", None)
@@ -214,9 +254,15 @@ class WebUIHost(Host):
         from lora_trainer.errors import ModelLoadError
 
         self.services.check_trainable()
-        if self.services.sd_model is None:
+        model = self.services.sd_model
+        if model is None:
             raise ModelLoadError("no checkpoint is loaded in the WebUI: pick one at the top of the page, wait for "
                                  "it to load, then start training again.")
+        if self.services.forge and hasattr(model, "forge_objects"):
+            from lora_trainer.models.forge_host import forge_refusal
+            why = forge_refusal(model)
+            if why:
+                raise HostRefused(why)
 
     def make_adapter(self, cfg: TrainConfig) -> ModelAdapter:
         from lora_trainer.hosts.loaded_model import adapter_for

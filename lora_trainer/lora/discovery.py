@@ -25,7 +25,8 @@ _OC_ATTN = re.compile(r"(?:^|\.)resblocks\.\d+\.attn$")
 
 
 def _kind(mod: nn.Module) -> str | None:
-    if isinstance(mod, nn.Linear):
+    # Forge builds its layers from its own `Linear` classes (plain modules, not nn.Linear subclasses)
+    if isinstance(mod, nn.Linear) or type(mod).__name__ == "Linear":
         return "linear"
     if isinstance(mod, nn.Conv2d):
         return "conv1x1" if tuple(mod.kernel_size) == (1, 1) else "conv"

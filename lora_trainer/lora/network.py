@@ -146,6 +146,16 @@ def infer_rank_alpha(sd: dict[str, torch.Tensor]) -> RankAlpha:
     return RankAlpha(rank, alpha, crank, calpha)
 
 
+def _linear_in_out(mod: nn.Module) -> tuple[int, int] | None:
+    """(in, out) of a Linear-like layer that is not an nn.Linear (Forge's own Linear classes, whose
+    weight may be quantised: bitsandbytes keeps the real shape in `quant_state`, GGUF in `shape`)."""
+    w = getattr(mod, "weight", None)
+    if w is None:
+        return None
+    shape = getattr(getattr(w, "quant_state", None), "shape", None) or w.shape
+    return (int(shape[1]), int(shape[0])) if len(shape) == 2 else None
+
+
 class _Attachment:
     """One wrapped base module: its target, the LoRA(s) and the forward that was there before."""
 
@@ -195,7 +205,7 @@ class LoRANetwork(nn.Module):
             raise ValueError(f"duplicate LoRA name {name!r}")
         if not isinstance(name, str) or "." in name or not name:
             raise ValueError(f"bad LoRA name {name!r}: kohya names contain no dots")
-        w = base.in_proj_weight if in_out is not None else base.weight
+        w = base.in_proj_weight if isinstance(base, nn.MultiheadAttention) else base.weight
         m = LoRAModule(name, base, rank, alpha, conv=conv, dtype=dtype, device=w.device, in_out=in_out)
         m.dropout = self.dropout
         self.loras[name] = m
@@ -206,9 +216,10 @@ class LoRANetwork(nn.Module):
         if t.kind not in KINDS:
             raise ValueError(f"{t.name}: unknown target kind {t.kind!r} (one of {KINDS})")
         if t.kind == "linear":
-            if not isinstance(mod, nn.Linear):
+            in_out = None if isinstance(mod, nn.Linear) else _linear_in_out(mod)
+            if in_out is None and not isinstance(mod, nn.Linear):
                 raise ValueError(f"{t.name}: kind 'linear' needs nn.Linear, got {type(mod).__name__}")
-            loras = [self._new(t.name, mod, self.rank, self.alpha, False, dtype)]
+            loras = [self._new(t.name, mod, self.rank, self.alpha, False, dtype, in_out=in_out)]
         elif t.kind in ("conv1x1", "conv"):
             if not isinstance(mod, nn.Conv2d):
                 raise ValueError(f"{t.name}: kind {t.kind!r} needs nn.Conv2d, got {type(mod).__name__}")

@@ -19,6 +19,21 @@ if TYPE_CHECKING:
     import torch
 
 
+def _version(t: torch.Tensor) -> int | None:
+    """The in-place version counter; None for an inference tensor (Forge loads every weight under
+    `torch.inference_mode()`, and such tensors have no counter - nor can anything modify them outside it)."""
+    return None if t.is_inference() else t._version
+
+
+def _inference_ctx(t: torch.Tensor) -> Any:
+    """An inference tensor's flags and data can be set back only inside inference mode."""
+    import contextlib
+
+    import torch
+
+    return torch.inference_mode() if t.is_inference() else contextlib.nullcontext()
+
+
 def _hook_ids(module: torch.nn.Module) -> tuple:
     return (tuple(module._forward_hooks), tuple(module._forward_pre_hooks),
             tuple(module._backward_hooks), "forward" in module.__dict__)
@@ -57,9 +72,9 @@ class ModelSnapshot:
             snap.hooks[name] = _hook_ids(mod)
             snap._modules[name] = mod
         for name, p in model.named_parameters(remove_duplicate=False):
-            snap.params[name] = (p.device, p.dtype, p.requires_grad, p.data_ptr(), p._version)
+            snap.params[name] = (p.device, p.dtype, p.requires_grad, p.data_ptr(), _version(p))
         for name, b in model.named_buffers(remove_duplicate=False):
-            snap.buffers[name] = (b.device, b.dtype, b.data_ptr(), b._version)
+            snap.buffers[name] = (b.device, b.dtype, b.data_ptr(), _version(b))
         if with_hash:
             snap.full_hash = state_dict_hash(model)
         return snap
@@ -83,14 +98,16 @@ class ModelSnapshot:
                 if want is None:
                     continue
                 device, dtype, req = want[0], want[1], want[2]
-                if p.device != device or p.dtype != dtype:
-                    p.data = p.data.to(device=device, dtype=dtype)
-                if p.requires_grad != req:
-                    p.requires_grad_(req)
+                with _inference_ctx(p):
+                    if p.device != device or p.dtype != dtype:
+                        p.data = p.data.to(device=device, dtype=dtype)
+                    if p.requires_grad != req:
+                        p.requires_grad_(req)
             for name, b in model.named_buffers(remove_duplicate=False):
                 want = self.buffers.get(name)
                 if want is not None and (b.device != want[0] or b.dtype != want[1]):
-                    b.data = b.data.to(device=want[0], dtype=want[1])
+                    with _inference_ctx(b):
+                        b.data = b.data.to(device=want[0], dtype=want[1])
 
     def differences(self, model: torch.nn.Module, *, check_hash: bool | None = None) -> list[str]:
         """Human-readable list of what differs from the snapshot (empty = identical)."""
@@ -106,7 +123,7 @@ class ModelSnapshot:
                 continue
             if (p.device, p.dtype, p.requires_grad) != want[:3]:
                 out.append(f"{name}: {p.device}/{p.dtype}/grad={p.requires_grad} != {want[0]}/{want[1]}/grad={want[2]}")
-            elif p.data_ptr() == want[3] and p._version != want[4]:
+            elif p.data_ptr() == want[3] and _version(p) != want[4]:
                 out.append(f"{name}: modified in place")
         mods = dict(model.named_modules(remove_duplicate=False))
         for name, ids in self.hooks.items():

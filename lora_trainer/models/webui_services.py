@@ -37,6 +37,8 @@ class WebUIServices:
     txt2img: Callable[..., Any] | None = None                # sample images through the WebUI's own pipeline
     current_image: Callable[[Any], None] | None = None       # state.assign_current_image
     forge: bool = False
+    load_model: Callable[[], Any] | None = None              # Forge: load the selected checkpoint now
+    selected_model_name: Callable[[], str] | None = None     # Forge: the checkpoint picked, loaded or not
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -1,42 +1,68 @@
-"""Forge: a quantised base gets a clear refusal before anything is touched; --lowvram too."""
+"""Forge without a Forge checkout: the one-line refusals and the pre-first-generation placeholder.
+
+(Training on Forge's real backend is tested in tests/forge/, which needs a Forge checkout.)
+"""
 
 from __future__ import annotations
 
 import types
 
 import pytest
-import torch
 
+from lora_trainer.errors import ModelLoadError
 from lora_trainer.hosts.loaded_model import adapter_for
-from lora_trainer.hosts.webui import HostRefused, WebUIServices
+from lora_trainer.hosts.webui import HostRefused, WebUIHost, WebUIServices
+from lora_trainer.models.forge_host import forge_refusal
 
 
-def forge_model(dtype: torch.dtype) -> types.SimpleNamespace:
-    unet = torch.nn.Sequential(torch.nn.Linear(4, 4)).to(dtype)
-    inner = types.SimpleNamespace(diffusion_model=unet, model_sampling=None)
-    clip = types.SimpleNamespace(cond_stage_model=torch.nn.Linear(2, 2))
-    return types.SimpleNamespace(forge_objects=types.SimpleNamespace(unet=types.SimpleNamespace(model=inner), clip=clip),
-                                 is_sdxl=False, is_sd2=False)
+class Flux:  # Forge's engine classes are told apart by name, as `forge_refusal` does
+    forge_objects = None
 
 
-@pytest.mark.skipif(not hasattr(torch, "float8_e4m3fn"), reason="torch without float8")
-def test_fp8_forge_model_is_refused_with_a_reason():
-    model = forge_model(torch.float8_e4m3fn)
-    with pytest.raises(HostRefused, match="float8_e4m3fn weights.*load a non-quantised checkpoint"):
-        adapter_for(WebUIServices(sd_model_getter=lambda: model, cmd_opts=types.SimpleNamespace()))
+class FakeInitialModel:  # what Forge holds before its first generation
+    cond_stage_model = None
 
 
-def test_float_forge_model_gets_the_forge_adapter_without_text_encoder_training():
-    model = forge_model(torch.float16)
-    adapter = adapter_for(WebUIServices(sd_model_getter=lambda: model, cmd_opts=types.SimpleNamespace()))
-    assert type(adapter).__name__ == "ForgeAdapter" and not adapter.trainable_text_encoder()
-    assert adapter.dtype == torch.float16
+def test_a_family_we_cannot_train_is_refused_in_one_line():
+    why = forge_refusal(Flux())
+    assert why and "Flux" in why and "SD1.5, SD2.x or SDXL" in why and "\n" not in why
+    with pytest.raises(HostRefused, match="Flux"):
+        adapter_for(WebUIServices(sd_model_getter=Flux, forge=True))
+    host = WebUIHost(WebUIServices(sd_model_getter=Flux, forge=True, cmd_opts=types.SimpleNamespace()), root=".")
+    with pytest.raises(HostRefused, match="Flux"):
+        host.check_can_train()  # at once, before a job starts
+
+
+def test_the_placeholder_is_replaced_by_loading_the_selected_checkpoint():
+    held = {"model": FakeInitialModel()}
+
+    def load():
+        held["model"] = Flux()
+        return held["model"]
+
+    svc = WebUIServices(sd_model_getter=lambda: held["model"], forge=True, load_model=load,
+                        selected_model_name=lambda: "tinysd.safetensors [0123abcd]")
+    assert WebUIHost(svc, root=".").loaded_model_name() == "tinysd.safetensors [0123abcd]"
+    with pytest.raises(HostRefused, match="Flux"):  # it was loaded, then judged
+        adapter_for(svc)
+    assert isinstance(held["model"], Flux)
+
+
+def test_the_placeholder_without_a_loader_or_with_a_failing_one_says_so():
+    svc = WebUIServices(sd_model_getter=FakeInitialModel, forge=True)
+    with pytest.raises(ModelLoadError, match="Forge has not loaded a checkpoint yet"):
+        adapter_for(svc)
+
+    def broken():
+        raise ValueError("You do not have any model!")
+
+    svc = WebUIServices(sd_model_getter=FakeInitialModel, forge=True, load_model=broken)
+    with pytest.raises(ModelLoadError, match="could not load the selected checkpoint: You do not have any model"):
+        adapter_for(svc)
 
 
 def test_lowvram_and_no_model_are_refused():
-    model = forge_model(torch.float16)
     with pytest.raises(HostRefused, match="--lowvram"):
-        adapter_for(WebUIServices(sd_model_getter=lambda: model, cmd_opts=types.SimpleNamespace(lowvram=True)))
-    from lora_trainer.errors import ModelLoadError
+        adapter_for(WebUIServices(sd_model_getter=Flux, forge=True, cmd_opts=types.SimpleNamespace(lowvram=True)))
     with pytest.raises(ModelLoadError, match="no checkpoint is loaded"):
         adapter_for(WebUIServices(sd_model_getter=lambda: None, cmd_opts=types.SimpleNamespace()))

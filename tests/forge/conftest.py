@@ -1,0 +1,86 @@
+"""Fixtures running Forge's real backend on tiny checkpoints (skipped, with the reason, without Forge)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+from forge_env import import_backend  # noqa: E402
+
+ROOT, WHY = import_backend()
+
+
+@pytest.fixture(scope="session")
+def forge_root() -> str:
+    if ROOT is None:
+        pytest.skip(WHY)
+    return ROOT
+
+
+@pytest.fixture(scope="session")
+def forge_model(forge_root: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Any]]:
+    """forge_model(arch, storage_dtype=None, v_prediction=False) -> a freshly loaded Forge engine."""
+    import tiny_forge
+    from huggingface_guess import model_list
+
+    folder = tmp_path_factory.mktemp("forge-tiny")
+    added = []
+    checkpoints: dict[str, str] = {}
+
+    def checkpoint(arch: str, v_prediction: bool) -> str:
+        key = f"{arch}-v" if v_prediction else arch
+        if key not in checkpoints:
+            repo = tiny_forge.write_repo(forge_root, arch, str(folder / f"repo-{arch}"))
+            if arch not in [getattr(c, "_tiny_arch", None) for c in added]:
+                cls = tiny_forge.guess_class(arch, repo)
+                cls._tiny_arch = arch
+                model_list.models.insert(0, cls)
+                added.append(cls)
+            path = tiny_forge.write_checkpoint(arch, repo, str(folder / f"tiny-{key}.safetensors"))
+            if v_prediction:  # Forge reads the parameterization from a .yaml beside the checkpoint
+                with open(path[: -len(".safetensors")] + ".yaml", "w") as f:
+                    f.write("model:\n  params:\n    parameterization: v\n")
+            checkpoints[key] = path
+        return checkpoints[key]
+
+    loaded: dict[tuple, Any] = {}
+
+    def make(arch: str, storage_dtype: Any = None, v_prediction: bool = False) -> Any:
+        """storage_dtype: None (the file's float), a torch dtype (Forge's 'Diffusion in Low Bits'), or
+        "gguf" (the UNet from a Q8_0 GGUF file, as GGUF models ship). One engine per kind for the
+        session, as in Forge, where every training and generation use the one loaded model (a test
+        that changes its state puts it back)."""
+        key = (arch, str(storage_dtype), v_prediction)
+        if key not in loaded:
+            loaded[key] = load(arch, storage_dtype, v_prediction)
+        return loaded[key]
+
+    def load(arch: str, storage_dtype: Any, v_prediction: bool) -> Any:
+        path = checkpoint(arch, v_prediction)
+        if storage_dtype != "gguf":
+            sd_model = tiny_forge.load(path, storage_dtype=storage_dtype)
+        else:
+            gguf = path[: -len(".safetensors")] + ".gguf"
+            if not os.path.exists(gguf):
+                tiny_forge.write_gguf_unet(path, gguf)
+            sd_model = tiny_forge.swap_in_gguf_unet(tiny_forge.load(path), gguf, str(folder / f"repo-{arch}"))
+        return tiny_forge.first_load(sd_model)
+
+    yield make
+    for cls in added:
+        model_list.models.remove(cls)
+
+
+@pytest.fixture(scope="session")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Four 64 px images of one synthetic concept with captions."""
+    from lora_trainer.synthetic import concept_set, write_dataset
+
+    folder = tmp_path_factory.mktemp("forge-data")
+    return write_dataset(str(folder), concept_set("zqx", 4))
