@@ -105,7 +105,7 @@ def main() -> int:
     data = os.path.join(args.work, "data")
     synthetic.write_dataset(data, synthetic.concept_set(synthetic.TARGET_CONCEPT, 6, seed=0), repeats=2, name="zqx")
     info = call(f"{api}/info")
-    print("host:", info.get("host"), "| loaded model:", json.dumps(info.get("loaded_model"))[:160])
+    print("host:", info.get("host"), "| loaded model:", info.get("model"))
 
     def config(name: str, **extra: Any) -> dict[str, Any]:
         return {"train_data_dir": data, "output_name": name, "output_dir": os.path.join(args.work, "runs", name),
