@@ -59,3 +59,12 @@ def test_trainer_tab_lists_the_presets(tmp_path):
     dropdown = next(b for b in tab.blocks.values() if getattr(b, "elem_id", None) == "lt_preset")
     shown = [c[0] if isinstance(c, (tuple, list)) else c for c in dropdown.choices]
     assert set(list_presets()) <= set(shown)
+
+
+def test_examples_presets_are_the_shipped_ones():
+    """examples/presets/ documents the same files the package ships (no second copy drifting apart)."""
+    examples = os.path.join(ROOT, "examples", "presets")
+    for name in os.listdir(examples):
+        with open(os.path.join(examples, name), encoding="utf-8") as a, open(os.path.join(FOLDER, name),
+                                                                             encoding="utf-8") as b:
+            assert a.read() == b.read(), f"examples/presets/{name} differs from lora_trainer/presets/{name}"
