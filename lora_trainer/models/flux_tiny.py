@@ -109,19 +109,28 @@ def build_tiny_flux_parts(kind: str = "flux", seed: int = 0) -> dict[str, Any]:
 
 
 def transformer_class(kind: str) -> Any:
-    """The diffusers transformer class of a kind ("flux-dev" | "flux-schnell" | "chroma"; "flux")."""
-    from diffusers import ChromaTransformer2DModel, FluxTransformer2DModel
+    """The diffusers transformer class of a kind ("flux-dev" | "flux-schnell" | "chroma"; "flux").
+    Chroma arrived in diffusers 0.35; Forge pins 0.31 (there, Forge's own Chroma model is trained)."""
+    import diffusers
 
-    return ChromaTransformer2DModel if kind == "chroma" else FluxTransformer2DModel
+    if kind != "chroma":
+        return diffusers.FluxTransformer2DModel
+    cls = getattr(diffusers, "ChromaTransformer2DModel", None)
+    if cls is None:
+        raise ModelLoadError(f"Chroma needs diffusers 0.35 or newer (this environment has {diffusers.__version__}); "
+                             "upgrade it in the standalone environment, or train Chroma in Forge on its loaded model")
+    return cls
 
 
 def make_pipeline(parts: dict[str, Any]) -> Any:
     """A diffusers FluxPipeline / ChromaPipeline over the parts (for conformance checks and sampling)."""
-    from diffusers import ChromaPipeline, FluxPipeline
-
     if parts["kind"] == "chroma":
+        from diffusers import ChromaPipeline
+
         return ChromaPipeline(scheduler=parts["scheduler"], vae=parts["vae"], text_encoder=parts["text_encoder_2"],
                               tokenizer=parts["tokenizer_2"], transformer=parts["transformer"])
+    from diffusers import FluxPipeline
+
     return FluxPipeline(scheduler=parts["scheduler"], vae=parts["vae"], text_encoder=parts["text_encoder"],
                         tokenizer=parts["tokenizer"], text_encoder_2=parts["text_encoder_2"],
                         tokenizer_2=parts["tokenizer_2"], transformer=parts["transformer"])

@@ -14,6 +14,21 @@ sys.path.insert(0, os.path.dirname(__file__))  # flux_helpers
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "models"))  # ldm_layout (VAE in the LDM layout)
 
 
+def _has_chroma() -> bool:
+    import diffusers
+
+    return hasattr(diffusers, "ChromaTransformer2DModel")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Chroma arrived in diffusers 0.35; in the Forge environment (0.31) its tests are skipped."""
+    if any("chroma" in item.name for item in items) and not _has_chroma():
+        skip = pytest.mark.skip(reason="this diffusers has no ChromaTransformer2DModel (needs 0.35+)")
+        for item in items:
+            if "chroma" in item.name:
+                item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def tiny_flux():
     from lora_trainer.models.flux_tiny import build_tiny_flux_parts
@@ -24,5 +39,8 @@ def tiny_flux():
 @pytest.fixture(scope="session")
 def tiny_chroma():
     from lora_trainer.models.flux_tiny import build_tiny_flux_parts
+
+    if not _has_chroma():
+        pytest.skip("this diffusers has no ChromaTransformer2DModel (needs 0.35+)")
 
     return build_tiny_flux_parts("chroma")

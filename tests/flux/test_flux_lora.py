@@ -291,7 +291,13 @@ def test_single_block_linear1_reads_back_in_diffusers_at_real_width(tmp_path):
 
 # ---- Forge ---------------------------------------------------------------------------------------
 forge_code = pytest.importorskip("forge_code")
-needs_forge = pytest.mark.skipif(not forge_code.available(), reason="no Forge mirror to run Forge's code from")
+try:
+    import einops  # noqa: F401 - Forge's model files use it
+    _einops = True
+except ImportError:
+    _einops = False
+needs_forge = pytest.mark.skipif(not (forge_code.available() and _einops),
+                                 reason="no Forge mirror to run Forge's code from, or no einops")
 
 
 class _KModel:
