@@ -18,9 +18,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from lora_trainer.models.base import AdapterInfo, ModelAdapter, SizeInfo
-from lora_trainer.models.ddpm import ddim_sample
 from lora_trainer.models.snapshot import ModelSnapshot
-from lora_trainer.models.webui_services import WebUIServices
+from lora_trainer.models.webui_services import WebUIServices, host_sample
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -206,21 +205,6 @@ class WebUILdmAdapter(ModelAdapter):
     # ---- samples
     def generate(self, prompt: str, *, negative_prompt: str = "", seed: int = 0, steps: int = 20,
                  width: int = 512, height: int = 512, guidance_scale: float = 7.0) -> Image.Image:
-        if self.services.txt2img is not None:
-            return self.services.txt2img(prompt=prompt, negative_prompt=negative_prompt, seed=seed, steps=steps,
-                                         width=width, height=height, cfg_scale=guidance_scale)
-        return self._ddim(prompt, negative_prompt, seed, steps, width, height, guidance_scale)
-
-    @torch.no_grad()
-    def _ddim(self, prompt: str, negative_prompt: str, seed: int, steps: int, width: int, height: int,
-              guidance: float) -> Image.Image:
-        """The SD family's DDIM (samples outside the WebUI's own pipeline, e.g. in tests)."""
-        from PIL import Image
-
-        g = torch.Generator().manual_seed(int(seed))
-        x = torch.randn((1, 4, height // 8, width // 8), generator=g).to(self.device)
-        cond = self.encode_text([negative_prompt, prompt])
-        x = ddim_sample(self.predict, x, cond, steps, guidance, self.info.prediction_type)
-        img = self.sd_model.decode_first_stage(x.to(self.dtype)).float()
-        arr = ((img[0].clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
-        return Image.fromarray(arr)
+        return host_sample(self, self.services, self.sd_model.decode_first_stage, prompt,
+                           negative_prompt=negative_prompt, seed=seed, steps=steps, width=width, height=height,
+                           guidance_scale=guidance_scale)

@@ -8,9 +8,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lora_trainer.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
+
+    from lora_trainer.models.base import ModelAdapter
 
 
 class HostRefused(UserError):
@@ -60,3 +66,26 @@ class WebUIServices:
             raise HostRefused("the WebUI runs with --lowvram, which moves every block to the GPU and back on each "
                               "call and cannot train. Restart without --lowvram (use --medvram), or train with "
                               "`python -m lora_trainer train` outside the WebUI.")
+
+
+def host_sample(adapter: ModelAdapter, services: WebUIServices, decode: Callable[[torch.Tensor], torch.Tensor],
+                prompt: str, *, negative_prompt: str, seed: int, steps: int, width: int, height: int,
+                guidance_scale: float) -> Image.Image:
+    """A sample image for a WebUI-hosted SD model: through the WebUI's own txt2img when the host gives
+    one (what users see there), else the SD family's DDIM on the adapter, decoded by the host's VAE."""
+    if services.txt2img is not None:
+        return services.txt2img(prompt=prompt, negative_prompt=negative_prompt, seed=seed, steps=steps,
+                                width=width, height=height, cfg_scale=guidance_scale)
+    import torch
+    from PIL import Image
+
+    from lora_trainer.models.ddpm import ddim_sample
+
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(int(seed))
+        x = torch.randn((1, 4, height // 8, width // 8), generator=g).to(adapter.device)
+        cond = adapter.encode_text([negative_prompt, prompt])
+        x = ddim_sample(adapter.predict, x, cond, steps, guidance_scale, adapter.info.prediction_type)
+        img = decode(x.to(adapter.dtype)).float()
+    arr = ((img[0].clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray(arr)
