@@ -93,8 +93,8 @@ class ForgeAdapter(ModelAdapter):
 
     # ---- compute (Forge's own encoders; results cloned out of inference mode)
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode():
-            z = self.sd_model.encode_first_stage(pixels.to(self.device, self.dtype))
+        with torch.inference_mode():  # (Forge casts to its VAE's dtype itself; fp32 in keeps fp32 latents out)
+            z = self.sd_model.encode_first_stage(pixels.to(self.device, torch.float32))
         return z.clone().float()
 
     def encode_text(self, captions: list[str]) -> dict[str, torch.Tensor]:

@@ -32,6 +32,12 @@ UNETS = {
                 transformer_depth_middle=1,
                 num_heads=4, num_head_channels=-1, use_spatial_transformer=True, use_linear_in_transformer=False,
                 context_dim=64, adm_in_channels=None, use_checkpoint=False, legacy=False),
+    # SD2: SD1's layout with linear projections and 32-channel heads (64 in the real one)
+    "sd2": dict(in_channels=4, out_channels=4, model_channels=32, num_res_blocks=[2, 2, 2, 2], channel_mult=[1, 2, 4, 4],
+                transformer_depth=[1, 1, 1, 1, 1, 1, 0, 0], transformer_depth_output=[1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
+                transformer_depth_middle=1, num_heads=-1, num_head_channels=32, use_spatial_transformer=True,
+                use_linear_in_transformer=True, context_dim=64, adm_in_channels=None, use_checkpoint=False,
+                legacy=False),
     # SDXL's block layout (attention from the second level on), 1 transformer per block, 32 channels
     "sdxl": dict(in_channels=4, out_channels=4, model_channels=32, num_res_blocks=[2, 2, 2], channel_mult=[1, 2, 4],
                  transformer_depth=[0, 0, 1, 1, 1, 1], transformer_depth_output=[0, 0, 0, 1, 1, 1, 1, 1, 1],
@@ -41,6 +47,7 @@ UNETS = {
                  legacy=False),
 }
 REPOS = {"sd1": ("runwayml/stable-diffusion-v1-5", ("text_encoder",)),
+         "sd2": ("stabilityai/stable-diffusion-2-1", ("text_encoder",)),
          "sdxl": ("stabilityai/stable-diffusion-xl-base-1.0", ("text_encoder", "text_encoder_2"))}
 GUESS_KEYS = ("context_dim", "model_channels", "use_linear_in_transformer", "adm_in_channels",
               "transformer_depth", "use_temporal_attention")
@@ -64,13 +71,13 @@ def guess_class(arch: str, repo: str) -> type:
     """A huggingface_guess class for the tiny UNet, subclassing the real SD15 / SDXL one."""
     from huggingface_guess import model_list
 
-    base = model_list.SD15 if arch == "sd1" else model_list.SDXL
+    base = {"sd1": model_list.SD15, "sd2": model_list.SD20, "sdxl": model_list.SDXL}[arch]
     unet = UNETS[arch]
     cfg = {k: unet[k] for k in GUESS_KEYS if k in unet}
     cfg["use_temporal_attention"] = False
-    if arch == "sd1":
+    if arch != "sdxl":
         cfg.pop("transformer_depth")
-    extra = {"num_heads": unet["num_heads"], "num_head_channels": unet["num_head_channels"]}
+    extra = dict(base.unet_extra_config, num_heads=unet["num_heads"], num_head_channels=unet["num_head_channels"])
     return type(f"Tiny{base.__name__}", (base,), {"huggingface_repo": repo, "unet_config": cfg,
                                                  "unet_extra_config": extra})
 
@@ -111,6 +118,8 @@ def write_checkpoint(arch: str, repo: str, path: str) -> str:
     sd.update({"first_stage_model." + k: v for k, v in vae.state_dict().items()})
     if arch == "sd1":
         sd.update({"cond_stage_model.transformer." + k: v for k, v in _clip(repo, "text_encoder", 13).items()})
+    elif arch == "sd2":  # OpenCLIP-H's place, in the HF layout Forge converts it to
+        sd.update({"cond_stage_model.model.transformer." + k: v for k, v in _clip(repo, "text_encoder", 13).items()})
     else:
         sd.update({"conditioner.embedders.0.transformer." + k: v for k, v in _clip(repo, "text_encoder", 13).items()})
         for k, v in _clip(repo, "text_encoder_2", 14, projection=True).items():
