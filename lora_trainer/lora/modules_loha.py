@@ -1,0 +1,70 @@
+"""LoHa (LyCORIS `algo=loha`): delta W = (w1_a @ w1_b) * (w2_a @ w2_b) * alpha / rank.
+
+The Hadamard product of two rank-r products reaches rank r^2 for the parameters of a rank-2r
+LoRA. Keys, shapes and initialisation are LyCORIS's (`hada_w1_a` (out, r), `hada_w1_b`
+(r, in*kh*kw), same for w2; w2_a starts at zero so the module starts as a no-op), which is what
+A1111's `network_hada.py`, Forge and ComfyUI read. Tucker (`hada_t1/t2`) is not trained.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from lora_trainer.lora.modules_base import AdapterModule, alpha_tensor, copy_param
+
+_KEYS = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")
+
+
+class LoHaModule(AdapterModule):
+    suffixes: ClassVar[tuple[str, ...]] = tuple(f".{k}" for k in _KEYS) + (".alpha",)
+
+    def __init__(self, name: str, base: nn.Module, rank: int, alpha: float, *,
+                 dtype: torch.dtype = torch.float32, device: torch.device | None = None,
+                 in_out: tuple[int, int] | None = None, **_: object):
+        super().__init__()
+        self._setup(name, base, in_out)
+        self.rank, self.alpha = int(rank), float(alpha)
+        out, fan_in = self.shape[0], math.prod(self.shape[1:])
+        kw = {"dtype": dtype, "device": device}
+        self.hada_w1_a = nn.Parameter(torch.empty(out, rank, **kw))
+        self.hada_w1_b = nn.Parameter(torch.empty(rank, fan_in, **kw))
+        self.hada_w2_a = nn.Parameter(torch.empty(out, rank, **kw))
+        self.hada_w2_b = nn.Parameter(torch.empty(rank, fan_in, **kw))
+        if device is None or torch.device(device).type != "meta":
+            nn.init.normal_(self.hada_w1_b, std=1.0)
+            nn.init.normal_(self.hada_w1_a, std=0.1)
+            nn.init.normal_(self.hada_w2_b, std=1.0)
+            nn.init.zeros_(self.hada_w2_a)
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.rank
+
+    def delta_weight(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        w = [getattr(self, k) for k in _KEYS]
+        if dtype is not None:
+            w = [t.to(dtype) for t in w]
+        return ((w[0] @ w[1]) * (w[2] @ w[3]) * self.scale).reshape(self.shape)
+
+    def file_tensors(self, dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
+        dt = dtype or self.hada_w1_a.dtype
+        out = {f".{k}": getattr(self, k).detach().to("cpu", dt).contiguous() for k in _KEYS}
+        out[".alpha"] = alpha_tensor(self.alpha, dt)
+        return out
+
+    def load_file_tensors(self, tensors: dict[str, torch.Tensor]) -> list[str]:
+        missing = []
+        for k in _KEYS:
+            if f".{k}" in tensors:
+                copy_param(getattr(self, k), tensors[f".{k}"], f".{k}")
+            else:
+                missing.append(f".{k}")
+        self.alpha = float(tensors[".alpha"].item()) if ".alpha" in tensors else float(self.rank)
+        return missing
+
+    def probe(self) -> nn.Parameter:
+        return self.hada_w2_a
