@@ -58,7 +58,7 @@ class DoRAModule(AdapterModule):
         dt = dtype or self.dora_scale.dtype
         w0 = self.__dict__["_weight_fn"]().detach().to(self.dora_scale.device, dt)
         merged = w0 + self.inner.delta_weight(dt).reshape(w0.shape)
-        norm = column_norm(merged) + torch.finfo(dt).eps
+        norm = column_norm(merged).clamp_min(torch.finfo(dt).tiny)  # not + eps: a fresh DoRA is exactly 0
         return merged * (self.dora_scale.to(dt) / norm) - w0
 
     def file_tensors(self, dtype: torch.dtype | None) -> dict[str, torch.Tensor]:

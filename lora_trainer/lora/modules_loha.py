@@ -28,17 +28,20 @@ class LoHaModule(AdapterModule):
         super().__init__()
         self._setup(name, base, in_out)
         self.rank, self.alpha = int(rank), float(alpha)
-        out, fan_in = self.shape[0], math.prod(self.shape[1:])
-        kw = {"dtype": dtype, "device": device}
-        self.hada_w1_a = nn.Parameter(torch.empty(out, rank, **kw))
-        self.hada_w1_b = nn.Parameter(torch.empty(rank, fan_in, **kw))
-        self.hada_w2_a = nn.Parameter(torch.empty(out, rank, **kw))
-        self.hada_w2_b = nn.Parameter(torch.empty(rank, fan_in, **kw))
+        self._kw = {"dtype": dtype, "device": device}
+        self._make(self.rank)
         if device is None or torch.device(device).type != "meta":
             nn.init.normal_(self.hada_w1_b, std=1.0)
             nn.init.normal_(self.hada_w1_a, std=0.1)
             nn.init.normal_(self.hada_w2_b, std=1.0)
             nn.init.zeros_(self.hada_w2_a)
+
+    def _make(self, rank: int) -> None:
+        out, fan_in = self.shape[0], math.prod(self.shape[1:])
+        for k in _KEYS:
+            shape = (out, rank) if k.endswith("_a") else (rank, fan_in)
+            self.register_parameter(k, nn.Parameter(torch.empty(shape, **self._kw)))
+        self.rank = rank
 
     @property
     def scale(self) -> float:
@@ -57,6 +60,12 @@ class LoHaModule(AdapterModule):
         return out
 
     def load_file_tensors(self, tensors: dict[str, torch.Tensor]) -> list[str]:
+        """Copy the four factors (adopting the file's rank when only the rank differs) and alpha."""
+        a = tensors.get(".hada_w1_a")
+        if a is not None and a.dim() == 2 and a.shape[1] != self.rank and a.shape[0] == self.shape[0]:
+            b = tensors.get(".hada_w1_b")
+            if b is not None and b.shape[1] == self.hada_w1_b.shape[1]:
+                self._make(int(a.shape[1]))
         missing = []
         for k in _KEYS:
             if f".{k}" in tensors:
