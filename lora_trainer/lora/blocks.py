@@ -111,3 +111,39 @@ def plan_lines(plans: Iterable[TargetPlan], unet_lr: float, te_lr: float) -> lis
         rows[key] = rows.get(key, 0) + 1
     return [f"{g:<12} {b:<6} rank {r:>4}  alpha {a:g}  lr {lr:.3g}  modules {n}"
             for (g, b, r, a, lr), n in rows.items()]
+
+
+def _runs(values: tuple, labels: list[str]) -> str:
+    """`IN00-IN03 4, IN04 8, ...`: consecutive equal values collapsed."""
+    out, start = [], 0
+    for i in range(1, len(values) + 1):
+        if i == len(values) or values[i] != values[start]:
+            span = labels[start] if i - 1 == start else f"{labels[start]}-{labels[i - 1]}"
+            out.append(f"{span} {values[start]:g}")
+            start = i
+    return ", ".join(out)
+
+
+def _labels(count: int) -> list[str]:
+    if count == 25:
+        return [f"IN{i:02d}" for i in range(12)] + ["MID"] + [f"OUT{i:02d}" for i in range(12)]
+    return ["EMB"] + [f"IN{i:02d}" for i in range(9)] + ["MID0", "MID1", "MID2"] + \
+        [f"OUT{i:02d}" for i in range(9)] + ["OUT"]
+
+
+def spec_plan_lines(spec: NetworkSpec) -> list[str]:
+    """The block-wise part of the dry-run plan, from the spec alone (no model needed)."""
+    lines = []
+    for name in ("block_dims", "block_alphas", "conv_block_dims", "conv_block_alphas", "block_lr_weight"):
+        vals = getattr(spec, name)
+        if vals:
+            lines.append(f"{name}: {_runs(tuple(vals), _labels(len(vals)))}")
+    if spec.include:
+        lines.append("only modules matching: " + ", ".join(spec.include))
+    if spec.exclude:
+        lines.append("never modules matching: " + ", ".join(spec.exclude))
+    for r in spec.rules:
+        what = "excluded" if r.exclude else ", ".join(
+            f"{k} {v:g}" for k, v in (("rank", r.rank), ("alpha", r.alpha), ("lr x", r.lr_weight)) if v is not None)
+        lines.append(f"{r.pattern}: {what}")
+    return lines

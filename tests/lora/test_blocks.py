@@ -8,8 +8,9 @@ import torch
 from lora_test_models import tiny_te, tiny_unet
 
 from lora_trainer.errors import ConfigError
-from lora_trainer.lora.blocks import block_index, block_label, plan_lines, resolve_targets
+from lora_trainer.lora.blocks import block_index, block_label, plan_lines, resolve_targets, spec_plan_lines
 from lora_trainer.lora.discovery import text_encoder_targets, unet_targets
+from lora_trainer.lora.estimate import adapter_params, arch_dims
 from lora_trainer.lora.network import LoRANetwork
 from lora_trainer.lora.spec import BlockRule, NetworkSpec
 
@@ -84,3 +85,37 @@ def test_block_rank_reaches_the_saved_file():
     ups = [k for k in sd if k.startswith("lora_unet_up_blocks_") and k.endswith("lora_down.weight")]
     downs = [k for k in sd if k.startswith("lora_unet_down_blocks_") and k.endswith("lora_down.weight")]
     assert ups and all(sd[k].shape[0] == 2 for k in ups) and all(sd[k].shape[0] == 4 for k in downs)
+
+
+def test_spec_plan_lines_without_a_model():
+    spec = NetworkSpec(block_dims=(4,) * 12 + (8,) + (2,) * 12, block_lr_weight=(1.0,) * 22 + (0.0,),
+                       exclude=("*attn2*",), rules=(BlockRule("lora_unet_up_*", rank=16, lr_weight=0.5),))
+    assert spec_plan_lines(spec) == [
+        "block_dims: IN00-IN11 4, MID 8, OUT00-OUT11 2",
+        "block_lr_weight: EMB-OUT08 1, OUT 0",
+        "never modules matching: *attn2*",
+        "lora_unet_up_*: rank 16, lr x 0.5",
+    ]
+
+
+@pytest.mark.parametrize("ntype,opt", [("lora", {}), ("locon", {}), ("loha", {}), ("lokr", {}),
+                                       ("lokr", {"lokr_factor": 4, "lokr_full_rank": True}), ("dora", {})])
+def test_parameter_estimate_equals_the_built_network(ntype, opt):
+    unet = tiny_unet("sd1")
+    targets = unet_targets(unet, "sd1", conv=True)
+    spec = NetworkSpec(ntype, rank=4, conv_rank=2, **opt)
+    net = LoRANetwork(targets, rank=1, spec=spec)
+    layers = []
+    for t in targets:
+        m = t.module
+        if isinstance(m, torch.nn.Conv2d):
+            layers.append((m.in_channels, m.out_channels, m.kernel_size[0], 1))
+        else:
+            layers.append((m.in_features, m.out_features, 1, 1))
+    assert adapter_params(spec, layers) == (net.num_trainable(), len(net.loras))
+
+
+def test_arch_dims_let_a_lokr_factor_be_checked_before_loading():
+    NetworkSpec("lokr", lokr_factor=16).validate(arch_dims("sdxl"))
+    with pytest.raises(ConfigError, match="lokr_factor.*256 does not divide.*320, 640"):
+        NetworkSpec("lokr", lokr_factor=256).validate(arch_dims("sd1"))
