@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import replace
 
 import torch
 
 from lora_trainer.lora.kinds import detect_kind, split_key
-from lora_trainer.lora.network import LoRAWeightsError, infer_rank_alpha
+from lora_trainer.lora.network import LoRANetwork, LoRAWeightsError, infer_rank_alpha
 from lora_trainer.lora.spec import NetworkSpec
+from lora_trainer.lora.target import LoraTarget
 
 _RANK_KEY = {"loha": ".hada_w1_b", "lokr": ".lokr_w2_b"}
 # kxk convolutions of SD UNets in both namings (LoHa/LoKr store them flat, so the shape cannot tell):
@@ -63,3 +65,16 @@ def spec_from_weights(sd: dict[str, torch.Tensor], base: NetworkSpec | None = No
         crank, calpha = rank, alpha
     return replace(base, network_type=algo, rank=rank, alpha=alpha, conv_rank=crank, conv_alpha=calpha,
                    dora_wd=dora)
+
+
+def network_for_file(sd: dict[str, torch.Tensor], lora_targets: Callable[..., list[LoraTarget]],
+                     base: NetworkSpec | None = None) -> LoRANetwork:
+    """A loaded network for a file of any type; `lora_targets(unet=, text_encoder=, conv=)` is the
+    model adapter's. Parts (UNet / text encoder / kxk convs) follow what the file holds."""
+    spec = spec_from_weights(sd, base)
+    targets = lora_targets(unet=any(k.startswith("lora_unet") for k in sd),
+                           text_encoder=any(k.startswith("lora_te") for k in sd),
+                           conv=spec.effective_conv_rank > 0)
+    net = LoRANetwork.from_spec(targets, spec)
+    net.load_kohya_state_dict(sd)
+    return net

@@ -37,6 +37,9 @@ class LoHaModule(AdapterModule):
             nn.init.zeros_(self.hada_w2_a)
 
     def _make(self, rank: int) -> None:
+        old = next((p for p in self._parameters.values() if p is not None), None)
+        if old is not None:  # a re-rank after the module moved keeps its device and dtype
+            self._kw = {"dtype": old.dtype, "device": old.device}
         out, fan_in = self.shape[0], math.prod(self.shape[1:])
         for k in _KEYS:
             shape = (out, rank) if k.endswith("_a") else (rank, fan_in)

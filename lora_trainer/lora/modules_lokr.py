@@ -67,6 +67,9 @@ class LoKrModule(AdapterModule):
             self.reset_parameters()
 
     def _make(self, shapes: dict[str, tuple[int, ...]]) -> None:
+        old = next((p for p in self._parameters.values() if p is not None), None)
+        if old is not None:  # a re-layout after the module moved keeps its device and dtype
+            self._kw = {"dtype": old.dtype, "device": old.device}
         for key in _KEYS:
             if key in self._parameters:
                 del self._parameters[key]

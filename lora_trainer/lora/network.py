@@ -142,6 +142,12 @@ class LoRANetwork(nn.Module):
         if not self._attachments:
             raise ValueError("no LoRA targets: nothing to train")
 
+    @classmethod
+    def from_spec(cls, targets: Iterable[LoraTarget], spec: NetworkSpec,
+                  dtype: torch.dtype = torch.float32) -> LoRANetwork:
+        """The network of `spec` (type, ranks, block-wise rules) on `targets`."""
+        return cls(targets, spec.rank, dtype=dtype, spec=spec)
+
     # ---- construction -------------------------------------------------------------------------
     def _new(self, name: str, base: nn.Module, rank: int, alpha: float, conv: bool, dtype: torch.dtype,
              in_out: tuple[int, int] | None = None, part: int = 0) -> nn.Module:

@@ -125,3 +125,22 @@ def test_bad_spec_is_one_line_naming_the_field(spec, field):
 
 def test_lokr_factor_that_divides_passes():
     NetworkSpec("lokr", lokr_factor=16).validate(dims=(32, 64, 320, 640, 1280))
+
+
+@pytest.mark.parametrize("ntype", ["loha", "dora"])
+def test_network_for_file_rebuilds_any_type(ntype):
+    from lora_trainer.lora.infer import network_for_file
+
+    unet, te = tiny_unet("sd1"), tiny_te()
+
+    def lora_targets(unet_on: bool = True, text_encoder: bool = True, conv: bool = False):
+        return (unet_targets(unet, "sd1", conv=conv) if unet_on else []) + \
+            (text_encoder_targets(te) if text_encoder else [])
+
+    src = LoRANetwork.from_spec(lora_targets(conv=True), spec_for(ntype))
+    randomize(src)
+    sd = src.kohya_state_dict(torch.float32)
+    net = network_for_file(sd, lambda unet, text_encoder, conv: lora_targets(unet, text_encoder, conv))
+    assert set(net.loras) == set(src.loras) and net.spec.network_type == ntype
+    for n, d in src.deltas().items():
+        torch.testing.assert_close(net.deltas()[n], d)
