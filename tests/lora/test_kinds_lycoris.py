@@ -114,3 +114,39 @@ def test_fresh_modules_start_as_no_ops(algo):
                             dtype=torch.float64, weight_fn=lambda b=base: b.weight)
             assert torch.count_nonzero(m.delta_weight()).item() == 0 or \
                 m.delta_weight().abs().max().item() < 1e-12
+
+
+@pytest.mark.parametrize("ntype", ["locon", "loha", "lokr"])
+def test_lycoris_kohya_loader_steps_match_every_unet_module(ntype):
+    """What `lycoris.kohya.create_network_from_weights` does per module — find `lora_unet_<path>` among
+    the UNet's modules, `get_module`, `make_module` — on a whole tiny SD1 UNet file. (Its network
+    wrapper itself asserts on diffusers 0.42's UNet: "duplicated lora name ... time_embedding", before
+    reading any file, so the per-module steps are driven directly.)"""
+    from lora_test_models import tiny_unet
+
+    from lora_trainer.lora.discovery import unet_targets
+    from lora_trainer.lora.network import LoRANetwork
+    from lora_trainer.lora.spec import NetworkSpec
+
+    unet = tiny_unet("sd1").double()
+    net = LoRANetwork.from_spec(unet_targets(unet, "sd1", conv=True),
+                                NetworkSpec(ntype, rank=4, alpha=2.0, conv_rank=2, conv_alpha=1.0), torch.float64)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64) * 0.1)
+    sd = net.kohya_state_dict(torch.float64)
+    by_name = {f"lora_unet_{n}".replace(".", "_"): m for n, m in unet.named_modules()}
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        for name, ours in net.loras.items():
+            base = by_name.get(name)
+            assert base is not None, f"LyCORIS's loader would not find {name}"
+            kind, params = lyc_modules.get_module(sd, name)
+            lyc = lyc_modules.make_module(kind, params, name, base)
+            x = _input(base)
+            with torch.no_grad():
+                torch.testing.assert_close(ours.lora_out(x), lyc(x) - base(x), rtol=1e-9, atol=1e-12, msg=name)
+    finally:
+        torch.set_default_dtype(old)
