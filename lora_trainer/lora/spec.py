@@ -9,8 +9,9 @@ read); `network_module`/`network_args` are what kohya and LyCORIS write into `ss
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from lora_trainer.errors import ConfigError
 
@@ -31,6 +32,33 @@ class BlockRule:
     alpha: float | None = None
     lr_weight: float | None = None  # multiplier of the group's learning rate
     exclude: bool = False
+
+
+def rules_from_raw(raw: Iterable[Any], field_name: str = "network_blocks") -> tuple[BlockRule, ...]:
+    """Rules as a config holds them: `{pattern, rank, alpha, lr_weight, exclude}` mappings, or a plain
+    `"pattern"` string (exclude that pattern). Errors name `network_blocks[i].key`."""
+    out = []
+    for i, item in enumerate(raw or ()):
+        where = f"{field_name}[{i}]"
+        if isinstance(item, str):
+            out.append(BlockRule(item, exclude=True))
+            continue
+        if not isinstance(item, Mapping):
+            raise ConfigError(where, "must be a pattern string or a mapping with 'pattern'")
+        unknown = set(item) - {"pattern", "rank", "alpha", "lr_weight", "exclude"}
+        if unknown:
+            raise ConfigError(f"{where}.{sorted(unknown)[0]}", "unknown key; use pattern, rank, alpha, lr_weight, exclude")
+        if not item.get("pattern"):
+            raise ConfigError(f"{where}.pattern", "is required (an fnmatch pattern on kohya module names)")
+        try:
+            out.append(BlockRule(str(item["pattern"]),
+                                 None if item.get("rank") is None else int(item["rank"]),
+                                 None if item.get("alpha") is None else float(item["alpha"]),
+                                 None if item.get("lr_weight") is None else float(item["lr_weight"]),
+                                 bool(item.get("exclude", False))))
+        except (TypeError, ValueError) as e:
+            raise ConfigError(where, f"bad value ({e})") from None
+    return tuple(out)
 
 
 @dataclass(frozen=True)

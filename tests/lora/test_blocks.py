@@ -119,3 +119,15 @@ def test_arch_dims_let_a_lokr_factor_be_checked_before_loading():
     NetworkSpec("lokr", lokr_factor=16).validate(arch_dims("sdxl"))
     with pytest.raises(ConfigError, match="lokr_factor.*256 does not divide.*320, 640"):
         NetworkSpec("lokr", lokr_factor=256).validate(arch_dims("sd1"))
+
+
+def test_rules_from_config_values_and_errors_name_the_entry():
+    from lora_trainer.lora.spec import rules_from_raw
+
+    rules = rules_from_raw([{"pattern": "lora_unet_up_*", "rank": 16, "lr_weight": "0.5"}, "*attn2*"])
+    assert rules == (BlockRule("lora_unet_up_*", rank=16, lr_weight=0.5), BlockRule("*attn2*", exclude=True))
+    with pytest.raises(ConfigError) as e:
+        rules_from_raw([{"pattern": "x"}, {"pattern": "y", "rnak": 4}])
+    assert e.value.field == "network_blocks[1].rnak"
+    with pytest.raises(ConfigError, match=r"network_blocks\[0\].pattern"):
+        rules_from_raw([{"rank": 4}])
