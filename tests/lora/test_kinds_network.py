@@ -30,7 +30,7 @@ def randomize(net: LoRANetwork, seed: int = 0) -> None:
     with torch.no_grad():
         for n, p in net.named_parameters():
             if n.endswith("dora_scale"):
-                p.mul_(1 + 0.1 * torch.randn(p.shape, generator=g))
+                p.mul_(1 + 0.1 * torch.randn(p.shape, generator=g).to(p.device))
             else:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.05)
 
