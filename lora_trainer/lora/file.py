@@ -20,8 +20,10 @@ from safetensors.torch import save as st_save
 
 from lora_trainer.atomic import atomic_write_bytes
 from lora_trainer.errors import UserError
+from lora_trainer.lora.kinds import ALL_SUFFIXES
 
-LORA_KEY_SUFFIXES = (".lora_down.weight", ".lora_up.weight", ".alpha")
+# LoRA/LoCon, LoHa (hada_*), LoKr (lokr_*), DoRA (dora_scale): the LyCORIS key layout hosts read
+LORA_KEY_SUFFIXES = ALL_SUFFIXES
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".pkl")
 _CHUNK = 1 << 20
 
@@ -76,7 +78,7 @@ def _prepare(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     for k, t in state_dict.items():
         if not k.endswith(LORA_KEY_SUFFIXES):
             # one stray key makes diffusers' kohya loader refuse the whole file
-            raise ValueError(f"not a kohya LoRA key: {k!r}")
+            raise ValueError(f"not a kohya LoRA key (LoRA/LoHa/LoKr/DoRA): {k!r}")
         out[k] = t.detach().to("cpu").contiguous()
     return out
 

@@ -82,8 +82,12 @@ def build_metadata(*, output_name: str, arch: str, rank: int, alpha: float,
                    caption_dropout_rate: float = 0.0, cache_latents: bool = True,
                    train_unet: bool = True, train_text_encoder: bool = True,
                    trigger_words: str | Iterable[str] | None = None, description: str = "",
-                   extra: Mapping[str, Any] | None = None) -> dict[str, str]:
-    """kohya-compatible `ss_*` and `modelspec.*` metadata, every value a string."""
+                   extra: Mapping[str, Any] | None = None, network_module: str = NETWORK_MODULE,
+                   network_args: Mapping[str, str] | None = None) -> dict[str, str]:
+    """kohya-compatible `ss_*` and `modelspec.*` metadata, every value a string.
+
+    LoHa/LoKr/DoRA pass `network_module="lycoris.kohya"` and LyCORIS's `network_args` (algo, factor,
+    dora_wd: `NetworkSpec.kohya_network_module()/kohya_network_args()`)."""
     if arch not in BASE_MODEL_VERSION:
         raise ValueError(f"unknown arch {arch!r}")
     now = time.time()
@@ -94,6 +98,7 @@ def build_metadata(*, output_name: str, arch: str, rank: int, alpha: float,
     if conv_rank:
         net_args = {"conv_dim": str(conv_rank), "conv_alpha": str(conv_alpha if conv_alpha is not None
                                                                      else conv_rank)}
+    net_args.update({str(k): str(v) for k, v in (network_args or {}).items()})
     v_pred = prediction_type.startswith("v")
     meta: dict[str, Any] = {
         "ss_session_id": str(random.randint(0, 2**32 - 1)),
@@ -101,7 +106,7 @@ def build_metadata(*, output_name: str, arch: str, rank: int, alpha: float,
         "ss_base_model_version": base_model_version(arch, prediction_type),
         "ss_v2": str(arch == "sd2"),
         "ss_sd_model_name": sd_model_name,
-        "ss_network_module": NETWORK_MODULE,
+        "ss_network_module": network_module,
         "ss_network_dim": str(int(rank)),
         "ss_network_alpha": str(float(alpha)),
         "ss_network_dropout": str(float(dropout)),

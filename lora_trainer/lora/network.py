@@ -7,83 +7,30 @@ as it was, so an interrupted or failed run cannot damage the host's model.
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from lora_trainer.errors import UserError
+from lora_trainer.lora.blocks import TargetPlan, resolve_targets
+from lora_trainer.lora.kinds import UNSUPPORTED, detect_kind, make_module, split_key
+from lora_trainer.lora.modules_base import WeightsMismatch
+from lora_trainer.lora.modules_lora import LoRAModule
 from lora_trainer.lora.naming import kohya_name_alternatives
+from lora_trainer.lora.spec import NetworkSpec
 from lora_trainer.lora.target import LoraTarget
 
+__all__ = ["LoRAModule", "LoRANetwork", "LoRAWeightsError", "LoadReport", "infer_rank_alpha", "split_kohya_key"]
+
 KINDS = ("linear", "conv1x1", "conv", "fused_qkv")
-_SUFFIXES = (".lora_down.weight", ".lora_up.weight", ".alpha")
 
 
 class LoRAWeightsError(UserError):
     """A LoRA file cannot continue this run (shape or rank mismatch)."""
-
-
-class LoRAModule(nn.Module):
-    """One low-rank pair for one base weight: delta W = up @ down * (alpha / rank).
-
-    `down`/`up` are Linear for a Linear base, Conv2d (down k x k with the base's stride/padding,
-    up 1x1) for a conv base, so the kohya tensor shapes fall out of `state_dict()` directly.
-    """
-
-    def __init__(self, name: str, base: nn.Module, rank: int, alpha: float, *, conv: bool,
-                 dtype: torch.dtype = torch.float32, device: torch.device | None = None,
-                 in_out: tuple[int, int] | None = None):
-        super().__init__()
-        self.lora_name = name
-        self.rank = int(rank)
-        self.alpha = float(alpha)
-        self.dropout = 0.0
-        kw: dict[str, Any] = {"bias": False, "dtype": dtype, "device": device}
-        if conv:
-            if base.groups != 1:
-                raise ValueError(f"{name}: grouped convolutions are not supported")
-            self.lora_down = nn.Conv2d(base.in_channels, rank, base.kernel_size, base.stride, base.padding,
-                                       base.dilation, **kw)
-            self.lora_up = nn.Conv2d(rank, base.out_channels, 1, 1, 0, **kw)
-        else:
-            fin, fout = in_out if in_out is not None else (base.in_features, base.out_features)
-            self.lora_down = nn.Linear(fin, rank, **kw)
-            self.lora_up = nn.Linear(rank, fout, **kw)
-        self.is_conv = conv
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        """kohya/PEFT init: down kaiming-uniform(a=sqrt 5), up zeros (the LoRA starts as a no-op)."""
-        if self.lora_down.weight.device.type == "meta":
-            return
-        nn.init.kaiming_uniform_(self.lora_down.weight, a=math.sqrt(5))
-        nn.init.zeros_(self.lora_up.weight)
-
-    @property
-    def scale(self) -> float:
-        return self.alpha / self.rank
-
-    def lora_out(self, x: torch.Tensor) -> torch.Tensor:
-        """The LoRA path for input `x`, scaled by alpha/rank (not by the multiplier)."""
-        w = self.lora_down.weight
-        h = x.to(w.dtype)
-        if self.dropout > 0 and self.training:
-            h = F.dropout(h, self.dropout)
-        return self.lora_up(self.lora_down(h)) * self.scale
-
-    def delta_weight(self, dtype: torch.dtype | None = None) -> torch.Tensor:
-        """Effective weight delta (without multiplier) in the base weight's shape."""
-        down, up = self.lora_down.weight, self.lora_up.weight
-        if dtype is not None:
-            down, up = down.to(dtype), up.to(dtype)
-        d = torch.einsum("or,rikl->oikl", up.flatten(1), down) if self.is_conv else up @ down
-        return d * self.scale
 
 
 @dataclass
@@ -107,11 +54,9 @@ class RankAlpha(NamedTuple):
 
 
 def split_kohya_key(key: str) -> tuple[str, str]:
-    """`lora_unet_x.lora_down.weight` -> (`lora_unet_x`, `.lora_down.weight`); ('', '') if not a LoRA key."""
-    for suf in _SUFFIXES:
-        if key.endswith(suf):
-            return key[: -len(suf)], suf
-    return "", ""
+    """`lora_unet_x.lora_down.weight` -> (`lora_unet_x`, `.lora_down.weight`); ('', '') if not an adapter key
+    (LoRA, LoHa `hada_*`, LoKr `lokr_*`, `dora_scale`)."""
+    return split_key(key)
 
 
 def infer_rank_alpha(sd: dict[str, torch.Tensor]) -> RankAlpha:
@@ -176,10 +121,19 @@ class LoRANetwork(nn.Module):
 
     def __init__(self, targets: Iterable[LoraTarget], rank: int, alpha: float | None = None,
                  dropout: float = 0.0, conv_rank: int = 0, conv_alpha: float | None = None,
-                 dtype: torch.dtype = torch.float32):
+                 dtype: torch.dtype = torch.float32, *, spec: NetworkSpec | None = None):
         super().__init__()
         if rank <= 0:
             raise ValueError("rank must be > 0")
+        # the spec picks the kind (lora/locon/loha/lokr/dora) and block-wise ranks; without one the
+        # arguments describe plain LoRA/LoCon as before
+        self.spec = spec or NetworkSpec("lora", int(rank), alpha, int(conv_rank or 0), conv_alpha, float(dropout))
+        targets = list(targets)
+        self.plans: dict[str, TargetPlan] = {p.target.name: p for p in resolve_targets(targets, self.spec)}
+        if spec is not None:
+            targets = [t for t in targets if t.name in self.plans]
+            rank, alpha, dropout = spec.rank, spec.effective_alpha, spec.dropout
+            conv_rank, conv_alpha = spec.effective_conv_rank, spec.effective_conv_alpha
         self.rank = int(rank)
         self.alpha = float(alpha if alpha is not None else rank)
         self.conv_rank = int(conv_rank or 0)
@@ -198,15 +152,33 @@ class LoRANetwork(nn.Module):
         if not self._attachments:
             raise ValueError("no LoRA targets: nothing to train")
 
+    @classmethod
+    def from_spec(cls, targets: Iterable[LoraTarget], spec: NetworkSpec,
+                  dtype: torch.dtype = torch.float32) -> LoRANetwork:
+        """The network of `spec` (type, ranks, block-wise rules) on `targets`."""
+        return cls(targets, spec.rank, dtype=dtype, spec=spec)
+
     # ---- construction -------------------------------------------------------------------------
     def _new(self, name: str, base: nn.Module, rank: int, alpha: float, conv: bool, dtype: torch.dtype,
-             in_out: tuple[int, int] | None = None) -> LoRAModule:
+             in_out: tuple[int, int] | None = None, part: int = 0) -> nn.Module:
         if name in self.loras:
             raise ValueError(f"duplicate LoRA name {name!r}")
         if not isinstance(name, str) or "." in name or not name:
             raise ValueError(f"bad LoRA name {name!r}: kohya names contain no dots")
-        w = base.in_proj_weight if isinstance(base, nn.MultiheadAttention) else base.weight
-        m = LoRAModule(name, base, rank, alpha, conv=conv, dtype=dtype, device=w.device, in_out=in_out)
+        fused = isinstance(base, nn.MultiheadAttention)  # in_out alone also comes with quantised Linears (Forge)
+        w = base.in_proj_weight if fused else base.weight
+        if fused:  # q/k/v: this module's slice of in_proj_weight
+            e = in_out[0]
+            weight_fn = lambda: base.in_proj_weight[part * e:(part + 1) * e]  # noqa: E731
+        else:
+            weight_fn = lambda: base.weight  # noqa: E731
+        plan = self.plans.get(name)
+        if plan is not None and plan.target.kind != "fused_qkv":
+            rank, alpha = plan.rank, plan.alpha
+        sp = self.spec
+        m = make_module(sp.algo, name, base, rank, alpha, conv=conv, decompose=sp.weight_decompose, dtype=dtype,
+                        device=w.device, in_out=in_out, weight_fn=weight_fn, factor=sp.lokr_factor,
+                        full_rank=sp.lokr_full_rank)
         m.dropout = self.dropout
         self.loras[name] = m
         return m
@@ -239,7 +211,9 @@ class LoRANetwork(nn.Module):
             if len(t.names) != 3:
                 raise ValueError(f"{t.name}: kind 'fused_qkv' needs names=(q, k, v)")
             e = mod.embed_dim
-            loras = [self._new(n, mod, self.rank, self.alpha, False, dtype, in_out=(e, e)) for n in t.names]
+            plan = self.plans.get(t.name)
+            r, al = (plan.rank, plan.alpha) if plan is not None else (self.rank, self.alpha)
+            loras = [self._new(n, mod, r, al, False, dtype, in_out=(e, e), part=i) for i, n in enumerate(t.names)]
         for lo in loras:
             self._groups[lo.lora_name] = t.group
         self._attachments.append(_Attachment(t, loras))
@@ -330,44 +304,42 @@ class LoRANetwork(nn.Module):
     def names(self, group: str | None = None) -> list[str]:
         return [n for n in self.loras if group is None or self._groups[n] == group]
 
+    def lr_weight(self, name: str) -> float:
+        """The block-wise lr multiplier of one module (1.0 without block rules)."""
+        plan = self.plans.get(name) or next((p for p in self.plans.values() if name in p.target.names), None)
+        return plan.lr_weight if plan is not None else 1.0
+
     def param_groups(self, unet_lr: float | None, te_lr: float | None) -> list[dict[str, Any]]:
-        """Optimizer groups by target group. A group whose lr is 0 or None is frozen (kohya: lr 0 = off)."""
+        """Optimizer groups by target group (and block lr weight). A group whose lr is 0 or None is
+        frozen (kohya: lr 0 = off). Groups are named `unet`, `text_encoder`, or `unet x0.5` for a weight."""
         out = []
         for group, lr in (("unet", unet_lr), ("text_encoder", te_lr)):
-            params = [p for n in self.names(group) for p in self.loras[n].parameters()]
-            if not params:
-                continue
-            if not lr:
-                for p in params:
-                    p.requires_grad_(False)
-                continue
-            out.append({"params": params, "lr": float(lr), "name": group})
+            by_weight: dict[float, list[nn.Parameter]] = {}
+            for n in self.names(group):
+                by_weight.setdefault(self.lr_weight(n), []).extend(self.loras[n].parameters())
+            for wt, params in by_weight.items():
+                if not lr:
+                    for p in params:
+                        p.requires_grad_(False)
+                    continue
+                name = group if wt == 1.0 else f"{group} x{wt:g}"
+                out.append({"params": params, "lr": float(lr) * wt, "name": name})
         return out
 
     # ---- kohya state dict ---------------------------------------------------------------------
     def kohya_state_dict(self, dtype: torch.dtype | None = torch.float16) -> dict[str, torch.Tensor]:
-        """`<name>.lora_down.weight`, `<name>.lora_up.weight`, `<name>.alpha` (0-dim, always), on CPU."""
-        sd: dict[str, torch.Tensor] = {}
-        for name, m in self.loras.items():
-            dt = dtype or m.lora_down.weight.dtype
-            sd[f"{name}.lora_down.weight"] = m.lora_down.weight.detach().to("cpu", dt).contiguous()
-            sd[f"{name}.lora_up.weight"] = m.lora_up.weight.detach().to("cpu", dt).contiguous()
-            sd[f"{name}.alpha"] = torch.tensor(m.alpha, dtype=dt)
-        return sd
+        """`<name><suffix>` tensors in each kind's LyCORIS/kohya layout (`.alpha` 0-dim, always), on CPU."""
+        return {f"{name}{suf}": t for name, m in self.loras.items() for suf, t in m.file_tensors(dtype).items()}
 
-    @torch.no_grad()
-    def load_kohya_state_dict(self, sd: dict[str, torch.Tensor], strict_shapes: bool = True) -> LoadReport:
-        """Load a kohya file's tensors into the matching modules (alpha taken from the file).
-
-        Returns which of our modules the file lacked and which file keys matched nothing.
-        A shape mismatch (different rank) raises `LoRAWeightsError` naming the key.
-        """
-        rep = LoadReport()
-        seen: set[str] = set()
-        seen_alpha: set[str] = set()
+    def _file_groups(self, sd: dict[str, torch.Tensor], rep: LoadReport) -> dict[str, dict[str, torch.Tensor]]:
+        """File tensors grouped by our module name (`suffix -> tensor`); the rest go to `rep.unexpected`."""
+        groups: dict[str, dict[str, torch.Tensor]] = {}
         file_names = {split_kohya_key(k)[0] for k in sd}
         for file_key, t in sd.items():
             name, suf = split_kohya_key(file_key)
+            if suf in UNSUPPORTED:
+                raise LoRAWeightsError(f"network_weights: {file_key}: Tucker-decomposed files (use_tucker) cannot be "
+                                       "continued; train a new one or use a file made with use_tucker=false")
             if name not in self.loras:
                 # the other UNet naming style (diffusers <-> LDM), unless the file has both
                 alt = next((a for a in kohya_name_alternatives(name) if a in self.loras and a not in file_names), None)
@@ -375,29 +347,37 @@ class LoRANetwork(nn.Module):
                     rep.unexpected.append(file_key)
                     continue
                 name = alt
-            key = name + suf
-            m = self.loras[name]
-            if suf == ".alpha":
-                m.alpha = float(t.item())
-                seen_alpha.add(name + ".alpha")
-                continue
-            p = m.lora_down.weight if suf == ".lora_down.weight" else m.lora_up.weight
-            if tuple(p.shape) != tuple(t.shape):
+            groups.setdefault(name, {})[suf] = t
+        return groups
+
+    @torch.no_grad()
+    def load_kohya_state_dict(self, sd: dict[str, torch.Tensor], strict_shapes: bool = True) -> LoadReport:
+        """Load a file's tensors into the matching modules (alpha taken from the file).
+
+        Returns which of our modules the file lacked and which file keys matched nothing. A shape
+        mismatch (different rank) or another network type raises `LoRAWeightsError` naming the key.
+        """
+        rep = LoadReport()
+        groups = self._file_groups(sd, rep)
+        for name, m in self.loras.items():
+            got = groups.get(name, {})
+            file_kind = detect_kind(got)
+            want = self.spec.algo
+            if got and file_kind is not None and file_kind != want:
+                raise LoRAWeightsError(f"network_weights: {name} is a {file_kind} module but this run trains "
+                                       f"{self.spec.network_type}; set network_type to the file's type")
+            try:
+                missing = m.load_file_tensors(got)
+            except WeightsMismatch as e:
                 if strict_shapes:
                     raise LoRAWeightsError(
-                        f"network_weights: {file_key} has shape {tuple(t.shape)} but this run needs {tuple(p.shape)}; "
-                        "set lora_rank/conv_dim to the file's rank (see infer_rank_alpha)")
-                rep.unexpected.append(file_key)
-                continue
-            p.copy_(t.to(p.device, p.dtype))
-            seen.add(key)
-            rep.loaded.append(file_key)
-        for name, m in self.loras.items():
-            for suf in (".lora_down.weight", ".lora_up.weight"):
-                if name + suf not in seen:
-                    rep.missing.append(name + suf)
-            if name + ".lora_down.weight" in seen and name + ".alpha" not in seen_alpha:
-                m.alpha = float(m.rank)  # consumers read a missing alpha as scale 1.0
+                        f"network_weights: {name}{e.suffix} has shape {e.got} but this run needs {e.want}; "
+                        "set lora_rank/conv_dim to the file's rank (see infer_rank_alpha)") from None
+                rep.unexpected.extend(f"{name}{s}" for s in got)
+                missing = [s for s in m.file_tensors(None) if s != ".alpha"]
+            rep.missing.extend(f"{name}{s}" for s in missing)
+            rep.loaded.extend(f"{name}{s}" for s in got
+                              if s != ".alpha" and s not in missing and f"{name}{s}" not in rep.unexpected)
         return rep
 
     @torch.no_grad()
@@ -441,8 +421,7 @@ class LoRANetwork(nn.Module):
     def names_without_grad(self) -> list[str]:
         """Trainable modules that got no gradient in the last backward: a host wrapper (e.g. ldm's own
         gradient checkpointing, which differentiates only the block's parameters) cut them off."""
-        return [n for n, m in self.loras.items()
-                if m.lora_up.weight.requires_grad and m.lora_up.weight.grad is None]
+        return [n for n, m in self.loras.items() if m.probe().requires_grad and m.probe().grad is None]
 
     def num_trainable(self) -> int:
         return sum(p.numel() for p in self.parameters())

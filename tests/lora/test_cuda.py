@@ -5,11 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 from lora_test_models import OpenClipText, randomize_lora
+from test_kinds_network import randomize
 from test_network import module_fingerprint
 from torch import nn
 
 from lora_trainer.lora.discovery import open_clip_targets
 from lora_trainer.lora.network import LoRANetwork
+from lora_trainer.lora.spec import NetworkSpec
 from lora_trainer.lora.target import LoraTarget
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -28,9 +30,10 @@ class Tiny(nn.Module):
         return self.text(self.lin(h))
 
 
+@pytest.mark.parametrize("ntype", ["lora", "loha", "lokr", "dora"])
 @pytest.mark.parametrize("base_dtype, amp", [(torch.float16, torch.float16), (torch.bfloat16, torch.bfloat16),
                                              (torch.float32, torch.bfloat16)])
-def test_gpu_half_base_train_step_and_exact_restore(base_dtype, amp):
+def test_gpu_half_base_train_step_and_exact_restore(base_dtype, amp, ntype):
     torch.manual_seed(0)
     model = Tiny().to("cuda", base_dtype).requires_grad_(False)
     targets = [LoraTarget("lora_unet_conv", model.conv, "conv"), LoraTarget("lora_unet_proj", model.proj, "conv1x1"),
@@ -39,9 +42,12 @@ def test_gpu_half_base_train_step_and_exact_restore(base_dtype, amp):
     fp = module_fingerprint(model)
     with torch.no_grad():
         base = model(x)
-    net = LoRANetwork(targets, rank=4, alpha=4, conv_rank=2, dropout=0.1)
+    net = LoRANetwork.from_spec(targets, NetworkSpec(ntype, rank=4, alpha=4, conv_rank=2, dropout=0.1))
     assert all(p.device.type == "cuda" and p.dtype == torch.float32 for p in net.parameters())
-    randomize_lora(net)  # randn on CPU then copied: fine for any device
+    if ntype == "lora":
+        randomize_lora(net)  # randn on CPU then copied: fine for any device
+    else:
+        randomize(net)
     net.attach()
     try:
         net.train()
@@ -70,3 +76,4 @@ def test_gpu_half_base_train_step_and_exact_restore(base_dtype, amp):
     assert module_fingerprint(model) == fp
     sd = net.kohya_state_dict()
     assert all(t.device.type == "cpu" and t.dtype == torch.float16 for t in sd.values())
+    assert len({k.split(".", 1)[1] for k in sd}) >= 3
