@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from lora_trainer.data.captions import CAPTION_FALLBACKS, add_trigger, read_caption_file, split_tags
 from lora_trainer.data.images import ImageProblem, is_image_file, is_unsupported_image, probe_image
+from lora_trainer.data.masks import check_mask_size, find_mask, is_mask_file
 from lora_trainer.data.metadata_csv import read_metadata_csv
 from lora_trainer.errors import ConfigError, DatasetError
 
@@ -36,6 +37,8 @@ class ImageItem:
     width: int
     height: int
     caption_source: str = "none"
+    mask_path: str | None = None  # `<stem>-masklabel.png` beside the image (masked loss)
+    is_reg: bool = False  # a regularisation image (reg_data_dir)
 
 
 @dataclass
@@ -48,6 +51,7 @@ class DatasetIndex:
     tag_frequency: dict[str, dict[str, int]] = field(default_factory=dict)
     dataset_dirs: dict[str, dict[str, int]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    validation: list[ImageItem] = field(default_factory=list)  # held-out images (data/extra_sets.py)
 
     @property
     def num_images(self) -> int:
@@ -164,6 +168,8 @@ def scan_dataset(cfg: TrainConfig, emit: EventSink | None = None) -> DatasetInde
                 index.notes.append(f"folders inside {subset.name!r} are not scanned: {', '.join(nested[:5])}")
         for name in _list_files(subset.folder):
             path = os.path.join(subset.folder, name)
+            if is_mask_file(name):
+                continue
             if is_image_file(name):
                 found.append((path, subset))
             elif is_unsupported_image(name):
@@ -187,7 +193,10 @@ def scan_dataset(cfg: TrainConfig, emit: EventSink | None = None) -> DatasetInde
         width, height = probed
         caption, source = _caption_for(os.path.normpath(path), subset, cfg.caption_extension, csv_captions)
         caption = add_trigger(caption, cfg.trigger_word)
-        index.items.append(ImageItem(path, caption, subset.repeats, subset.name, width, height, source))
+        mask = find_mask(path) if cfg.masked_loss else None
+        if mask:
+            check_mask_size(mask, path, (width, height))
+        index.items.append(ImageItem(path, caption, subset.repeats, subset.name, width, height, source, mask))
 
     if not index.items:
         where = f"{root}" + (f" or {csv_path}" if csv_path else "")
