@@ -96,3 +96,16 @@ def test_ema_update_and_swap():
     with ema.swapped():
         assert torch.equal(p.detach(), torch.full((3,), 1.0))
     assert torch.equal(p.detach(), torch.full((3,), 4.0))
+
+
+def test_validation_data_dir_is_evaluated_each_epoch_end_and_after_the_last_step(tiny_adapter, concept_dir,
+                                                                                   tmp_path):
+    from lora_trainer import synthetic
+
+    synthetic.write_dataset(str(tmp_path / "val"), synthetic.concept_set(synthetic.TARGET_CONCEPT, 2, seed=77),
+                            name="zqx")
+    result, events = _run(concept_dir, tmp_path / "out", tiny_adapter, validation_split=0.0,
+                           validation_data_dir=str(tmp_path / "val"), validation_every_n_steps=0, ema_decay=None,
+                           save_ema=False, save_steps=0, max_train_steps=7)
+    assert result.steps == 7
+    assert sorted(_val_losses(events)) == [6, 7]  # 12 samples / batch 2 = 6 steps per epoch, then the last step
