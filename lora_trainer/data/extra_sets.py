@@ -17,6 +17,7 @@ import dataclasses
 import random
 from typing import TYPE_CHECKING
 
+from lora_trainer.data.scan import scan_dataset, summarise_items
 from lora_trainer.errors import ConfigError, DatasetError
 
 if TYPE_CHECKING:
@@ -26,8 +27,6 @@ if TYPE_CHECKING:
 
 def _scan_other(cfg: TrainConfig, folder: str, field: str, trigger: bool) -> DatasetIndex:
     """Scan `folder` as a dataset of its own (no metadata.csv, no further sets), errors naming `field`."""
-    from lora_trainer.data.scan import scan_dataset
-
     other = dataclasses.replace(cfg, train_data_dir=folder, metadata_path=None, validation_data_dir=None,
                                 validation_split=0.0, reg_data_dir=None,
                                 trigger_word=cfg.trigger_word if trigger else "")
@@ -54,6 +53,7 @@ def split_validation(cfg: TrainConfig, index: DatasetIndex) -> None:
     picked = set(random.Random(f"validation:{cfg.seed}").sample(range(n), k))
     index.validation = [it for i, it in enumerate(index.items) if i in picked]
     index.items = [it for i, it in enumerate(index.items) if i not in picked]
+    summarise_items(index)  # the LoRA's metadata describes the images it was trained on
     index.notes.append(f"{k} image(s) held out for the validation loss")
 
 
@@ -79,7 +79,7 @@ def add_regularisation(cfg: TrainConfig, index: DatasetIndex) -> None:
     if not cfg.reg_data_dir:
         return
     reg = _scan_other(cfg, cfg.reg_data_dir, "reg_data_dir", trigger=False)
-    train_samples = index.num_repeats_total
+    train_samples = index.num_train_samples
     reg_repeats(reg.items, train_samples)
     items = [dataclasses.replace(it, is_reg=True) for it in reg.items if it.repeats > 0]
     index.items += items

@@ -59,8 +59,13 @@ class DatasetIndex:
 
     @property
     def num_repeats_total(self) -> int:
-        """Samples per epoch: every image times its repeats."""
+        """Samples per epoch: every image times its repeats (regularisation images included)."""
         return sum(item.repeats for item in self.items)
+
+    @property
+    def num_train_samples(self) -> int:
+        """Samples per epoch of the training images alone (kohya's ss_num_train_images)."""
+        return sum(item.repeats for item in self.items if not item.is_reg)
 
     def summary(self) -> dict[str, object]:
         """JSON-safe overview for the UI / API (no per-image list)."""
@@ -247,16 +252,23 @@ def _caption_for(path: str, subset: _Subset, extension: str,
     return "", "none"
 
 
-def _summarise(index: DatasetIndex) -> None:
-    """Tag frequency (per image, not per repeat: kohya's ss_tag_frequency) and dataset_dirs."""
+def summarise_items(index: DatasetIndex) -> None:
+    """Tag frequency (per image, not per repeat: kohya's ss_tag_frequency) and dataset_dirs of the
+    training images (regularisation images are not counted, as in kohya's metadata)."""
     tags: dict[str, Counter[str]] = {}
     dirs: dict[str, dict[str, int]] = {}
     for item in index.items:
+        if item.is_reg:
+            continue
         tags.setdefault(item.subset, Counter()).update(set(split_tags(item.caption)))
         entry = dirs.setdefault(item.subset, {"n_repeats": item.repeats, "img_count": 0})
         entry["img_count"] += 1
     index.tag_frequency = {s: dict(c.most_common()) for s, c in tags.items()}
     index.dataset_dirs = dirs
+
+
+def _summarise(index: DatasetIndex) -> None:
+    summarise_items(index)
     uncaptioned = sum(1 for item in index.items if not item.caption)
     if uncaptioned:
         index.notes.append(f"{uncaptioned} image(s) have no caption (no caption file, csv row, folder class "

@@ -4,6 +4,7 @@ prior_loss_weight, and a bad reg_data_dir is named before any model loads."""
 from __future__ import annotations
 
 import pytest
+from safetensors import safe_open
 from train_helpers import events_of, make_config
 
 from lora_trainer import synthetic
@@ -23,7 +24,9 @@ def _run(adapter, concept_dir, reg_dir, out, weight):
     events: list = []
     cfg = make_config(concept_dir, str(out), reg_data_dir=reg_dir, prior_loss_weight=weight, max_train_steps=3,
                       save_state=False)
-    train(cfg, adapter=adapter, emit=Emitter([events.append]))
+    result = train(cfg, adapter=adapter, emit=Emitter([events.append]))
+    with safe_open(result.output_path, "pt") as f:
+        assert f.metadata()["ss_num_train_images"] == "12"  # training samples only, as kohya counts them
     return events
 
 
