@@ -50,6 +50,7 @@ class TrainResult:
     state_path: str | None
     stopped: bool
     samples: list[str] = dataclasses.field(default_factory=list)
+    val_loss: float | None = None  # the last validation loss (None: no held-out set)
 
 
 class TrainingDiverged(UserError):
@@ -421,7 +422,7 @@ class Engine:
         reason = self.stop.reason or "stop requested"
         self.emit("stopped", message=f"{reason}: stopped at step {step}; resume with "
                                      f"resume_from_checkpoint: latest (or --resume latest)", state_path=state)
-        return TrainResult(self.last_save, step, epoch + 1, loss, state, True, self.samples)
+        return TrainResult(self.last_save, step, epoch + 1, loss, state, True, self.samples, self.val_loss)
 
     def _finish(self, step: int, epochs: int, loss: float | None) -> TrainResult:
         state, extra = None, {}
@@ -436,9 +437,11 @@ class Engine:
             path = self.task.final_path()
         self._write_trace(step)
         self.dist.barrier()
+        if self.val_loss is not None:
+            extra["val_loss"] = self.val_loss
         self.emit("done", output=path, steps=step, epochs=epochs, final_loss=loss, state_path=state,
                   samples=self.samples, **extra)
-        return TrainResult(path, step, epochs, loss, state, False, self.samples)
+        return TrainResult(path, step, epochs, loss, state, False, self.samples, self.val_loss)
 
     def _write_trace(self, step: int) -> None:
         if self._trace is None or not self._trace_dir:

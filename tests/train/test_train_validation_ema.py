@@ -60,6 +60,7 @@ def test_validation_loss_is_logged_each_step_and_repeats_for_the_same_seed(runs)
     assert all(v > 0 for v in full.values())
     assert full == _val_losses(runs["again"][1])
     assert len(set(full.values())) > 1  # it follows the weights
+    assert runs["full"][0].val_loss == full[4] == events_of("done", runs["full"][1])[0].data["val_loss"]
 
 
 def test_validation_loss_is_the_same_after_resume(runs):
