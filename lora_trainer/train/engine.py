@@ -11,7 +11,9 @@ Invariants (resume equality rests on them):
   run computes;
 - a state is saved only at a step boundary, with the position of the next micro-batch (an epoch's
   end is saved as the next epoch's start);
-- only rank 0 writes files; every rank takes the same decisions (NaN, stop) from one all-reduce.
+- only rank 0 writes files; every rank takes the same decisions (NaN, stop) from one all-reduce;
+- the EMA of the weights (`train/ema.py`) and the last validation loss are part of the state; the
+  validation loss (rank 0, fixed inputs, `Task.validation_loss`) draws nothing from the training RNGs.
 """
 
 from __future__ import annotations

@@ -110,3 +110,14 @@ def test_validation_data_dir_is_evaluated_each_epoch_end_and_after_the_last_step
                            save_ema=False, save_steps=0, max_train_steps=7)
     assert result.steps == 7
     assert sorted(_val_losses(events)) == [6, 7]  # 12 samples / batch 2 = 6 steps per epoch, then the last step
+
+
+def test_turning_ema_on_at_resume_starts_it_from_the_resumed_weights(tiny_adapter, concept_dir, tmp_path):
+    off = dict(ema_decay=None, save_ema=False, validation_split=0.0, save_steps=0)
+    part, _ = _run(concept_dir, tmp_path / "run", tiny_adapter, stop_at=1, **off)
+    assert part.stopped
+    result, events = _run(concept_dir, tmp_path / "run", tiny_adapter, resume_from_checkpoint="latest",
+                          **{**off, "ema_decay": 0.5, "save_ema": True})
+    assert result.steps == 4
+    warnings = [e.data["message"] for e in events_of("log", events) if e.data.get("level") == "warning"]
+    assert any("EMA starts from the resumed weights" in w for w in warnings)
