@@ -3,6 +3,7 @@ the state as safetensors + JSON only."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 
@@ -110,6 +111,13 @@ def test_validation_data_dir_is_evaluated_each_epoch_end_and_after_the_last_step
                            save_ema=False, save_steps=0, max_train_steps=7)
     assert result.steps == 7
     assert sorted(_val_losses(events)) == [6, 7]  # 12 samples / batch 2 = 6 steps per epoch, then the last step
+    if importlib.util.find_spec("tensorboard"):  # the same values as TensorBoard scalars
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        acc = EventAccumulator(str(tmp_path / "out" / "logs"))
+        acc.Reload()
+        logged = {e.step: e.value for e in acc.Scalars("train/val_loss")}
+        assert logged == pytest.approx(_val_losses(events))
 
 
 def test_turning_ema_on_at_resume_starts_it_from_the_resumed_weights(tiny_adapter, concept_dir, tmp_path):
