@@ -53,8 +53,8 @@ def markdown_reference() -> str:
               "`network_train_unet_only: true` → `train_text_encoder: false`; `network_train_text_encoder_only: "
               "true` → `train_unet: false`; `v2: true` → `model_type: sd2`; `sdxl: true` → `model_type: sdxl`; "
               "`model_train_type` (lora-scripts) → `model_type`; `xformers`/`sdpa: true` → `attention: sdpa`; "
-              "`save_model_as` must be `safetensors`; `network_module` must be `networks.lora`; `reg_data_dir` "
-              "is refused (not supported yet); ignored with a note: "
+              "`save_model_as` must be `safetensors`; `network_module` must be `networks.lora`; "
+              "ignored with a note: "
               + ", ".join(f"`{k}`" for k in IGNORED_KEYS) + ".", ""]
     return "\n".join(lines)
 

@@ -54,13 +54,6 @@ def _must_equal(expected: tuple[str, ...], hint: str) -> Any:
     return apply
 
 
-def _must_be_empty(hint: str) -> Any:
-    def apply(raw: Any, out: dict[str, Any], key: str) -> None:  # noqa: ARG001
-        if raw not in (None, "", [], {}):
-            raise ConfigError(key, hint)
-    return apply
-
-
 def _network_args(raw: Any, out: dict[str, Any], key: str) -> None:
     """kohya `network_args = ["conv_dim=4", "conv_alpha=1"]`: the LoCon ranks map to fields."""
     known = {"conv_dim": "conv_dim", "conv_rank": "conv_dim", "conv_alpha": "conv_alpha", "dropout": "lora_dropout"}
@@ -85,9 +78,8 @@ SPECIAL_KEYS = {
     "network_args": _network_args,
     "save_model_as": _must_equal(("safetensors",), "LoRA files are always written as safetensors"),
     "network_module": _must_equal(("networks.lora", "lora"), "only kohya LoRA (networks.lora) is trained"),
-    "reg_data_dir": _must_be_empty("regularization images are not supported yet; remove reg_data_dir"),
     "log_with": _ignored, "log_prefix": _ignored, "persistent_data_loader_workers": _ignored,
-    "lowram": _ignored, "mem_eff_attn": _ignored, "prior_loss_weight": _ignored, "full_fp16": _ignored,
+    "lowram": _ignored, "mem_eff_attn": _ignored, "full_fp16": _ignored,
     "full_bf16": _ignored, "max_token_length_auto": _ignored, "lr_scheduler_num_cycles": _ignored,
     "caption_separator": _ignored, "bucket_no_upscale": _ignored,
 }

@@ -98,6 +98,23 @@ class TrainConfig:
                                           "shuffle_caption: false).")
     max_token_length: int = _f("data", 75, "Caption tokens per image: 75, or 150/225 to use several 77-token chunks.",
                                choices=(75, 150, 225))
+    masked_loss: bool = _f("data", True, "Weight the loss by a mask beside each image (`<stem>-masklabel.png`, "
+                           "OneTrainer's convention: white = learn, black = ignore); images without one train "
+                           "as before.", aliases=("mask_loss",))
+    alpha_mask: bool = _f("data", False, "Use each image's alpha channel as its loss mask (opaque = learn); an "
+                          "image without alpha trains everywhere.")
+    validation_split: float = _f("data", 0.0, "Fraction of the training images held out for the validation loss "
+                                 "(chosen by seed); 0 = none.", aliases=("val_split",), min=0, max=0.5)
+    validation_data_dir: str | None = _f("data", None, "A folder of held-out images (with captions) for the "
+                                         "validation loss, instead of validation_split.",
+                                         aliases=("val_data_dir", "validation_dir"), path="dir")
+    validation_every_n_steps: int = _f("data", 0, "Compute the validation loss every N steps; 0 = at the end of "
+                                       "each epoch (and always after the last step).",
+                                       aliases=("validate_every_n_steps",), min=0)
+    reg_data_dir: str | None = _f("data", None, "Regularisation (prior-preservation) images in kohya `N_class/` "
+                                  "folders (N = repeats); they are repeated to match the training samples of an "
+                                  "epoch and shuffled in with them.", aliases=("reg_dir",), path="dir")
+    prior_loss_weight: float = _f("data", 1.0, "Loss weight of the regularisation images.", min=0, max=100)
     # network
     lora_rank: int = _f("network", 8, "LoRA rank (dim): capacity and file size. 8-32 for styles/characters.",
                         aliases=("network_dim", "rank", "r", "dim"), min=1, max=1024)
@@ -143,6 +160,9 @@ class TrainConfig:
     seed: int = _f("training", 42, "Random seed: same seed, same data order, same result.", min=0)
     noise_offset: float = _f("training", 0.0, "Noise offset (0.05-0.1 helps very dark/bright images).", min=0, max=1)
     min_snr_gamma: float | None = _f("training", None, "Min-SNR loss weighting gamma (5 is common); empty = off.", gt=0)
+    ema_decay: float | None = _f("training", None, "Keep an exponential moving average of the LoRA weights with this "
+                                 "decay (0.999 is common); empty = off.", aliases=("ema",), gt=0, max=0.999999)
+    ema_on_cpu: bool = _f("training", False, "Keep the EMA weights in CPU memory (saves GPU memory, slower steps).")
     device: str = _f("training", "auto", "`auto`, `cpu`, `cuda`, `cuda:1`, `mps` (checked when loading the config, "
                      "and against this machine before training).")
     num_workers: int = _f("training", 0, "Processes that load the next batches while a step runs (0 = load in "
@@ -158,6 +178,8 @@ class TrainConfig:
     save_every_n_epochs: int = _f("output", 0, "Also save every N epochs; 0 = off.", min=0)
     save_last_n: int | None = _f("output", None, "Keep only the newest N intermediate saves; empty = keep all.",
                                  aliases=("save_last_n_saves",), min=1)
+    save_ema: bool = _f("output", False, "Write the EMA weights (needs ema_decay) as the LoRA files instead of the "
+                        "trained weights.")
     save_state: bool = _f("output", True, "Write resumable training state with each save.")
     resume_from_checkpoint: str | None = _f("output", None, "State folder to resume from, or `latest` (the newest "
                                             "state in output_dir).", aliases=("resume",), path="resume")

@@ -90,8 +90,26 @@ def _check_combinations(cfg: TrainConfig) -> None:
                           f"({cfg.max_train_steps})")
     if cfg.output_name and re.search(r'[\\/:*?"<>|]', cfg.output_name):
         raise _err(cfg, "output_name", f"{cfg.output_name!r} contains characters not allowed in file names")
+    if cfg.validation_split > 0 and cfg.validation_data_dir:
+        raise _err(cfg, "validation_split", "choose one held-out set: validation_split or validation_data_dir")
+    if cfg.save_ema and cfg.ema_decay is None:
+        raise _err(cfg, "save_ema", "needs ema_decay (e.g. 0.999): there are no EMA weights to save")
+    if cfg.ema_on_cpu and cfg.ema_decay is None:
+        raise _err(cfg, "ema_on_cpu", "needs ema_decay (e.g. 0.999)")
+    _check_image_only(cfg)
     if not cfg.caption_extension or cfg.caption_extension in (".", ".png", ".jpg", ".jpeg", ".webp", ".bmp"):
         raise _err(cfg, "caption_extension", f"{cfg.caption_extension!r} cannot be a caption file extension")
+
+
+def _check_image_only(cfg: TrainConfig) -> None:
+    """Options of image datasets that an LLM run would silently ignore."""
+    if cfg.task_type != "text-to-image":
+        for name in ("reg_data_dir", "validation_data_dir"):
+            if getattr(cfg, name):
+                raise _err(cfg, name, f"is for image LoRAs (task_type text-to-image); remove it for {cfg.task_type}")
+        if cfg.validation_split > 0 or cfg.alpha_mask:
+            name = "validation_split" if cfg.validation_split > 0 else "alpha_mask"
+            raise _err(cfg, name, f"is for image LoRAs (task_type text-to-image); remove it for {cfg.task_type}")
 
 
 def _check_paths(cfg: TrainConfig, require: Iterable[str]) -> None:

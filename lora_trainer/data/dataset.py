@@ -165,7 +165,31 @@ class TrainDataset:
             fits.append((item_index, fit, flip))
         pixels = self._pixels(fits) if with_pixels else None
         return {"pixels": pixels, "captions": captions, "sizes": sizes, "keys": keys, "bucket": bucket,
-                "items": [f[0] for f in fits], "flips": [f[2] for f in fits]}
+                "items": [f[0] for f in fits], "flips": [f[2] for f in fits], "masks": self._masks(fits),
+                "loss_weights": self._loss_weights(fits)}
+
+    def _masks(self, fits: list[tuple[int, Fit, bool]]) -> torch.Tensor | None:
+        """Loss masks on the latent grid [B,1,h/8,w/8] (ones for images without one); None when no image
+        of the batch has a mask."""
+        import numpy as np
+        import torch
+
+        from lora_trainer.data.masks import LATENT_SCALE, load_latent_mask
+
+        cfg = self.cfg
+        if not cfg.alpha_mask and not any(self.items[i].mask_path for i, _, _ in fits):
+            return None
+        masks = [load_latent_mask(self.items[i].path, self.items[i].mask_path, cfg.alpha_mask, fit, flip)
+                 for i, fit, flip in fits]
+        if all(m is None for m in masks):
+            return None
+        w, h = fits[0][1].bucket
+        ones = np.ones((h // LATENT_SCALE, w // LATENT_SCALE), dtype=np.float32)
+        return torch.from_numpy(np.stack([ones if m is None else m for m in masks]))[:, None]
+
+    def _loss_weights(self, fits: list[tuple[int, Fit, bool]]) -> list[float]:
+        """Per-sample loss weights: prior_loss_weight for regularisation images, 1 for the others."""
+        return [self.cfg.prior_loss_weight if self.items[i].is_reg else 1.0 for i, _, _ in fits]
 
     def _pixels(self, fits: list[tuple[int, Fit, bool]]) -> torch.Tensor:
         import numpy as np

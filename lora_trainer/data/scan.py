@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from lora_trainer.data.captions import CAPTION_FALLBACKS, add_trigger, read_caption_file, split_tags
 from lora_trainer.data.images import ImageProblem, is_image_file, is_unsupported_image, probe_image
+from lora_trainer.data.masks import check_mask_size, find_mask, is_mask_file
 from lora_trainer.data.metadata_csv import read_metadata_csv
 from lora_trainer.errors import ConfigError, DatasetError
 
@@ -36,6 +37,8 @@ class ImageItem:
     width: int
     height: int
     caption_source: str = "none"
+    mask_path: str | None = None  # `<stem>-masklabel.png` beside the image (masked loss)
+    is_reg: bool = False  # a regularisation image (reg_data_dir)
 
 
 @dataclass
@@ -48,6 +51,7 @@ class DatasetIndex:
     tag_frequency: dict[str, dict[str, int]] = field(default_factory=dict)
     dataset_dirs: dict[str, dict[str, int]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    validation: list[ImageItem] = field(default_factory=list)  # held-out images (data/extra_sets.py)
 
     @property
     def num_images(self) -> int:
@@ -55,8 +59,13 @@ class DatasetIndex:
 
     @property
     def num_repeats_total(self) -> int:
-        """Samples per epoch: every image times its repeats."""
+        """Samples per epoch: every image times its repeats (regularisation images included)."""
         return sum(item.repeats for item in self.items)
+
+    @property
+    def num_train_samples(self) -> int:
+        """Samples per epoch of the training images alone (kohya's ss_num_train_images)."""
+        return sum(item.repeats for item in self.items if not item.is_reg)
 
     def summary(self) -> dict[str, object]:
         """JSON-safe overview for the UI / API (no per-image list)."""
@@ -164,6 +173,8 @@ def scan_dataset(cfg: TrainConfig, emit: EventSink | None = None) -> DatasetInde
                 index.notes.append(f"folders inside {subset.name!r} are not scanned: {', '.join(nested[:5])}")
         for name in _list_files(subset.folder):
             path = os.path.join(subset.folder, name)
+            if is_mask_file(name):
+                continue
             if is_image_file(name):
                 found.append((path, subset))
             elif is_unsupported_image(name):
@@ -187,7 +198,10 @@ def scan_dataset(cfg: TrainConfig, emit: EventSink | None = None) -> DatasetInde
         width, height = probed
         caption, source = _caption_for(os.path.normpath(path), subset, cfg.caption_extension, csv_captions)
         caption = add_trigger(caption, cfg.trigger_word)
-        index.items.append(ImageItem(path, caption, subset.repeats, subset.name, width, height, source))
+        mask = find_mask(path) if cfg.masked_loss else None
+        if mask:
+            check_mask_size(mask, path, (width, height))
+        index.items.append(ImageItem(path, caption, subset.repeats, subset.name, width, height, source, mask))
 
     if not index.items:
         where = f"{root}" + (f" or {csv_path}" if csv_path else "")
@@ -238,16 +252,23 @@ def _caption_for(path: str, subset: _Subset, extension: str,
     return "", "none"
 
 
-def _summarise(index: DatasetIndex) -> None:
-    """Tag frequency (per image, not per repeat: kohya's ss_tag_frequency) and dataset_dirs."""
+def summarise_items(index: DatasetIndex) -> None:
+    """Tag frequency (per image, not per repeat: kohya's ss_tag_frequency) and dataset_dirs of the
+    training images (regularisation images are not counted, as in kohya's metadata)."""
     tags: dict[str, Counter[str]] = {}
     dirs: dict[str, dict[str, int]] = {}
     for item in index.items:
+        if item.is_reg:
+            continue
         tags.setdefault(item.subset, Counter()).update(set(split_tags(item.caption)))
         entry = dirs.setdefault(item.subset, {"n_repeats": item.repeats, "img_count": 0})
         entry["img_count"] += 1
     index.tag_frequency = {s: dict(c.most_common()) for s, c in tags.items()}
     index.dataset_dirs = dirs
+
+
+def _summarise(index: DatasetIndex) -> None:
+    summarise_items(index)
     uncaptioned = sum(1 for item in index.items if not item.caption)
     if uncaptioned:
         index.notes.append(f"{uncaptioned} image(s) have no caption (no caption file, csv row, folder class "

@@ -102,8 +102,10 @@ class StateError(ConfigError):
 
 def save_state(path: str, *, lora_state: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
                scheduler: Any, scaler: Any, step: int, epoch: int, position: int,
-               config: dict[str, Any], extra: dict[str, Any] | None = None) -> str:
-    """Write the full resumable state folder atomically; returns its path."""
+               config: dict[str, Any], extra: dict[str, Any] | None = None,
+               ema: dict[str, torch.Tensor] | None = None) -> str:
+    """Write the full resumable state folder atomically; returns its path. `ema`: the EMA weights
+    (`ema.safetensors`, only when the run keeps an EMA)."""
     from safetensors.torch import save_file
 
     tensors, plain = rng_snapshot()
@@ -118,6 +120,9 @@ def save_state(path: str, *, lora_state: dict[str, torch.Tensor], optimizer: tor
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
             "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None})
         save_file(tensors, os.path.join(tmp, "rng.safetensors"))
+        if ema is not None:
+            save_file({k: v.detach().float().cpu().contiguous() for k, v in ema.items()},
+                      os.path.join(tmp, "ema.safetensors"))
         with open(os.path.join(tmp, "trainer_state.json"), "w", encoding="utf-8") as f:
             json.dump(meta, f, indent=1, default=str)
 
@@ -223,7 +228,8 @@ def _weights_only_load(path: str) -> Any:
 
 def load_state(path: str) -> dict[str, Any]:
     """Read a state folder: trainer_state.json plus `lora`, `optim` (optimizer / scheduler / scaler
-    state dicts) and `rng_tensors`. Raises StateError naming the file that cannot be read."""
+    state dicts), `rng_tensors` and `ema` (None when the run kept no EMA). Raises StateError naming the
+    file that cannot be read."""
     from safetensors.torch import load_file
 
     meta = _read_json(os.path.join(path, "trainer_state.json"))
@@ -247,6 +253,8 @@ def load_state(path: str) -> dict[str, Any]:
         except state_io.StateFormatError as exc:
             raise StateError(f"{exc}; this state cannot be resumed") from None
         meta["rng_tensors"] = _read_file(rng, lambda: load_file(rng))
+    ema = os.path.join(path, "ema.safetensors")
+    meta["ema"] = _read_file(ema, lambda: load_file(ema)) if os.path.isfile(ema) else None
     if not isinstance(meta["optim"], dict) or "optimizer" not in meta["optim"]:
         raise StateError(f"{optim} holds no optimizer state; this state cannot be resumed")
     if not isinstance(meta["rng_tensors"], dict) or "torch" not in meta["rng_tensors"]:

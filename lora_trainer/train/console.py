@@ -30,6 +30,7 @@ class CliRenderer:
         self.stream = stream or sys.stderr
         self.json_lines = json_lines
         self.bar: Any = None
+        self.val_loss: float | None = None  # the last validation loss, shown until the next one
 
     def _write(self, text: str) -> None:
         if self.bar is not None:
@@ -78,6 +79,10 @@ class CliRenderer:
         self.bar.update(step - self.bar.n)
         post = {"epoch": f"{d.get('epoch')}/{d.get('total_epochs')}", "loss": f"{d.get('avg_loss', 0):.4f}",
                 "lr": f"{d.get('lr', 0):.2e}"}
+        if d.get("val_loss") is not None:
+            self.val_loss = float(d["val_loss"])
+        if self.val_loss is not None:
+            post["val"] = f"{self.val_loss:.4f}"
         self.bar.set_postfix(post, refresh=False)
 
     def close(self) -> None:

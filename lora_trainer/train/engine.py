@@ -11,7 +11,9 @@ Invariants (resume equality rests on them):
   run computes;
 - a state is saved only at a step boundary, with the position of the next micro-batch (an epoch's
   end is saved as the next epoch's start);
-- only rank 0 writes files; every rank takes the same decisions (NaN, stop) from one all-reduce.
+- only rank 0 writes files; every rank takes the same decisions (NaN, stop) from one all-reduce;
+- the EMA of the weights (`train/ema.py`) and the last validation loss are part of the state; the
+  validation loss (rank 0, fixed inputs, `Task.validation_loss`) draws nothing from the training RNGs.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from lora_trainer.errors import ConfigError, UserError
 from lora_trainer.events import Event, EventSink, StopFlag
 from lora_trainer.train import checkpoint as ckpt
 from lora_trainer.train.distributed import DistContext
+from lora_trainer.train.ema import WeightEMA
 from lora_trainer.train.optim import build_optimizer, build_scheduler
 
 STATES_KEPT = 2  # resumable states kept when save_last_n is empty
@@ -49,6 +52,7 @@ class TrainResult:
     state_path: str | None
     stopped: bool
     samples: list[str] = dataclasses.field(default_factory=list)
+    val_loss: float | None = None  # the last validation loss (None: no held-out set)
 
 
 class TrainingDiverged(UserError):
@@ -111,6 +115,10 @@ class Task(abc.ABC):
     def load_weights_state(self, saved: dict[str, torch.Tensor], path: str) -> None:
         """Put saved weights back (ConfigError naming resume_from_checkpoint when they do not fit)."""
 
+    def validation_loss(self) -> float | None:
+        """The loss on the held-out set with fixed noise and timesteps (None: the run has no held-out set)."""
+        return None
+
     def sample(self, step: int, final: bool = False) -> None:  # noqa: B027 - optional hook
         """Sample outputs with the LoRA as it is at `step` (`final`: after the last step)."""
 
@@ -148,6 +156,8 @@ class Engine:
         self.resume_path: str | None = None
         self._where: tuple[int, int, int] | None = None  # (epoch, next position, batches in epoch)
         self._tb: Any = None
+        self.ema: WeightEMA | None = None
+        self.val_loss: float | None = None  # the last validation loss (kept in the state)
         # LORA_TRAINER_TRACE_DIR: every rank writes the sample ids it trained and a hash of its final
         # LoRA (how a multi-process run is checked: disjoint data, identical weights)
         self._trace_dir = os.environ.get("LORA_TRAINER_TRACE_DIR")
@@ -222,12 +232,14 @@ class Engine:
                 if nan:
                     self._diverged(step + 1, epoch)
                 self._optimizer_step(params)
+                self._update_ema()
                 pos += len(group)
                 step += 1
                 self._where = (epoch, pos, n_micro)
                 last_loss = loss
                 losses.append(loss)
-                self._progress(step, total_steps, epoch, total_epochs, losses, t0, step0)
+                val_loss = self._validate(step, total_steps, epoch_end=pos >= n_micro)
+                self._progress(step, total_steps, epoch, total_epochs, losses, t0, step0, val_loss)
                 if cfg.save_steps and step % cfg.save_steps == 0 and step < total_steps:
                     self._periodic_save(step, epoch, pos, n_micro)
                 if cfg.sample_every_n_steps and step % cfg.sample_every_n_steps == 0:
@@ -261,6 +273,8 @@ class Engine:
         self.optimizer = build_optimizer(groups, self.cfg)
         self.scheduler = build_scheduler(self.optimizer, self.cfg, total_steps)
         self.scaler = torch.amp.GradScaler(self.task.device.type, enabled=self.mp == "fp16")
+        if self.cfg.ema_decay is not None:
+            self.ema = WeightEMA([p for g in groups for p in g["params"]], self.cfg.ema_decay, self.cfg.ema_on_cpu)
         if self.resume_path:
             return self._resume(self.resume_path)
         return 0, 0, 0
@@ -276,6 +290,22 @@ class Engine:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
 
+    def _update_ema(self) -> None:
+        if self.ema is not None:
+            self.ema.update()
+
+    def _validate(self, step: int, total_steps: int, epoch_end: bool) -> float | None:
+        """The held-out loss when it is due (every validation_every_n_steps, else each epoch's end, and
+        after the last step); rank 0 computes it, on the weights as they are after this step."""
+        every = self.cfg.validation_every_n_steps
+        due = (step % every == 0) if every else epoch_end
+        if not self.dist.is_main or not (due or step >= total_steps):
+            return None
+        value = self.task.validation_loss()
+        if value is not None:
+            self.val_loss = value
+        return value
+
     def _agree(self, nan: bool, stop: bool, loss: float) -> tuple[bool, bool, float]:
         """One collective per step: any rank's NaN or stop request, and the mean loss."""
         if not self.dist.enabled:
@@ -289,13 +319,14 @@ class Engine:
         return bool(t[0] > 0), bool(t[1] > 0), float(t[2]) / self.dist.world_size
 
     def _progress(self, step: int, total: int, epoch: int, total_epochs: int, losses: list[float],
-                  t0: float, step0: int) -> None:
+                  t0: float, step0: int, val_loss: float | None = None) -> None:
         elapsed = max(1e-9, time.time() - t0)
         it_s = (step - step0) / elapsed
         window = losses[-50:]
+        extra = {"val_loss": val_loss} if val_loss is not None else {}
         self.emit("progress", step=step, total_steps=total, epoch=epoch + 1, total_epochs=total_epochs,
                   loss=losses[-1], avg_loss=sum(window) / len(window), lr=self.scheduler.get_last_lr()[0],
-                  it_per_s=it_s, eta_s=(total - step) / it_s if it_s > 0 else None)
+                  it_per_s=it_s, eta_s=(total - step) / it_s if it_s > 0 else None, **extra)
 
     def _diverged(self, step: int, epoch: int) -> None:
         kept = f"the last good save is {self.last_save}" if self.last_save else "nothing was saved yet"
@@ -306,7 +337,12 @@ class Engine:
 
     # ---- saves --------------------------------------------------------------------------------
     def _save_weights(self, step: int, epoch: int, final: bool) -> str:
-        path = self.task.save_weights(step, epoch, final)
+        """The task's LoRA file, of the EMA weights when save_ema asks for them."""
+        if self.cfg.save_ema and self.ema is not None:
+            with self.ema.swapped():
+                path = self.task.save_weights(step, epoch, final)
+        else:
+            path = self.task.save_weights(step, epoch, final)
         self.emit("checkpoint", step=step, path=path, kind="lora")
         self.last_save = path
         return path
@@ -319,7 +355,8 @@ class Engine:
                         scheduler=self.scheduler, scaler=self.scaler, step=step, epoch=epoch, position=pos,
                         config=self.cfg.to_dict(),
                         extra={"task_type": self.cfg.task_type, "output_name": self.name,
-                               "world_size": self.dist.world_size})
+                               "world_size": self.dist.world_size, "val_loss": self.val_loss},
+                        ema=self.ema.state() if self.ema is not None else None)
         self.emit("checkpoint", step=step, path=path, kind="state")
         self.last_state = path
         return path
@@ -362,8 +399,20 @@ class Engine:
         if optim.get("scaler") and self.scaler.is_enabled():
             self.scaler.load_state_dict(optim["scaler"])
         ckpt.rng_restore(state["rng_tensors"], state.get("rng", {}))
+        self._resume_ema(state.get("ema"), path)
+        self.val_loss = state.get("val_loss")
         self.log(f"resumed from {os.path.basename(path)} at step {state['step']}")
         return int(state["step"]), int(state["epoch"]), int(state["position"])
+
+    def _resume_ema(self, saved: dict[str, torch.Tensor] | None, path: str) -> None:
+        if self.ema is None:
+            return
+        if saved is None:
+            self.log("the state has no EMA weights (ema_decay was off); the EMA starts from the resumed weights",
+                     "warning")
+            self.ema = WeightEMA(self.ema.params, self.ema.decay, self.cfg.ema_on_cpu)
+            return
+        self.ema.load_state(saved, path)
 
     # ---- the end --------------------------------------------------------------------------------
     def _stopped(self, step: int, epoch: int, pos: int, n_micro: int, loss: float | None) -> TrainResult:
@@ -375,7 +424,7 @@ class Engine:
         reason = self.stop.reason or "stop requested"
         self.emit("stopped", message=f"{reason}: stopped at step {step}; resume with "
                                      f"resume_from_checkpoint: latest (or --resume latest)", state_path=state)
-        return TrainResult(self.last_save, step, epoch + 1, loss, state, True, self.samples)
+        return TrainResult(self.last_save, step, epoch + 1, loss, state, True, self.samples, self.val_loss)
 
     def _finish(self, step: int, epochs: int, loss: float | None) -> TrainResult:
         state, extra = None, {}
@@ -390,9 +439,11 @@ class Engine:
             path = self.task.final_path()
         self._write_trace(step)
         self.dist.barrier()
+        if self.val_loss is not None:
+            extra["val_loss"] = self.val_loss
         self.emit("done", output=path, steps=step, epochs=epochs, final_loss=loss, state_path=state,
                   samples=self.samples, **extra)
-        return TrainResult(path, step, epochs, loss, state, False, self.samples)
+        return TrainResult(path, step, epochs, loss, state, False, self.samples, self.val_loss)
 
     def _write_trace(self, step: int) -> None:
         if self._trace is None or not self._trace_dir:

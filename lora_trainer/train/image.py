@@ -22,6 +22,7 @@ from lora_trainer.train.common import autocast_context, check_device, derive_see
 from lora_trainer.train.distributed import DistContext, init_from_env
 from lora_trainer.train.engine import Engine, Task, TrainResult, ensure_config
 from lora_trainer.train.sampling import generate_samples, parse_prompts
+from lora_trainer.train.validation import HeldOutInput, fixed_input, held_out_loss
 
 if TYPE_CHECKING:
     from lora_trainer.config import TrainConfig
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     from lora_trainer.events import EventSink
     from lora_trainer.lora.network import LoRANetwork
     from lora_trainer.models.base import ModelAdapter
+    from lora_trainer.models.objective import NoisedBatch, Objective
 
 
 def train(cfg: TrainConfig, *, adapter: ModelAdapter | None = None, emit: EventSink = null_sink,
@@ -45,16 +47,44 @@ def train(cfg: TrainConfig, *, adapter: ModelAdapter | None = None, emit: EventS
 def prepare_plan(cfg: TrainConfig, dist: DistContext | None = None) -> tuple[DatasetIndex, TrainDataset, Plan]:
     """Scan the dataset and plan the run without touching the model: (index, dataset, Plan)."""
     from lora_trainer.data import TrainDataset, make_plan, scan_dataset
+    from lora_trainer.data.extra_sets import add_regularisation, split_validation
 
     dist = dist or DistContext()
     check_device(cfg.device)
     index = scan_dataset(cfg)
+    split_validation(cfg, index)
+    add_regularisation(cfg, index)
     dataset = TrainDataset(cfg, index)
     plan = make_plan(cfg, index, world_size=dist.world_size, dataset=dataset)
     if plan.batches_per_epoch <= 0:
         raise ConfigError("batch_size", f"{plan.samples_per_epoch} samples per epoch leave no batch for each of "
                                         f"{dist.world_size} processes; add images or repeats")
     return index, dataset, plan
+
+
+def weigh_samples(noised: NoisedBatch, weights: list[float]) -> None:
+    """Multiply the objective's per-sample weights by the batch's (prior_loss_weight on regularisation
+    images); a batch of weight-1 samples is left as it is."""
+    if all(w == 1.0 for w in weights):
+        return
+    w = torch.tensor(weights, dtype=torch.float32, device=noised.target.device)
+    noised.weights = w if noised.weights is None else noised.weights.to(w.device) * w
+
+
+def masked_loss(objective: Objective, pred: torch.Tensor, noised: NoisedBatch, masks: torch.Tensor | None) -> torch.Tensor:
+    """The objective's loss with each latent pixel's error weighted by the mask ([B,1,h,w] in [0,1]).
+
+    The objective's loss is a mean squared error, so scaling prediction and target by sqrt(mask)
+    weights every squared error by the mask: masked-out pixels add nothing and pull on no weight."""
+    if masks is None:
+        return objective.loss(pred, noised)
+    import dataclasses
+
+    m = masks.to(pred.device, torch.float32, non_blocking=True)
+    if m.shape[-2:] != pred.shape[-2:]:
+        m = torch.nn.functional.interpolate(m, size=pred.shape[-2:], mode="area")
+    s = m.sqrt()
+    return objective.loss(pred.float() * s, dataclasses.replace(noised, target=noised.target.float() * s))
 
 
 class ImageLoRATask(Task):
@@ -109,6 +139,7 @@ class ImageLoRATask(Task):
             ad.set_attention(cfg.attention)
         self._setup_caches(ad)
         self.objective = ad.objective(noise_offset=cfg.noise_offset, min_snr_gamma=cfg.min_snr_gamma)
+        self.held_out = self._held_out_inputs()
         return groups
 
     def _build_network(self, ad: ModelAdapter) -> list[dict[str, Any]]:
@@ -186,6 +217,28 @@ class ImageLoRATask(Task):
             for ids in ds.batches_for_epoch(0, self.cfg.seed):
                 self._cond(list(ds.load_batch(ids, 0, with_pixels=False)["captions"]))
 
+    def _held_out_inputs(self) -> list[HeldOutInput]:
+        """The validation images' fixed inputs (latents, noise, timesteps), made once before the first step."""
+        import dataclasses
+
+        from lora_trainer.data import DatasetIndex, TrainDataset
+
+        cfg = self.cfg
+        if not self.index.validation:
+            return []
+        plain = dataclasses.replace(cfg, flip_aug=False, shuffle_caption=False, caption_dropout_rate=0.0,
+                                    random_crop=False)
+        ds = TrainDataset(plain, DatasetIndex(self.index.root, items=list(self.index.validation)))
+        self.run.emit("status", message=f"preparing {len(ds.items)} validation image(s)")
+        inputs = []
+        for i in range(len(ds.items)):
+            batch = ds.load_batch([i], 0)
+            latent = self._encode_one(batch["keys"][0], batch["pixels"])
+            mask = batch["masks"][0] if batch["masks"] is not None else None
+            inputs.append(fixed_input(latent, batch["captions"][0], batch["sizes"][0], mask, self.objective,
+                                      derive_seed(cfg.seed, "validation", i)))
+        return inputs
+
     def teardown(self) -> None:
         self._batches = None  # an unfinished loader iterator: its worker processes end with it
         if self.network is not None:
@@ -232,12 +285,32 @@ class ImageLoRATask(Task):
         cond = self._cond(list(batch["captions"]))
         gen = torch.Generator().manual_seed(derive_seed(cfg.seed, "noise", epoch, pos, rank))
         noised = self.objective.noised(latents, gen)
+        weigh_samples(noised, batch["loss_weights"])
+        pred = self._predict(noised, cond, batch.get("sizes"))
+        return masked_loss(self.objective, pred, noised, batch["masks"])
+
+    def _predict(self, noised: NoisedBatch, cond: dict[str, torch.Tensor], sizes: Any) -> torch.Tensor:
         noisy = noised.noisy
-        if cfg.mixed_precision == "no" and self.adapter.dtype != torch.float32:
+        if self.cfg.mixed_precision == "no" and self.adapter.dtype != torch.float32:
             noisy = noisy.to(self.adapter.dtype)
         with self.autocast():
-            pred = self.adapter.predict(noisy, noised.timesteps, cond, batch.get("sizes"))
-        return self.objective.loss(pred, noised)
+            return self.adapter.predict(noisy, noised.timesteps, cond, sizes)
+
+    def validation_loss(self) -> float | None:
+        """The held-out images' loss with the LoRA as it is now (dropout off, no gradients)."""
+        if not self.held_out:
+            return None
+        net = self.network
+        was_training = net.training
+        net.eval()
+        try:
+            return held_out_loss(self.held_out, self._held_out_loss_of)
+        finally:
+            net.train(was_training)
+
+    def _held_out_loss_of(self, item: HeldOutInput) -> torch.Tensor:
+        pred = self._predict(item.noised, self._cond(item.captions), item.sizes)
+        return masked_loss(self.objective, pred, item.noised, item.mask)
 
     def _latents(self, batch: dict[str, Any]) -> torch.Tensor:
         """Cached latents (the pre-pass made them), or the VAE on the batch's pixels."""

@@ -33,7 +33,7 @@ def training_metadata(path: str, network: LoRANetwork, adapter: ModelAdapter, cf
     return build_metadata(
         output_name=os.path.splitext(os.path.basename(path))[0], arch=info.arch, rank=network.rank,
         alpha=network.alpha, prediction_type=info.prediction_type, sd_model_name=info.model_name,
-        sd_model_hash=info.model_hash, resolution=cfg.resolution, num_train_images=index.num_repeats_total,  # x repeats, as kohya
+        sd_model_hash=info.model_hash, resolution=cfg.resolution, num_train_images=index.num_train_samples,  # x repeats, no reg images (kohya)
         tag_frequency=index.tag_frequency, dataset_dirs=index.dataset_dirs, training_started_at=started_at,
         training_finished_at=time.time(), steps=step, epoch=epoch, max_train_steps=plan.get("total_steps"),
         num_epochs=plan.get("epochs"), num_batches_per_epoch=plan.get("batches_per_epoch"),

@@ -13,7 +13,7 @@ from lora_trainer.events import Event
 
 
 class TensorBoardSink:
-    """Writes loss / avg_loss / lr per step and sample images into `log_dir`."""
+    """Writes loss / avg_loss / lr per step (val_loss where validated) and sample images into `log_dir`."""
 
     def __init__(self, log_dir: str):
         from torch.utils.tensorboard import SummaryWriter
@@ -26,7 +26,7 @@ class TensorBoardSink:
         d = event.data
         if event.type == "progress" and "step" in d:
             step = int(d["step"])
-            for key in ("loss", "avg_loss", "lr", "it_per_s"):
+            for key in ("loss", "avg_loss", "lr", "it_per_s", "val_loss"):
                 if d.get(key) is not None:
                     self.writer.add_scalar(f"train/{key}", float(d[key]), step)
         elif event.type == "sample":

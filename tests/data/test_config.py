@@ -99,7 +99,12 @@ def test_kohya_keys(tmp_path: Path) -> None:
     ({"cache_text_encoder_outputs": True}, "cache_text_encoder_outputs", "train_text_encoder"),
     ({"random_crop": True}, "random_crop", "cache_latents"),
     ({"train_unet": False, "train_text_encoder": False}, "train_unet", "nothing to train"),
-    ({"reg_data_dir": "./reg"}, "reg_data_dir", "not supported"),
+    ({"validation_split": 0.2, "validation_data_dir": "./val"}, "validation_split", "choose one"),
+    ({"validation_split": 0.9}, "validation_split", "at most 0.5"),
+    ({"save_ema": True}, "save_ema", "needs ema_decay"),
+    ({"ema_decay": 1.0}, "ema_decay", "at most"),
+    ({"prior_loss_weight": -1}, "prior_loss_weight", "at least 0"),
+    ({"task_type": "text-generation", "reg_data_dir": "./reg"}, "reg_data_dir", "image LoRAs"),
 ])
 def test_bad_config_names_the_field(raw: dict, field: str, words: str) -> None:
     with pytest.raises(ConfigError) as exc:
