@@ -69,7 +69,7 @@ class Following:
         v = self.view
         steps, losses, resumed_at = v.curve()
         card, prompt = self.card()
-        return (v.status_markdown(), v.plan_markdown(), loss_plot(steps, losses, resumed_at), v.samples[-12:],
+        return (v.status_markdown(), v.plan_markdown(), loss_plot(steps, losses, resumed_at, v.val), v.samples[-12:],
                 update(visible=bool(card)), card, prompt, "\n".join(v.log[-80:]))
 
     def card(self) -> tuple[str, str]:

@@ -54,6 +54,7 @@ class RunView:
     earlier: tuple[list[int], list[float]] | None = None  # loss curve of the run before a resume
     steps: list[int] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
+    val: list[tuple[int, float]] = field(default_factory=list)  # (step, held-out loss) where validation ran
     samples: list[tuple[str, str]] = field(default_factory=list)  # (path, caption)
     log: list[str] = field(default_factory=list)
     progress: dict[str, Any] = field(default_factory=dict)
@@ -73,6 +74,8 @@ class RunView:
                 if d.get("loss") is not None and d.get("step") is not None:
                     self.steps.append(int(d["step"]))
                     self.losses.append(float(d["loss"]))
+                if d.get("val_loss") is not None and d.get("step") is not None:
+                    self.val.append((int(d["step"]), float(d["val_loss"])))
                 self.phase = "training"
             elif ev.type == "status":
                 self.phase = str(d.get("message", ""))

@@ -41,3 +41,17 @@ def test_loss_plot_shows_the_whole_run_and_marks_the_resume():
     assert top.getextrema()[0] < 200, "legend drawn in the top band"
     right = img.crop((img.width - 60, 30, img.width, 60)).convert("L")
     assert right.getextrema()[0] < 200, "the top value is drawn right of the plot, not under the label badge"
+
+
+def test_validation_loss_is_its_own_series_with_a_legend():
+    view = RunView()
+    view.feed([Event("progress", {"step": s, "loss": 0.5 - s / 100, **({"val_loss": 0.7} if s % 2 == 0 else {})})
+               for s in range(1, 7)])
+    assert view.val == [(2, 0.7), (4, 0.7), (6, 0.7)]
+    steps, losses, _ = view.curve()
+    with_val, without = loss_plot(steps, losses, None, view.val), loss_plot(steps, losses)
+    orange = [(x, y) for x in range(with_val.width) for y in range(with_val.height)
+              if with_val.getpixel((x, y)) == (230, 120, 20)]
+    assert orange and not any(without.getpixel(p) == (230, 120, 20) for p in orange)
+    assert any(y < 30 for _, y in orange), "the legend names the validation series"
+    assert min(y for _, y in orange if y >= 30) < 40, "0.7 is above every training loss: the top of the axis"
