@@ -78,6 +78,10 @@ def preset_values(fields: list[F.FormField], name: str) -> list[Any] | None:
     return out
 
 
+def _header(loaded: str) -> str:
+    return "### Train a LoRA" + (f" on the loaded checkpoint **{loaded}**" if loaded else "")
+
+
 def _loaded(host: Host) -> str:
     """Name of the checkpoint the host has loaded (WebUI), or "" (the app loads `base_model`)."""
     return host.loaded_model_name()
@@ -155,7 +159,7 @@ def build_trainer_tab(host: Host) -> gr.Blocks:
     lists = {"base_model": model_choices(host), "vae_path": file_choices(dirs["vae"]),
              "network_weights": file_choices(dirs["lora"])}
     with gr.Blocks(analytics_enabled=False) as tab:
-        gr.Markdown("### Train a LoRA" + (f" on the loaded checkpoint **{loaded}**" if loaded else ""))
+        header = make(gr.Markdown, value=_header(loaded), elem_id="lt_header")
         with gr.Row():
             with gr.Column(scale=3):
                 preset = make(gr.Dropdown, label="Preset", choices=["(none)", *presets(host)], value="(none)",
@@ -312,6 +316,8 @@ def build_trainer_tab(host: Host) -> gr.Blocks:
         on(resume_btn.click, do_resume, inputs=[resume_pick], outputs=[*outs, notice], **live)
         on(stop_btn.click, do_stop, inputs=[], outputs=[*outs, notice], **live)
         on(tab.load, do_attach, inputs=[], outputs=outs, **live)
+        if loaded:  # the checkpoint may have changed since the tab was built: name the one loaded now
+            on(tab.load, lambda: _header(_loaded(host)), inputs=[], outputs=[header])
         on(tab.load, None, inputs=[], outputs=[], js=LOG_FOLLOW_JS)
         if "open" in dataset and "folder" in dataset:  # the form follows the folder opened in the section
             on(dataset["open"].click, lambda folder: folder, inputs=[dataset["folder"]], outputs=[data_dir])
