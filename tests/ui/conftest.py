@@ -33,6 +33,8 @@ def artifacts() -> str:
 # the app may run on another environment's Python than the browser driver (e.g. the A1111 pins,
 # gradio 3.41, which have no Playwright): LT_APP_PYTHON=.venv-a1111/bin/python
 APP_PYTHON = os.environ.get("LT_APP_PYTHON") or sys.executable
+# holds the app's training after each step while `<root>/step-gate` exists (see pacing/sitecustomize.py)
+PACING = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pacing")
 
 
 @pytest.fixture(scope="session")
@@ -55,7 +57,9 @@ def public_app_server(tmp_path_factory):
 
 def _serve(root, extra):
     port = free_port()
-    env = dict(os.environ, PYTHONUNBUFFERED="1", GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1",
+               LT_TEST_STEP_GATE=str(root / "step-gate"),
+               PYTHONPATH=os.pathsep.join(p for p in (PACING, os.environ.get("PYTHONPATH", "")) if p))
     log = open(root / "app.log", "w")  # noqa: SIM115 - closed after the server stops
     proc = subprocess.Popen([APP_PYTHON, "-m", "lora_trainer", "app", "--root", str(root), "--port", str(port),
                              *extra], stdout=log, stderr=subprocess.STDOUT, env=env)

@@ -109,6 +109,8 @@ def test_preset_train_reload_stop_resume(app_server, browser, artifacts, dataset
     _fill(page, "lt_train_data_dir", dataset)
     _fill(page, "lt_batch_size", "1")
     _fill(page, "lt_epochs", "3")  # 2 images x 3 epochs = 6 steps; stopped after the first
+    gate = app_server["root"] / "step-gate"
+    gate.touch()  # the run holds after each step until the test has acted (machine speed does not matter)
     page.locator("#lt_train").click()
     _wait_text(page, "lt_status", r"step \*?\*?\d+/6", 180)
 
@@ -123,6 +125,8 @@ def test_preset_train_reload_stop_resume(app_server, browser, artifacts, dataset
     _wait_text(page, "lt_notice", r"already running \(flow, (step \d+/6|starting)\)", 15)
 
     page.locator("#lt_stop").click()
+    _wait_text(page, "lt_notice", r"Stopping", 30)
+    gate.unlink()  # let the held step end: the run sees the stop there
     _wait_text(page, "lt_status", r"Stopped.*final loss \d.*flow-0000\d+\.safetensors \(\d+(\.\d)? [KM]B\)", 120)
     _wait_text(page, "lt_result_md", "stopped early", 10)
     lora = app_server["root"] / "models" / "Lora"
