@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
+from lora_trainer.download.options import DownloadOptions
 from lora_trainer.errors import UserError
 from lora_trainer.ui.compat import make, on
 
@@ -312,7 +313,8 @@ def build_downloader_tab(host: Host) -> gr.Blocks:
         with gr.Row():
             dest = make(gr.Dropdown, label="Destination", choices=DESTINATIONS, value="auto", elem_id="ld_dest",
                         info=DESTINATION_HELP)
-            connections = make(gr.Slider, label="Connections per file", minimum=1, maximum=32, step=1, value=8,
+            connections = make(gr.Slider, label="Connections per file", minimum=1, maximum=32, step=1,
+                               value=DownloadOptions.connections,
                                elem_id="ld_connections")
             start = make(gr.Button, value="Download", variant="primary", elem_id="ld_start")
         message = make(gr.Markdown, value="", elem_id="ld_message")
