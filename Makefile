@@ -34,6 +34,9 @@ test-a1111:
 	@if [ -d tests/a1111 ]; then bash tools/setup_a1111_env.sh $(A1111_VENV) && \
 	  $(A1111_VENV)/bin/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) tests/a1111; \
 	else echo "no A1111 tests"; fi
+	# the browser flows with the app on A1111's gradio 3.41.2 (Playwright drives it from .venv)
+	LT_APP_PYTHON=$(CURDIR)/$(A1111_VENV)/bin/python LT_UI_ARTIFACTS=artifacts/a1111 $(PY) -m pytest -q \
+	  -p no:cacheprovider $(PYTEST_ARGS) tests/ui/test_trainer_flow.py tests/ui/test_downloader_browser.py
 
 # The UI on Forge's gradio 4.40 and the engine on its diffusers 0.31 / transformers 4.46.
 test-forge:
