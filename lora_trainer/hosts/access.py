@@ -45,9 +45,7 @@ def path_fields() -> dict[str, str]:
 
 def _roots(host: Host, name: str, kind: str) -> list[tuple[str, str]]:
     """(word, folder) pairs `name` may point into on a restricted host."""
-    from lora_trainer.hosts.runs import uploads_dir
-
-    folders = {"uploads": uploads_dir(host), "work": host.work_dir(),
+    folders = {"uploads": host.uploads_dir(), "work": host.work_dir(),
                "runs": os.path.join(host.work_dir(), "runs"), **host.model_dirs()}
     keys = FIELD_ROOTS.get(name) or KIND_ROOTS.get(kind) or ("uploads", "work")
     return [(k, folders[k]) for k in keys if k in folders]

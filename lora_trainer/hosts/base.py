@@ -46,6 +46,10 @@ class Host:
         """Where runs keep their logs, states and uploaded datasets."""
         return os.path.join(self.root, "outputs", "lora-trainer")
 
+    def uploads_dir(self) -> str:
+        """Where datasets uploaded through the UI are kept (always readable, even on a public host)."""
+        return os.path.join(self.work_dir(), "uploads")
+
     def setting(self, key: str, default: Any = None) -> Any:
         value = self.settings.get(key)
         return default if value in (None, "") else value

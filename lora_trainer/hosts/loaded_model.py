@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Any
 from lora_trainer.errors import ModelLoadError
 
 if TYPE_CHECKING:
-    from lora_trainer.hosts.webui import WebUIServices
     from lora_trainer.models.base import ModelAdapter
+    from lora_trainer.models.webui_services import WebUIServices
 
 
 def adapter_for(services: WebUIServices, **kwargs: Any) -> ModelAdapter:

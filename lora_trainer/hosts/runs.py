@@ -74,9 +74,6 @@ def prepare_config(host: Host, config: Any, overrides: Iterable[str] = ()) -> Tr
     return load_config(raw, [*overrides, *host_defaults], base_dir=base_dir, check_paths=True, require=require)
 
 
-def uploads_dir(host: Host) -> str:
-    return os.path.join(host.work_dir(), "uploads")
-
 
 def publish(host: Host, lora_file: str) -> str:
     """Copy the final LoRA and its sidecars into the host's Lora folder; returns the new path."""

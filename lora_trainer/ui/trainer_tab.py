@@ -332,7 +332,6 @@ def build_trainer_tab(host: Host) -> gr.Blocks:
 
 
 def _dataset_section(host: Host) -> dict[str, Any]:
-    from lora_trainer.hosts.runs import uploads_dir
     from lora_trainer.ui.dataset_section import build_dataset_section
 
-    return build_dataset_section(allow_server_paths=not host.restricted, upload_dir=uploads_dir(host))
+    return build_dataset_section(allow_server_paths=not host.restricted, upload_dir=host.uploads_dir())

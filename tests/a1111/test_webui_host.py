@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from lora_trainer.hosts.base import AccessDenied
 from lora_trainer.hosts.guard import state_dict_hash
-from lora_trainer.hosts.runs import start_training, uploads_dir
+from lora_trainer.hosts.runs import start_training
 from lora_trainer.hosts.webui import WebUIHost
 from lora_trainer.jobs import JobRegistry
 from tests.helpers.wait import wait_for
@@ -130,7 +130,7 @@ def test_public_webui_refuses_server_paths_but_takes_uploads(tiny_sd1, services_
         start_training(host, config(dataset), jobs=JobRegistry())
     with pytest.raises(AccessDenied, match="downloads are disabled"):
         host.check_download()
-    uploaded = os.path.join(uploads_dir(host), "up1")
+    uploaded = os.path.join(host.uploads_dir(), "up1")
     shutil.copytree(dataset, uploaded)
     job = start_training(host, config(uploaded, max_train_steps=2, output_name="uploaded"), jobs=JobRegistry())
     job.join(120)

@@ -12,7 +12,7 @@ import pytest
 from lora_trainer.config import config_fields
 from lora_trainer.hosts.access import path_fields
 from lora_trainer.hosts.base import AccessDenied
-from lora_trainer.hosts.runs import prepare_config, uploads_dir
+from lora_trainer.hosts.runs import prepare_config
 from lora_trainer.hosts.standalone import StandaloneHost
 
 # where an allowed value of each key lives on the host (folder key of _folders below)
@@ -24,14 +24,14 @@ PATHLIKE = re.compile(r"(_dir|_path|_file|weights|checkpoint|base_model)$")
 
 
 def _folders(host):
-    return {"uploads": uploads_dir(host), "work": host.work_dir(), "runs": os.path.join(host.work_dir(), "runs"),
+    return {"uploads": host.uploads_dir(), "work": host.work_dir(), "runs": os.path.join(host.work_dir(), "runs"),
             **host.model_dirs()}
 
 
 @pytest.fixture
 def public(tmp_path):
     host = StandaloneHost(str(tmp_path / "app"), listen="0.0.0.0")
-    data = os.path.join(uploads_dir(host), "set1")
+    data = os.path.join(host.uploads_dir(), "set1")
     os.makedirs(os.path.join(data, "1_zqx"))
     from PIL import Image
 
