@@ -44,6 +44,7 @@ class Plan:
     memory_gib: float | None = None
     skipped: int = 0
     notes: list[str] = field(default_factory=list)
+    network: list[str] = field(default_factory=list)  # the adapter's type and block-wise settings (train layer)
 
     @property
     def repeats(self) -> int:
@@ -181,5 +182,6 @@ def format_plan(plan: Plan) -> str:
         lines.append(f"memory (rough, ±50%): ≈ {plan.memory_gib} GiB on the training device")
     else:
         lines.append(f"model: {plan.arch or 'unknown'} ({plan.arch_source})")
+    lines += plan.network
     lines += [f"note: {n}" for n in plan.notes]
     return "\n".join(lines)
