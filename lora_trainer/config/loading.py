@@ -228,6 +228,8 @@ def _coerce_list(value: Any, key: str, item: Any) -> list[Any]:
     """A list, or kohya's comma-separated string (`"2,4,4,8"`)."""
     if isinstance(value, str):
         value = [v for v in re.split(r"[,\s]+", value.strip()) if v]
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):  # kohya's mid_lr_weight=0
+        value = [value]
     if not isinstance(value, (list, tuple)):
         raise ConfigError(key, f"expected a list of numbers, got {value!r}")
     return [item(v, key) for v in value]

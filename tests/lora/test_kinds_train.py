@@ -277,3 +277,36 @@ def test_the_form_sends_the_network_keys(tmp_path):
     sent = F.values_to_dict(fields, shown)
     cfg = load_config(sent, check_paths=False)
     assert {n: getattr(cfg, n) for n in names} == want
+
+
+def test_sdxl_lokr_with_block_ranks_trains_and_a1111_reads_it(a1111, data_dir, tmp_path):  # noqa: F811
+    """The builtin tiny SDXL (two text encoders, 23 kohya blocks): LoKr with kohya block_dims; each key
+    group is taken by A1111's LoKr type with our delta, and each block got its own rank."""
+    from lora_trainer.cli import main
+    from lora_trainer.lora.blocks import block_label
+    from lora_trainer.models.tiny import build_tiny_adapter
+
+    dims = [2] * 10 + [6] * 13  # EMB, IN00-IN08 | MID0-2, OUT00-OUT08, OUT
+    cfg = _config(tmp_path / "c.yaml", data_dir, str(tmp_path / "out"), base_model="builtin:tiny-sdxl",
+                  network_type="lokr", lokr_factor=4, block_dims=dims, output_name="xl")
+    assert main(["train", "--config", cfg]) == 0
+    path = str(tmp_path / "out" / "xl.safetensors")
+    sd, _ = load_lora_file(path)
+    assert {k.split("_")[1] for k in sd} == {"unet", "te1", "te2"}
+    ranks = {block_label(k.split(".")[0]): int(t.shape[0]) for k, t in sd.items() if k.endswith(".lokr_w2_b")}
+    assert ranks and all(r == (2 if label.startswith("IN") else 6) for label, r in ranks.items() if label != "TE")
+    network, module_types = a1111
+    adapter = build_tiny_adapter("sdxl", pretrained=False)
+    net, targets = _file_network(sd, adapter.lora_targets)
+    bases = {n: t.module for t in targets for n in (t.names or (t.name,))}
+    ours = net.deltas(torch.float64)
+    a_net = network.Network("test", None)
+    for name, w in _groups(sd).items():
+        weights = network.NetworkWeights(network_key=f"{name}.x", sd_key=name, w={k: v.double() for k, v in w.items()},
+                                         sd_module=bases[name])
+        made = module_types[2].create_module(a_net, weights)  # ModuleTypeLokr
+        assert made is not None, f"A1111's LoKr type refuses {sorted(w)}"
+        base_w = bases[name].weight.detach().double()
+        updown, _ = made.calc_updown(base_w)
+        torch.testing.assert_close(updown.reshape(base_w.shape), ours[name].reshape(base_w.shape),
+                                   rtol=1e-7, atol=1e-10, msg=f"{name}: A1111's delta differs")
