@@ -54,7 +54,7 @@ def markdown_reference() -> str:
               "true` → `train_unet: false`; `v2: true` → `model_type: sd2`; `sdxl: true` → `model_type: sdxl`; "
               "`model_train_type` (lora-scripts) → `model_type`; `xformers`/`sdpa: true` → `attention: sdpa`; "
               "`save_model_as` must be `safetensors`; `network_module` is `networks.lora` or `lycoris.kohya` (without an "
-              "`algo` argument: `network_type: locon`); `network_args` (kohya / LyCORIS `key=value` list): `conv_dim`, "
+              "`algo` argument: `network_type: locon`; without `conv_dim`: convs at `network_dim`, as LyCORIS); `network_args` (kohya / LyCORIS `key=value` list): `conv_dim`, "
               "`conv_alpha`, `dropout`, `algo` → `network_type` (`algo=lora`/`locon` with `dora_wd=True` → `dora`), "
               "`factor` → `lokr_factor`, `full_matrix` → `lokr_full_rank`, `dora_wd`, `block_dims`, `block_alphas`, "
               "`conv_block_dims`, `conv_block_alphas` (comma-separated), `down_lr_weight` (12) + `mid_lr_weight` (1) + "

@@ -108,13 +108,25 @@ def _network_args(raw: Any, out: dict[str, Any], key: str) -> None:
         out["block_lr_weight"] = weights
 
 
+LYCORIS_CONV = "__lycoris_conv__"
+
+
+def _lycoris_conv_default(values: dict[str, Any], notes: list[str]) -> None:
+    """`network_module: lycoris.kohya` without conv_dim: convs at the linear rank/alpha, as LyCORIS does."""
+    if not values.pop(LYCORIS_CONV, False) or "conv_dim" in values:
+        return
+    values["conv_dim"] = values.get("lora_rank", default_of(FIELDS["lora_rank"]))
+    values.setdefault("conv_alpha", values.get("lora_alpha", default_of(FIELDS["lora_alpha"])))
+    notes.append(f"network_module lycoris.kohya: conv_dim {values['conv_dim']} (LyCORIS's default: network_dim)")
+
+
 def _network_module(raw: Any, out: dict[str, Any], key: str) -> None:
     """kohya `networks.lora` is LoRA/LoCon; `lycoris.kohya` without an `algo` argument is LoCon."""
     text = str(raw).strip().lower()
     if text in ("networks.lora", "lora"):
         return
-    if text == "lycoris.kohya":
-        out["__defaults__"] = {"network_type": "locon"}
+    if text == "lycoris.kohya":  # LyCORIS trains the 3x3 convs at network_dim unless conv_dim says otherwise
+        out["__defaults__"] = {"network_type": "locon", LYCORIS_CONV: True}
         return
     raise ConfigError(key, f"{raw!r} is not supported; use networks.lora or lycoris.kohya (with network_type / "
                            "network_args algo=lora|locon|loha|lokr)")
@@ -498,6 +510,7 @@ def load_config(source: str | os.PathLike[str] | Mapping[str, Any] | TrainConfig
     for text in overrides:
         notes += _apply(values, parse_override(text), os.getcwd(), seen)
     fit_bucket_defaults(values, seen)
+    _lycoris_conv_default(values, notes)
     if values.get("keep_tokens") and not values.get("shuffle_caption"):
         notes.append("keep_tokens only matters with shuffle_caption: true")
     try:

@@ -20,8 +20,12 @@ def test_lycoris_network_args_map_onto_fields():
                                   "block_dims=" + ",".join(["4"] * 12 + ["8"] * 13)]})
     assert (cfg.network_type, cfg.lokr_factor, cfg.lokr_full_rank, cfg.conv_dim) == ("lokr", 8, True, 4)
     assert cfg.block_dims == [4] * 12 + [8] * 13
-    # no algo: LyCORIS's default LoCon; an explicit network_type wins in either order
-    assert _load({"network_module": "lycoris.kohya"}).network_type == "locon"
+    # no algo: LyCORIS's default LoCon; an explicit network_type wins in either order; convs at
+    # network_dim / network_alpha unless conv_dim is given (LyCORIS's defaults)
+    plain = _load({"network_module": "lycoris.kohya", "network_dim": 16, "network_alpha": 4})
+    assert (plain.network_type, plain.conv_dim, plain.conv_alpha) == ("locon", 16, 4.0)
+    assert any("conv_dim 16" in n for n in plain.notes)
+    assert _load({"network_module": "networks.lora", "network_dim": 16}).conv_dim == 0
     assert _load({"network_type": "loha", "network_module": "lycoris.kohya"}).network_type == "loha"
     assert _load({"network_module": "lycoris.kohya", "algo": "LoHa"}).network_type == "loha"
     assert _load({"network_module": "networks.lora"}).network_type == "lora"
