@@ -116,7 +116,8 @@ def _lora_estimate(cfg: TrainConfig, arch: str) -> tuple[int, dict[str, int]]:
     return total, modules
 
 
-def _memory_gib(cfg: TrainConfig, arch: str, trainable: int) -> float:
+def memory_gib(cfg: TrainConfig, arch: str, trainable: int) -> float:
+    """A rough training-memory guess (GiB) for `trainable` adapter parameters on `arch`."""
     half = cfg.mixed_precision in ("fp16", "bf16")
     base = BASE_PARAMS[arch]
     weights = sum(base.values()) * (2 if half else 4)
@@ -155,7 +156,7 @@ def make_plan(cfg: TrainConfig, index: DatasetIndex, arch: str | None = None, wo
         plan.lora_modules = modules
         bytes_per = 4 if cfg.save_precision == "fp32" else 2
         plan.lora_file_mb = round(trainable * bytes_per / 1e6, 1)
-        plan.memory_gib = _memory_gib(cfg, arch, trainable)
+        plan.memory_gib = memory_gib(cfg, arch, trainable)
     if batches * world_size * cfg.batch_size < index.num_repeats_total:
         plan.notes.append("some batches are smaller than batch_size (buckets do not divide evenly)")
     if cfg.max_train_steps and epochs > 1000:

@@ -70,6 +70,7 @@ def add_to_plan(plan: Plan, cfg: TrainConfig) -> NetworkSpec:
     """Check the network before any model loads and put its lines (and, for LoHa/LoKr/DoRA, its own
     parameter estimate) into the dry-run plan."""
     from lora_trainer.data.arch_tables import TEXT_ENCODERS, UNET_ATTN, UNET_CONV
+    from lora_trainer.data.plan import memory_gib
     from lora_trainer.lora.blocks import spec_plan_lines
     from lora_trainer.lora.estimate import adapter_params
 
@@ -89,10 +90,16 @@ def add_to_plan(plan: Plan, cfg: TrainConfig) -> NetworkSpec:
                 modules["text_encoder"] += count
         plan.trainable_params, plan.lora_modules = total, modules
         plan.lora_file_mb = round(total * (4 if cfg.save_precision == "fp32" else 2) / 1e6, 1)
-    if spec.block_dims or spec.conv_block_dims or spec.rules:
-        plan.notes.append("the parameter estimate counts every block at lora_rank / conv_dim (block-wise ranks "
-                          "are resolved when the model loads)")
+        plan.memory_gib = memory_gib(cfg, plan.arch, total)
+    if _block_wise(spec):
+        plan.notes.append("the parameter estimate counts every module at lora_rank / conv_dim (block-wise "
+                          "settings are resolved when the model loads; the log lists them)")
     return spec
+
+
+def _block_wise(spec: NetworkSpec) -> bool:
+    return bool(spec.block_dims or spec.block_alphas or spec.conv_block_dims or spec.conv_block_alphas
+                or spec.block_lr_weight or spec.rules or spec.include or spec.exclude)
 
 
 def _widths(plans: list[Any]) -> set[int]:
@@ -141,7 +148,7 @@ def build_network(ad: ModelAdapter, cfg: TrainConfig, train_te: bool,
     spec.validate(_widths(plans))
     network = LoRANetwork.from_spec(targets, spec)
     log(describe(spec))
-    if spec.block_dims or spec.conv_block_dims or spec.block_lr_weight or spec.rules or spec.include or spec.exclude:
+    if _block_wise(spec):
         for line in plan_lines(network.plans.values(), cfg.effective_unet_lr, cfg.effective_text_encoder_lr):
             log(line)
     return network, weights
