@@ -270,7 +270,13 @@ class ImageLoRATask(Task):
         return self.network.kohya_state_dict(torch.float32)
 
     def load_weights_state(self, saved: dict[str, torch.Tensor], path: str) -> None:
-        report = self.network.load_kohya_state_dict(saved)
+        from lora_trainer.lora.network import LoRAWeightsError
+
+        try:
+            report = self.network.load_kohya_state_dict(saved)
+        except LoRAWeightsError as e:  # another network type or rank than this run's settings
+            raise ConfigError("resume_from_checkpoint", f"{path}: {str(e).removeprefix('network_weights: ')} "
+                                                        "(as when the state was saved)") from None
         if report.missing:
             raise ConfigError("resume_from_checkpoint", f"{path}: the saved LoRA lacks {len(report.missing)} "
                                                         "module(s) of this model (different model or network settings?)")

@@ -310,3 +310,17 @@ def test_sdxl_lokr_with_block_ranks_trains_and_a1111_reads_it(a1111, data_dir, t
         updown, _ = made.calc_updown(base_w)
         torch.testing.assert_close(updown.reshape(base_w.shape), ours[name].reshape(base_w.shape),
                                    rtol=1e-7, atol=1e-10, msg=f"{name}: A1111's delta differs")
+
+
+def test_resuming_with_another_network_type_names_the_state(data_dir, tmp_path, adapter):
+    from lora_trainer.config import load_config
+    from lora_trainer.errors import ConfigError
+    from lora_trainer.tasks import train
+
+    first = load_config(_config(tmp_path / "a.yaml", data_dir, str(tmp_path / "out"), network_type="loha"))
+    train(first, adapter=adapter)
+    again = load_config(_config(tmp_path / "b.yaml", data_dir, str(tmp_path / "out"), network_type="lokr",
+                                resume_from_checkpoint="latest", max_train_steps=3))
+    with pytest.raises(ConfigError) as exc:
+        train(again, adapter=adapter)
+    assert exc.value.field == "resume_from_checkpoint" and "loha" in str(exc.value), str(exc.value)
