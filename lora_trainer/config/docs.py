@@ -53,8 +53,13 @@ def markdown_reference() -> str:
               "`network_train_unet_only: true` → `train_text_encoder: false`; `network_train_text_encoder_only: "
               "true` → `train_unet: false`; `v2: true` → `model_type: sd2`; `sdxl: true` → `model_type: sdxl`; "
               "`model_train_type` (lora-scripts) → `model_type`; `xformers`/`sdpa: true` → `attention: sdpa`; "
-              "`save_model_as` must be `safetensors`; `network_module` must be `networks.lora`; "
-              "ignored with a note: "
+              "`save_model_as` must be `safetensors`; `network_module` is `networks.lora` or `lycoris.kohya` (without an "
+              "`algo` argument: `network_type: locon`; without `conv_dim`: convs at `network_dim`, as LyCORIS); `network_args` (kohya / LyCORIS `key=value` list): `conv_dim`, "
+              "`conv_alpha`, `dropout`, `algo` → `network_type` (`algo=lora`/`locon` with `dora_wd=True` → `dora`), "
+              "`factor` → `lokr_factor`, `full_matrix` → `lokr_full_rank`, `dora_wd`, `block_dims`, `block_alphas`, "
+              "`conv_block_dims`, `conv_block_alphas` (comma-separated), `down_lr_weight` (12) + `mid_lr_weight` (1) + "
+              "`up_lr_weight` (12) → `block_lr_weight` (25), `use_tucker=false` accepted (true is refused), "
+              "`wd_on_output` ignored with a note; ignored with a note: "
               + ", ".join(f"`{k}`" for k in IGNORED_KEYS) + ".", ""]
     return "\n".join(lines)
 

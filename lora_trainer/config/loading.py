@@ -54,13 +54,75 @@ def _must_equal(expected: tuple[str, ...], hint: str) -> Any:
     return apply
 
 
+_NETWORK_ARGS = {"conv_dim": "conv_dim", "conv_rank": "conv_dim", "conv_alpha": "conv_alpha", "dropout": "lora_dropout",
+                 "algo": "network_type", "factor": "lokr_factor", "full_matrix": "lokr_full_rank", "dora_wd": "dora_wd",
+                 "block_dims": "block_dims", "block_alphas": "block_alphas", "conv_block_dims": "conv_block_dims",
+                 "conv_block_alphas": "conv_block_alphas", "block_lr_weight": "block_lr_weight"}
+_LR_PARTS = (("down_lr_weight", 12), ("mid_lr_weight", 1), ("up_lr_weight", 12))
+
+
 def _network_args(raw: Any, out: dict[str, Any], key: str) -> None:
-    """kohya `network_args = ["conv_dim=4", "conv_alpha=1"]`: the LoCon ranks map to fields."""
-    known = {"conv_dim": "conv_dim", "conv_rank": "conv_dim", "conv_alpha": "conv_alpha", "dropout": "lora_dropout"}
-    for name, value in _coerce_dict(raw, key).items():
-        if name not in known:
-            raise ConfigError(f"{key}.{name}", f"unsupported network argument; supported: {', '.join(known)}")
-        out[known[name]] = _coerce(known[name], value, f"{key}.{name}")
+    """kohya / LyCORIS `network_args = ["conv_dim=4", "algo=loha", "block_dims=2,4,..."]` → fields.
+
+    `algo=lora|locon` with `dora_wd=True` is DoRA; kohya's down/mid/up_lr_weight (12 + 1 + 12 values)
+    become the 25 `block_lr_weight`s; Tucker (`use_tucker`) is refused, `wd_on_output` noted."""
+    args = _coerce_dict(raw, key)
+    lr_parts: dict[str, list[float]] = {}
+    for name, value in args.items():
+        where = f"{key}.{name}"
+        if name in ("use_tucker", "use_cp", "use_conv_cp"):
+            if _coerce_bool(value, where):
+                raise ConfigError(where, "Tucker-decomposed convs are not supported; remove it or set it to false")
+            continue
+        if name == "wd_on_output":
+            out.setdefault("__notes__", []).append(
+                f"'{where}' ignored: the DoRA magnitude is kept per input channel (what A1111 1.10 reads)")
+            continue
+        if name in dict(_LR_PARTS):
+            lr_parts[name] = _coerce_float_list(value, where)
+            continue
+        if name not in _NETWORK_ARGS:
+            raise ConfigError(where, f"unsupported network argument; supported: {', '.join(_NETWORK_ARGS)}, "
+                                     f"{', '.join(n for n, _ in _LR_PARTS)}, use_tucker=false, wd_on_output")
+        field = _NETWORK_ARGS[name]
+        value = _coerce(field, value, where)
+        if field == "network_type" and value not in FIELDS["network_type"].metadata["choices"]:
+            raise ConfigError(where, f"LyCORIS algo {value!r} is not trained here; use lora, locon, loha, lokr or dora")
+        out[field] = value
+    if out.get("dora_wd") and out.get("network_type") in ("lora", "locon"):
+        out["network_type"], out["dora_wd"] = "dora", False
+    if lr_parts:
+        weights: list[float] = []
+        for name, count in _LR_PARTS:
+            part = lr_parts.get(name, [1.0] * count)
+            if len(part) != count:
+                raise ConfigError(f"{key}.{name}", f"has {len(part)} values; kohya's layout needs {count}")
+            weights += part
+        out["block_lr_weight"] = weights
+
+
+LYCORIS_CONV = "__lycoris_conv__"
+
+
+def _lycoris_conv_default(values: dict[str, Any], notes: list[str]) -> None:
+    """`network_module: lycoris.kohya` without conv_dim: convs at the linear rank/alpha, as LyCORIS does."""
+    if not values.pop(LYCORIS_CONV, False) or "conv_dim" in values:
+        return
+    values["conv_dim"] = values.get("lora_rank", default_of(FIELDS["lora_rank"]))
+    values.setdefault("conv_alpha", values.get("lora_alpha", default_of(FIELDS["lora_alpha"])))
+    notes.append(f"network_module lycoris.kohya: conv_dim {values['conv_dim']} (LyCORIS's default: network_dim)")
+
+
+def _network_module(raw: Any, out: dict[str, Any], key: str) -> None:
+    """kohya `networks.lora` is LoRA/LoCon; `lycoris.kohya` without an `algo` argument is LoCon."""
+    text = str(raw).strip().lower()
+    if text in ("networks.lora", "lora"):
+        return
+    if text == "lycoris.kohya":  # LyCORIS trains the 3x3 convs at network_dim unless conv_dim says otherwise
+        out["__defaults__"] = {"network_type": "locon", LYCORIS_CONV: True}
+        return
+    raise ConfigError(key, f"{raw!r} is not supported; use networks.lora or lycoris.kohya (with network_type / "
+                           "network_args algo=lora|locon|loha|lokr)")
 
 
 def _ignored(raw: Any, out: dict[str, Any], key: str) -> None:  # noqa: ARG001
@@ -77,7 +139,7 @@ SPECIAL_KEYS = {
     "model_train_type": _model_train_type,
     "network_args": _network_args,
     "save_model_as": _must_equal(("safetensors",), "LoRA files are always written as safetensors"),
-    "network_module": _must_equal(("networks.lora", "lora"), "only kohya LoRA (networks.lora) is trained"),
+    "network_module": _network_module,
     "log_with": _ignored, "log_prefix": _ignored, "persistent_data_loader_workers": _ignored,
     "lowram": _ignored, "mem_eff_attn": _ignored, "full_fp16": _ignored,
     "full_bf16": _ignored, "max_token_length_auto": _ignored, "lr_scheduler_num_cycles": _ignored,
@@ -166,6 +228,52 @@ def _coerce_str_list(value: Any, key: str) -> list[str]:
     raise ConfigError(key, f"expected a list of names, got {value!r}")
 
 
+def _coerce_list(value: Any, key: str, item: Any) -> list[Any]:
+    """A list, or kohya's comma-separated string (`"2,4,4,8"`)."""
+    if isinstance(value, str):
+        value = [v for v in re.split(r"[,\s]+", value.strip()) if v]
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):  # kohya's mid_lr_weight=0
+        value = [value]
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(key, f"expected a list of numbers, got {value!r}")
+    return [item(v, key) for v in value]
+
+
+def _coerce_int_list(value: Any, key: str) -> list[int]:
+    return _coerce_list(value, key, _coerce_int)
+
+
+def _coerce_float_list(value: Any, key: str) -> list[float]:
+    return _coerce_list(value, key, _coerce_float)
+
+
+def _coerce_rules(value: Any, key: str) -> list[dict[str, Any]]:
+    """`network_blocks`: mappings `{pattern, rank, alpha, lr_weight, exclude}` (a plain string = exclude)."""
+    if isinstance(value, (str, Mapping)):
+        value = [value]
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(key, f"expected a list of rules, got {value!r}")
+    out: list[dict[str, Any]] = []
+    for i, item in enumerate(value):
+        where = f"{key}[{i}]"
+        if isinstance(item, str):
+            item = {"pattern": item, "exclude": True}
+        if not isinstance(item, Mapping):
+            raise ConfigError(where, "must be a mapping with 'pattern' (and rank, alpha, lr_weight, exclude)")
+        unknown = sorted(set(map(str, item)) - {"pattern", "rank", "alpha", "lr_weight", "exclude"})
+        if unknown:
+            raise ConfigError(f"{where}.{unknown[0]}", "unknown key; use pattern, rank, alpha, lr_weight, exclude")
+        if not item.get("pattern"):
+            raise ConfigError(f"{where}.pattern", "is required (an fnmatch pattern on kohya module names)")
+        rule: dict[str, Any] = {"pattern": _coerce_str(item["pattern"], f"{where}.pattern")}
+        for name, parse in (("rank", _coerce_int), ("alpha", _coerce_float), ("lr_weight", _coerce_float),
+                            ("exclude", _coerce_bool)):
+            if item.get(name) is not None:
+                rule[name] = parse(item[name], f"{where}.{name}")
+        out.append(rule)
+    return out
+
+
 def _coerce_prompts(value: Any, key: str) -> list[str] | str:
     if isinstance(value, str):
         return value
@@ -198,7 +306,8 @@ def _coerce_dict(value: Any, key: str) -> dict[str, Any]:
 _COERCERS = {
     "bool": _coerce_bool, "int": _coerce_int, "float": _coerce_float, "str": _coerce_str,
     "int | tuple[int, int]": _coerce_resolution, "list[str]": _coerce_str_list,
-    "list[str] | str": _coerce_prompts, "dict[str, Any]": _coerce_dict,
+    "list[str] | str": _coerce_prompts, "dict[str, Any]": _coerce_dict, "list[int]": _coerce_int_list,
+    "list[float]": _coerce_float_list, "list[dict[str, Any]]": _coerce_rules,
 }
 
 
@@ -214,9 +323,12 @@ def _coerce(name: str, value: Any, key: str) -> Any:
             return ""
         raise ConfigError(key, "a value is required here")
     out = _COERCERS[base](value, key)
+    if name in ("network_include", "network_exclude"):  # patterns hold no spaces: one per line or comma
+        out = [p for v in out for p in re.split(r"[,\s]+", v) if p]
     if name == "caption_extension" and out and not out.startswith("."):
         out = "." + out
-    if name in ("optimizer", "lr_scheduler", "mixed_precision", "model_type", "task_type", "save_precision"):
+    if name in ("optimizer", "lr_scheduler", "mixed_precision", "model_type", "task_type", "save_precision",
+                "network_type"):
         out = out.strip().lower()
         if name == "optimizer":
             out = {"adamw_8bit": "adamw8bit", "adam8bit": "adamw8bit", "adamw8": "adamw8bit"}.get(out, out)
@@ -281,6 +393,8 @@ def _apply(values: dict[str, Any], raw: Mapping[str, Any], base_dir: str, seen: 
             extra: dict[str, Any] = {}
             SPECIAL_KEYS[key](value, extra, dotted)
             notes.extend(extra.pop("__notes__", []))
+            for name, default in extra.pop("__defaults__", {}).items():  # unless the config sets it
+                values.setdefault(name, default)
             values.update(extra)
             continue
         name = key if key in FIELDS else ALIASES.get(key)
@@ -388,6 +502,7 @@ def load_config(source: str | os.PathLike[str] | Mapping[str, Any] | TrainConfig
     for text in overrides:
         notes += _apply(values, parse_override(text), os.getcwd(), seen)
     fit_bucket_defaults(values, seen)
+    _lycoris_conv_default(values, notes)
     if values.get("keep_tokens") and not values.get("shuffle_caption"):
         notes.append("keep_tokens only matters with shuffle_caption: true")
     try:

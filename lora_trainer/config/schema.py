@@ -125,6 +125,31 @@ class TrainConfig:
     conv_dim: int = _f("network", 0, "Rank for 3x3 convolutions (LoCon); 0 = off.", aliases=("conv_rank",), min=0,
                        max=1024)
     conv_alpha: float | None = _f("network", None, "Alpha for conv layers; empty = conv_dim.", gt=0)
+    network_type: str = _f("network", "lora", "Adapter kind: `lora` (attention/linear layers), `locon` (LoRA on 3x3 "
+                           "convs too), `loha` (Hadamard product), `lokr` (Kronecker product) or `dora` (LoRA with "
+                           "a learnt weight magnitude). Files use the LyCORIS layout A1111, Forge and ComfyUI read.",
+                           aliases=("algo", "network_algo"), choices=("lora", "locon", "loha", "lokr", "dora"))
+    lokr_factor: int = _f("network", -1, "LoKr: split each width as factor x rest (must divide the model's widths); "
+                          "-1 = the most square split.", min=-1)
+    lokr_full_rank: bool = _f("network", False, "LoKr: train the second Kronecker factor as a full matrix (rank "
+                              "ignored).", aliases=("full_matrix",))
+    dora_wd: bool = _f("network", False, "LoHa/LoKr: also learn DoRA's weight magnitude (`network_type: dora` is "
+                       "LoRA with it).")
+    network_include: list[str] = _f("network", [], "Train only modules whose kohya name matches one of these "
+                                    "patterns (e.g. `lora_unet_up_blocks_*`); empty = every module.")
+    network_exclude: list[str] = _f("network", [], "Never train modules whose kohya name matches one of these "
+                                    "patterns (e.g. `*_ff_net_*`).")
+    network_blocks: list[dict[str, Any]] = _f("network", [], "Per-module rules on kohya names, last match wins: "
+                                              "`[{pattern: 'lora_unet_up_*', rank: 16, alpha: 8, lr_weight: 0.5}]`, "
+                                              "`exclude: true` drops the modules.")
+    block_dims: list[int] = _f("network", [], "kohya block-wise ranks: 25 values for SD1/SD2 (IN00-IN11, MID, "
+                               "OUT00-OUT11) or 23 for SDXL; empty = lora_rank everywhere; 0 = block not trained.")
+    block_alphas: list[float] = _f("network", [], "Block-wise alphas (25 / 23 values); empty = lora_alpha.")
+    conv_block_dims: list[int] = _f("network", [], "Block-wise ranks of 3x3 convs (25 / 23 values); empty = conv_dim.")
+    conv_block_alphas: list[float] = _f("network", [], "Block-wise alphas of 3x3 convs (25 / 23 values); empty = "
+                                        "conv_alpha.")
+    block_lr_weight: list[float] = _f("network", [], "Multiplier of the UNet learning rate per block (25 / 23 "
+                                      "values); 0 = block not trained.")
     train_unet: bool = _f("network", True, "Train LoRA on the UNet.")
     train_text_encoder: bool = _f("network", True, "Train LoRA on the text encoder(s).")
     network_weights: str | None = _f("network", None, "Start from an existing LoRA file (continue training); "

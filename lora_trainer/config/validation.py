@@ -138,6 +138,30 @@ def _check_paths(cfg: TrainConfig, require: Iterable[str]) -> None:
         raise _err(cfg, "output_dir", f"is a file, not a folder: {cfg.output_dir}")
 
 
+BLOCK_LISTS = ("block_dims", "block_alphas", "conv_block_dims", "conv_block_alphas", "block_lr_weight")
+
+
+def _check_network(cfg: TrainConfig) -> None:
+    """What the adapter settings say on their own (a LoKr factor against the model's widths is
+    checked when the architecture is known: the dry run / before the model loads)."""
+    if cfg.task_type == "text-generation" and cfg.network_type != "lora":
+        raise _err(cfg, "network_type", f"{cfg.network_type} is for image models; text-generation trains a PEFT "
+                                        "LoRA (network_type: lora)")
+    if cfg.lokr_factor == 0:
+        raise _err(cfg, "lokr_factor", "0 is not a factor; use -1 (the most square split) or a number > 0")
+    for name in BLOCK_LISTS:
+        values = getattr(cfg, name)
+        if values and len(values) not in (23, 25):
+            raise _err(cfg, name, f"has {len(values)} values; kohya's layout needs 25 (SD1/SD2: IN00-IN11, MID, "
+                                  "OUT00-OUT11) or 23 (SDXL)")
+        if any(v < 0 for v in values):
+            raise _err(cfg, name, "values must be >= 0")
+    lengths = {len(getattr(cfg, n)) for n in BLOCK_LISTS if getattr(cfg, n)}
+    if len(lengths) > 1:
+        raise _err(cfg, "block_dims", "the block lists have different lengths "
+                                      f"({', '.join(f'{n} {len(getattr(cfg, n))}' for n in BLOCK_LISTS if getattr(cfg, n))})")
+
+
 DEVICE_PATTERN = re.compile(r"auto|cpu|mps|(cuda|xpu)(:\d+)?")
 
 
@@ -155,5 +179,6 @@ def validate_config(cfg: TrainConfig, *, check_paths: bool = True,
     _check_device(cfg)
     _check_resolution(cfg)
     _check_combinations(cfg)
+    _check_network(cfg)
     if check_paths:
         _check_paths(cfg, require)

@@ -44,6 +44,7 @@ class Plan:
     memory_gib: float | None = None
     skipped: int = 0
     notes: list[str] = field(default_factory=list)
+    network: list[str] = field(default_factory=list)  # the adapter's type and block-wise settings (train layer)
 
     @property
     def repeats(self) -> int:
@@ -115,7 +116,8 @@ def _lora_estimate(cfg: TrainConfig, arch: str) -> tuple[int, dict[str, int]]:
     return total, modules
 
 
-def _memory_gib(cfg: TrainConfig, arch: str, trainable: int) -> float:
+def memory_gib(cfg: TrainConfig, arch: str, trainable: int) -> float:
+    """A rough training-memory guess (GiB) for `trainable` adapter parameters on `arch`."""
     half = cfg.mixed_precision in ("fp16", "bf16")
     base = BASE_PARAMS[arch]
     weights = sum(base.values()) * (2 if half else 4)
@@ -154,7 +156,7 @@ def make_plan(cfg: TrainConfig, index: DatasetIndex, arch: str | None = None, wo
         plan.lora_modules = modules
         bytes_per = 4 if cfg.save_precision == "fp32" else 2
         plan.lora_file_mb = round(trainable * bytes_per / 1e6, 1)
-        plan.memory_gib = _memory_gib(cfg, arch, trainable)
+        plan.memory_gib = memory_gib(cfg, arch, trainable)
     if batches * world_size * cfg.batch_size < index.num_repeats_total:
         plan.notes.append("some batches are smaller than batch_size (buckets do not divide evenly)")
     if cfg.max_train_steps and epochs > 1000:
@@ -181,5 +183,6 @@ def format_plan(plan: Plan) -> str:
         lines.append(f"memory (rough, ±50%): ≈ {plan.memory_gib} GiB on the training device")
     else:
         lines.append(f"model: {plan.arch or 'unknown'} ({plan.arch_source})")
+    lines += plan.network
     lines += [f"note: {n}" for n in plan.notes]
     return "\n".join(lines)

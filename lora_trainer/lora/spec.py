@@ -159,4 +159,13 @@ class NetworkSpec:
         if self.weight_decompose:
             args["dora_wd"] = "True"
             args["wd_on_output"] = "False"  # magnitude per input channel: the axis A1111 1.10 reads
+        for name in ("block_dims", "block_alphas", "conv_block_dims", "conv_block_alphas"):
+            if getattr(self, name):
+                args[name] = ",".join(f"{v:g}" for v in getattr(self, name))
+        lr = self.block_lr_weight
+        if len(lr) == 25:  # kohya's own keys for SD1/SD2
+            for name, part in (("down_lr_weight", lr[:12]), ("mid_lr_weight", lr[12:13]), ("up_lr_weight", lr[13:])):
+                args[name] = ",".join(f"{v:g}" for v in part)
+        elif lr:
+            args["block_lr_weight"] = ",".join(f"{v:g}" for v in lr)
         return args

@@ -85,18 +85,13 @@ def denoising_loss(adapter: Any, inputs: list[tuple[torch.Tensor, ...]], predict
 
 
 def load_network(adapter: Any, lora_file: str) -> Any:
-    """A LoRANetwork built for `adapter` from a kohya file (rank/alpha and parts read from the file)."""
+    """A LoRANetwork built for `adapter` from a file of any type (LoRA/LoCon/LoHa/LoKr/DoRA; its
+    type, ranks, alphas and parts read from the file's tensors)."""
     from lora_trainer.lora.file import load_lora_file
-    from lora_trainer.lora.network import LoRANetwork, infer_rank_alpha
+    from lora_trainer.lora.infer import network_for_file
 
     sd, _ = load_lora_file(lora_file)
-    ra = infer_rank_alpha(sd)
-    has_te = any(k.startswith("lora_te") for k in sd)
-    has_unet = any(k.startswith("lora_unet") for k in sd)
-    targets = adapter.lora_targets(unet=has_unet, text_encoder=has_te, conv=ra.conv_rank > 0)
-    net = LoRANetwork(targets, rank=ra.rank or ra.conv_rank, alpha=ra.alpha, conv_rank=ra.conv_rank,
-                      conv_alpha=ra.conv_alpha)
-    net.load_kohya_state_dict(sd)
+    net = network_for_file(sd, adapter.lora_targets)
     net.eval()
     return net
 

@@ -21,6 +21,7 @@ from lora_trainer.train import checkpoint as ckpt
 from lora_trainer.train.common import autocast_context, check_device, derive_seed, seed_all
 from lora_trainer.train.distributed import DistContext, init_from_env
 from lora_trainer.train.engine import Engine, Task, TrainResult, ensure_config
+from lora_trainer.train.network_setup import add_to_plan, build_network
 from lora_trainer.train.sampling import generate_samples, parse_prompts
 from lora_trainer.train.validation import HeldOutInput, fixed_input, held_out_loss
 
@@ -56,6 +57,7 @@ def prepare_plan(cfg: TrainConfig, dist: DistContext | None = None) -> tuple[Dat
     add_regularisation(cfg, index)
     dataset = TrainDataset(cfg, index)
     plan = make_plan(cfg, index, world_size=dist.world_size, dataset=dataset)
+    add_to_plan(plan, cfg)  # the adapter's type and block-wise settings, checked before any model
     if plan.batches_per_epoch <= 0:
         raise ConfigError("batch_size", f"{plan.samples_per_epoch} samples per epoch leave no batch for each of "
                                         f"{dist.world_size} processes; add images or repeats")
@@ -143,24 +145,17 @@ class ImageLoRATask(Task):
         return groups
 
     def _build_network(self, ad: ModelAdapter) -> list[dict[str, Any]]:
-        from lora_trainer.lora.network import LoRANetwork
-
         run, cfg = self.run, self.cfg
         train_te = cfg.train_text_encoder
         if train_te and not ad.trainable_text_encoder():
             run.log("this model's text encoder cannot be trained here; training the UNet only", "warning")
             train_te = False
         self.train_te = train_te
-        targets = ad.lora_targets(unet=cfg.train_unet, text_encoder=train_te, conv=cfg.conv_dim > 0)
-        if not targets:
-            raise ConfigError("train_unet", "nothing to train: no LoRA target modules (train_unet and "
-                                            "train_text_encoder are both off?)")
         seed_all(cfg.seed)
-        self.network = LoRANetwork(targets, rank=cfg.lora_rank, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
-                                   conv_rank=cfg.conv_dim, conv_alpha=cfg.conv_alpha)
+        self.network, weights = build_network(ad, cfg, train_te, run.log)
         self.network.attach()
-        if cfg.network_weights:
-            self._continue_from(cfg.network_weights)
+        if weights is not None:
+            self._continue_from(cfg.network_weights, weights)
         groups = self.network.param_groups(cfg.effective_unet_lr, cfg.effective_text_encoder_lr)
         params = [p for g in groups for p in g["params"]]
         for p in params:
@@ -169,12 +164,9 @@ class ImageLoRATask(Task):
         run.dist.broadcast_params(params)
         return groups
 
-    def _continue_from(self, weights: str) -> None:
-        """`network_weights`: start from an existing LoRA file."""
-        from lora_trainer.lora.file import load_lora_file
-
+    def _continue_from(self, weights: str, sd: dict[str, torch.Tensor]) -> None:
+        """`network_weights`: start from an existing LoRA / LoHa / LoKr / DoRA file."""
         assert self.network is not None
-        sd, _ = load_lora_file(weights)
         report = self.network.load_kohya_state_dict(sd)
         if not report.loaded:
             raise ConfigError("network_weights", f"{weights} has no LoRA module of this model "
@@ -351,7 +343,13 @@ class ImageLoRATask(Task):
         return self.network.kohya_state_dict(torch.float32)
 
     def load_weights_state(self, saved: dict[str, torch.Tensor], path: str) -> None:
-        report = self.network.load_kohya_state_dict(saved)
+        from lora_trainer.lora.network import LoRAWeightsError
+
+        try:
+            report = self.network.load_kohya_state_dict(saved)
+        except LoRAWeightsError as e:  # another network type or rank than this run's settings
+            raise ConfigError("resume_from_checkpoint", f"{path}: {str(e).removeprefix('network_weights: ')} "
+                                                        "(as when the state was saved)") from None
         if report.missing:
             raise ConfigError("resume_from_checkpoint", f"{path}: the saved LoRA lacks {len(report.missing)} "
                                                         "module(s) of this model (different model or network settings?)")

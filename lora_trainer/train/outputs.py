@@ -48,7 +48,8 @@ def training_metadata(path: str, network: LoRANetwork, adapter: ModelAdapter, cf
         keep_tokens=cfg.keep_tokens, max_token_length=cfg.max_token_length,
         caption_dropout_rate=cfg.caption_dropout_rate, cache_latents=cfg.cache_latents,
         train_unet=cfg.train_unet, train_text_encoder=cfg.train_text_encoder,
-        trigger_words=cfg.trigger_word or None, description=cfg.description, extra=extra)
+        trigger_words=cfg.trigger_word or None, description=cfg.description, extra=extra,
+        network_module=network.spec.kohya_network_module(), network_args=network.spec.kohya_network_args())
 
 
 def write_lora(path: str, network: LoRANetwork, adapter: ModelAdapter, cfg: TrainConfig, index: DatasetIndex,

@@ -193,8 +193,9 @@ def test_network_args_toml_and_config_input(tmp_path: Path) -> None:
     cfg = load_config({"network_args": ["conv_dim=4", "conv_alpha=2"]}, check_paths=False)
     assert (cfg.conv_dim, cfg.effective_conv_alpha) == (4, 2.0)
     with pytest.raises(ConfigError) as exc:
-        load_config({"network_args": ["algo=lokr"]}, check_paths=False)
+        load_config({"network_args": ["algo=ia3"]}, check_paths=False)
     assert exc.value.field == "network_args.algo"
+    assert load_config({"network_args": ["algo=lokr"]}, check_paths=False).network_type == "lokr"
     toml = tmp_path / "kohya.toml"
     toml.write_text('network_dim = 16\nlearning_rate = 2e-4\n[training]\ntrain_batch_size = 2\n', encoding="utf-8")
     from_toml = load_config(toml, check_paths=False)

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_image
 from PIL import Image
 
 from lora_trainer.config import load_config
@@ -15,6 +14,7 @@ from lora_trainer.data import TrainDataset, scan_dataset
 from lora_trainer.data.extra_sets import add_regularisation, reg_repeats, split_validation
 from lora_trainer.data.scan import ImageItem
 from lora_trainer.errors import ConfigError, DatasetError
+from tests.data.conftest import make_image
 
 
 def _cfg(root: Path, **over):
