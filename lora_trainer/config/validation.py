@@ -144,8 +144,8 @@ BLOCK_LISTS = ("block_dims", "block_alphas", "conv_block_dims", "conv_block_alph
 def _check_network(cfg: TrainConfig) -> None:
     """What the adapter settings say on their own (a LoKr factor against the model's widths is
     checked when the architecture is known: the dry run / before the model loads)."""
-    if cfg.task_type == "text-generation" and cfg.network_type != "lora":
-        raise _err(cfg, "network_type", f"{cfg.network_type} is for image models; text-generation trains a PEFT "
+    if cfg.task_type != "text-to-image" and cfg.network_type != "lora":
+        raise _err(cfg, "network_type", f"{cfg.network_type} is for image models; {cfg.task_type} trains a PEFT "
                                         "LoRA (network_type: lora)")
     if cfg.lokr_factor == 0:
         raise _err(cfg, "lokr_factor", "0 is not a factor; use -1 (the most square split) or a number > 0")
