@@ -165,6 +165,7 @@ def test_download_with_per_row_cancel_retry_open_and_clear(app, browser, artifac
         assert hashlib.sha256(landed.read_bytes()).hexdigest() == hashlib.sha256(data).hexdigest()
         page.screenshot(path=os.path.join(artifacts, "downloader_retried.png"), full_page=True)
 
+        _wait_text(page, "#ld_message", "Retried slow.safetensors")  # the retry's last word is said first
         opener.click()
         _wait_text(page, "#ld_message", str(landed.parent))
         page.locator("#ld_clear").click()
