@@ -90,6 +90,16 @@ def _check_combinations(cfg: TrainConfig) -> None:
                           f"({cfg.max_train_steps})")
     if cfg.output_name and re.search(r'[\\/:*?"<>|]', cfg.output_name):
         raise _err(cfg, "output_name", f"{cfg.output_name!r} contains characters not allowed in file names")
+    bad = sorted(set(cfg.flux_layers) - {"attn", "mlp", "mod"})
+    if bad:
+        raise _err(cfg, "flux_layers", f"unknown layer kind(s) {', '.join(map(str, bad))}; choose from attn, mlp, mod")
+    if cfg.model_type in ("sd1", "sd2", "sdxl"):
+        for name in ("fp8_base", "blocks_to_swap", "guidance_scale_train", "clip_l_path", "t5xxl_path"):
+            if getattr(cfg, name):
+                raise _err(cfg, name, f"is for FLUX.1 / Chroma models, but model_type is {cfg.model_type}; "
+                                      "remove it or set model_type: auto")
+    if cfg.guidance_scale_train is not None and cfg.model_type == "chroma":
+        raise _err(cfg, "guidance_scale_train", "Chroma has no guidance input (only FLUX.1-dev has); leave it empty")
     if not cfg.caption_extension or cfg.caption_extension in (".", ".png", ".jpg", ".jpeg", ".webp", ".bmp"):
         raise _err(cfg, "caption_extension", f"{cfg.caption_extension!r} cannot be a caption file extension")
 

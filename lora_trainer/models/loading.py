@@ -73,6 +73,8 @@ def load_adapter(cfg: TrainConfig):  # -> DiffusersAdapter
     if not base:
         raise ModelLoadError("config 'base_model' is empty: give a .safetensors checkpoint, a diffusers folder "
                              "or builtin:tiny-sd1")
+    if is_flux_model(cfg):
+        return _load_flux(cfg)
     clip_skip = cfg.clip_skip
     max_tokens = cfg.max_token_length
     if base.startswith(BUILTIN_PREFIX):
@@ -88,6 +90,47 @@ def load_adapter(cfg: TrainConfig):  # -> DiffusersAdapter
 
     adapter.to(device, weight_dtype(cfg.mixed_precision, device), vae_dtype=torch.float32)
     adapter.set_attention(cfg.attention)
+    return adapter
+
+
+def is_flux_model(cfg: TrainConfig) -> bool:
+    """Whether `base_model` is a FLUX.1 / Chroma model (by model_type, builtin name, folder index or file
+    header), so it loads through the flow family's adapter; SD models keep the path below."""
+    if cfg.model_type in ("flux", "chroma"):
+        return True
+    if cfg.model_type != "auto":
+        return False
+    from lora_trainer.models.flux_loading import BUILTIN
+
+    base = (cfg.base_model or "").strip()
+    if base in BUILTIN:
+        return True
+    path = os.path.expanduser(base)
+    if os.path.isdir(path):
+        try:
+            with open(os.path.join(path, "model_index.json"), encoding="utf-8") as fh:
+                return json.load(fh).get("_class_name") in ("FluxPipeline", "ChromaPipeline")
+        except (OSError, ValueError):
+            return False
+    if os.path.isfile(path) and path.lower().endswith(".safetensors"):
+        from lora_trainer.models import flux_detect
+
+        try:
+            keys = set(flux_detect.read_header(path))
+        except ModelLoadError:
+            return False
+        return flux_detect.describe_flux_keys(keys) is not None
+    return path.lower().endswith(".gguf")
+
+
+def _load_flux(cfg: TrainConfig):  # -> FluxAdapter
+    import torch
+
+    from lora_trainer.models.flux_adapter import load_flux_adapter
+
+    adapter = load_flux_adapter(cfg)
+    device = resolve_device(cfg.device)
+    adapter.to(device, weight_dtype(cfg.mixed_precision, device), vae_dtype=torch.float32)
     return adapter
 
 

@@ -141,9 +141,15 @@ class ImageLoRATask(Task):
     def _continue_from(self, weights: str) -> None:
         """`network_weights`: start from an existing LoRA file."""
         from lora_trainer.lora.file import load_lora_file
+        from lora_trainer.lora.flux_format import check_lora_family
+        from lora_trainer.lora.metadata_flux import FLUX_KINDS, load_flux_lora
 
         assert self.network is not None
-        sd, _ = load_lora_file(weights)
+        if self.adapter.info.arch in FLUX_KINDS:  # fused BFL modules split back per trained module
+            sd, _ = load_flux_lora(weights)
+        else:
+            sd, _ = load_lora_file(weights)
+            check_lora_family(sd.keys(), "sd", f"network_weights {weights}")
         report = self.network.load_kohya_state_dict(sd)
         if not report.loaded:
             raise ConfigError("network_weights", f"{weights} has no LoRA module of this model "
