@@ -200,11 +200,15 @@ class FluxAdapter(ModelAdapter):
         tr = self.transformer
         (tr.enable_gradient_checkpointing if enabled else tr.disable_gradient_checkpointing)()
         clip = self.parts.get("text_encoder")
-        if clip is not None:
-            if enabled:
-                clip.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            else:
-                clip.gradient_checkpointing_disable()
+        if clip is None:
+            return
+        kwargs = {"use_reentrant": False}  # transformers 5 renamed the methods ("activation_...")
+        if enabled and hasattr(clip, "activation_checkpointing_enable"):
+            clip.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        elif enabled:
+            clip.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        else:
+            (getattr(clip, "activation_checkpointing_disable", None) or clip.gradient_checkpointing_disable)()
 
     def prepare_for_training(self) -> None:
         """Freeze every part; then, as asked, store the blocks' weights as fp8 (irreversible: the run loaded
