@@ -123,6 +123,37 @@ def is_flux_model(cfg: TrainConfig) -> bool:
     return path.lower().endswith(".gguf")
 
 
+def flux_kind_of(cfg: TrainConfig) -> str | None:
+    """"flux-dev" | "flux-schnell" | "chroma" for a FLUX.1 / Chroma base (from names and headers only, for
+    the plan), else None."""
+    if not is_flux_model(cfg):
+        return None
+    from lora_trainer.models import flux_detect
+    from lora_trainer.models.flux_loading import BUILTIN
+    from lora_trainer.models.flux_tiny import PART_KIND
+
+    base = (cfg.base_model or "").strip()
+    fallback = "chroma" if cfg.model_type == "chroma" else "flux-dev"
+    if base in BUILTIN:
+        return PART_KIND[BUILTIN[base]]
+    path = os.path.expanduser(base)
+    try:
+        if os.path.isdir(path):
+            with open(os.path.join(path, "model_index.json"), encoding="utf-8") as fh:
+                if json.load(fh).get("_class_name") == "ChromaPipeline":
+                    return "chroma"
+            with open(os.path.join(path, "transformer", "config.json"), encoding="utf-8") as fh:
+                return "flux-dev" if json.load(fh).get("guidance_embeds") else "flux-schnell"
+        keys = set(flux_detect.read_header(path))
+    except (OSError, ValueError, ModelLoadError):
+        return fallback
+    for prefix in flux_detect.BFL_PREFIXES:
+        kind = flux_detect.kind_of_keys(keys, prefix)
+        if kind:
+            return kind
+    return fallback
+
+
 def _load_flux(cfg: TrainConfig):  # -> FluxAdapter
     import torch
 

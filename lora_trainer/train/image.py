@@ -48,9 +48,14 @@ def prepare_plan(cfg: TrainConfig, dist: DistContext | None = None) -> tuple[Dat
 
     dist = dist or DistContext()
     check_device(cfg.device)
+    from lora_trainer.models.loading import flux_kind_of
+
     index = scan_dataset(cfg)
     dataset = TrainDataset(cfg, index)
-    plan = make_plan(cfg, index, world_size=dist.world_size, dataset=dataset)
+    kind = flux_kind_of(cfg)
+    plan = make_plan(cfg, index, arch=kind, world_size=dist.world_size, dataset=dataset)
+    if kind:
+        plan.arch_source = "FLUX.1 / Chroma model"
     if plan.batches_per_epoch <= 0:
         raise ConfigError("batch_size", f"{plan.samples_per_epoch} samples per epoch leave no batch for each of "
                                         f"{dist.world_size} processes; add images or repeats")

@@ -108,6 +108,17 @@ def test_all_blocks_round_trip_through_the_fused_file(data_dir, tmp_path):
             torch.testing.assert_close(split[k], state[k], rtol=0, atol=0, msg=k)
 
 
+def test_dry_run_shows_the_family_and_memory_per_component(data_dir, tmp_path, capsys):
+    raw = _raw(data_dir, str(tmp_path / "dry"), fp8_base=True, blocks_to_swap=16, mixed_precision="bf16",
+               lora_rank=16)
+    assert _cli_train(tmp_path, raw, "--dry-run") == 0
+    out = capsys.readouterr().out
+    assert "model: flux-dev" in out and "transformer 6.4" in out  # kohya: fp8 + 16 blocks swapped fits 12 GB
+    for card in ("8 GB", "12 GB", "16 GB", "24 GB"):
+        assert f"  {card}: fp8_base: True" in out
+    assert not (tmp_path / "dry").exists()
+
+
 # ---- resume ------------------------------------------------------------------------------------------
 def test_a_stopped_flux_run_resumes_to_the_same_weights(data_dir, tmp_path):
     common = dict(max_train_steps=4, batch_size=1, train_text_encoder=True, text_encoder_lr=5e-3, save_steps=2,
