@@ -84,6 +84,7 @@ class FluxAdapter(ModelAdapter):
         self.info = AdapterInfo(arch=self.kind, prediction_type="flow", model_name=model_name)
         self._compute_dtype = next(parts["transformer"].parameters()).dtype
         self._swap: Any = None
+        self._target: torch.device | None = None  # the training device (`place`)
 
     # ---- facts -------------------------------------------------------------------------------
     @property
@@ -92,7 +93,7 @@ class FluxAdapter(ModelAdapter):
 
     @property
     def device(self) -> torch.device:
-        return next(self.transformer.parameters()).device
+        return self._target or next(self.transformer.parameters()).device
 
     @property
     def dtype(self) -> torch.dtype:
@@ -211,23 +212,45 @@ class FluxAdapter(ModelAdapter):
             (getattr(clip, "activation_checkpointing_disable", None) or clip.gradient_checkpointing_disable)()
 
     def prepare_for_training(self) -> None:
-        """Freeze every part; then, as asked, store the blocks' weights as fp8 (irreversible: the run loaded
-        this base itself) and keep `blocks_to_swap` blocks in CPU memory (undone by `restore`)."""
+        """Freeze every part, and apply fp8 storage / block swap where `place` has not done so yet."""
         for mod in self.modules().values():
             mod.requires_grad_(False)
+        self._memory_options()
+
+    def _memory_options(self) -> bool:
+        """fp8 storage of the blocks' weights (irreversible: the run loaded this base itself) and block swap
+        (undone by `restore`); True when blocks are swapped."""
         o = self.options
         if o.fp8_base:
             from lora_trainer.models.fp8_storage import in_blocks, store_fp8
 
             store_fp8(self.transformer, select=in_blocks)
-        if o.blocks_to_swap:
+        if o.blocks_to_swap and self._swap is None:
             from lora_trainer.models.block_swap import BlockSwap, flux_swap_blocks
 
             try:
                 blocks = flux_swap_blocks(self.transformer, o.blocks_to_swap)
             except ValueError as e:
                 raise ConfigError("blocks_to_swap", str(e)) from e
-            self._swap = BlockSwap(blocks, self.device).attach()
+            self._swap = BlockSwap(blocks, self._target or self.device).attach()
+        return self._swap is not None
+
+    def place(self, device: torch.device | str, dtype: torch.dtype, *, vae_dtype: torch.dtype | None = None
+              ) -> FluxAdapter:
+        """Move the model to `device` for training without ever holding the whole base there: cast, freeze,
+        store fp8 and pick the swapped blocks while it is still in CPU memory, then move everything except
+        the swapped blocks (a 12 GB card never sees FLUX.1-dev's 24 GB of bf16 weights)."""
+        self.to(None, dtype, vae_dtype=vae_dtype)
+        self._target = torch.device(device)
+        for mod in self.modules().values():
+            mod.requires_grad_(False)
+        swapped = self._memory_options()
+        stay = {id(t) for b in (self._swap.blocks if swapped else []) for t in (*b.parameters(), *b.buffers())}
+        for mod in self.modules().values():
+            for t in (*mod.parameters(), *mod.buffers()):
+                if id(t) not in stay and t.device != self._target:
+                    t.data = t.data.to(self._target)
+        return self
 
     def restore(self) -> None:
         if self._swap is not None:
@@ -253,9 +276,9 @@ class FluxAdapter(ModelAdapter):
         return meta
 
 
-def load_flux_adapter(cfg: Any) -> FluxAdapter:
-    """The FLUX.1 / Chroma adapter of `cfg.base_model` (builtin, diffusers folder, single files), with the
-    run's options, checked before the weights are read where the header tells enough."""
+def load_flux_adapter(cfg: Any, dtype: torch.dtype | None = None) -> FluxAdapter:
+    """The FLUX.1 / Chroma adapter of `cfg.base_model` (builtin, diffusers folder, single files) with the
+    run's options; files are read straight into `dtype` (bf16 for a bf16 run: half the CPU memory)."""
     import os
 
     from lora_trainer.models.flux_loading import BUILTIN, load_flux_parts
@@ -263,7 +286,7 @@ def load_flux_adapter(cfg: Any) -> FluxAdapter:
     base = cfg.base_model.strip()
     name = base if base in BUILTIN else os.path.basename(os.path.normpath(os.path.expanduser(base)))
     parts = load_flux_parts(base, vae_path=cfg.vae_path, clip_l_path=cfg.clip_l_path, t5xxl_path=cfg.t5xxl_path,
-                            tokenizer_path=cfg.tokenizer_path, model_cache_dir=cfg.model_cache_dir)
+                            tokenizer_path=cfg.tokenizer_path, model_cache_dir=cfg.model_cache_dir, dtype=dtype)
     wanted = cfg.model_type
     family = "chroma" if parts["kind"] == "chroma" else "flux"
     if wanted != "auto" and wanted != family:

@@ -159,10 +159,9 @@ def _load_flux(cfg: TrainConfig):  # -> FluxAdapter
 
     from lora_trainer.models.flux_adapter import load_flux_adapter
 
-    adapter = load_flux_adapter(cfg)
     device = resolve_device(cfg.device)
-    adapter.to(device, weight_dtype(cfg.mixed_precision, device), vae_dtype=torch.float32)
-    return adapter
+    dtype = weight_dtype(cfg.mixed_precision, device)
+    return load_flux_adapter(cfg, dtype).place(device, dtype, vae_dtype=torch.float32)
 
 
 def _check_model_type(cfg: TrainConfig, detected: str, where: str) -> None:

@@ -186,6 +186,25 @@ def test_a_transformer_without_its_text_encoders_is_named_in_one_line(tiny_flux,
     assert not (tmp_path / "out" / "out.safetensors").exists()
 
 
+@pytest.mark.parametrize("source", ["single files", "diffusers folder"])
+def test_trains_from_the_files_users_have(source, tiny_flux, data_dir, tmp_path):
+    """base_model as Forge / ComfyUI users hold it (transformer + ae + clip_l + t5xxl files), or a diffusers
+    folder: the same model as the built-in, so the same first-step loss."""
+    from flux_helpers import write_single_files
+
+    from lora_trainer.models.flux_tiny import save_tiny_flux
+
+    if source == "single files":
+        files = write_single_files(tiny_flux, str(tmp_path / "models"))
+        extra = dict(base_model=files["transformer"], vae_path=files["vae"], clip_l_path=files["clip_l"],
+                     t5xxl_path=files["t5"])
+    else:
+        extra = dict(base_model=save_tiny_flux(str(tmp_path / "folder")))
+    builtin = _losses(_raw(data_dir, str(tmp_path / "a"), max_train_steps=1))
+    loaded = _losses(_raw(data_dir, str(tmp_path / "b"), max_train_steps=1, **extra))
+    torch.testing.assert_close(torch.tensor(loaded), torch.tensor(builtin), rtol=1e-5, atol=1e-6)
+
+
 def test_flux_only_settings_are_refused_for_chroma_and_sd(data_dir, tmp_path, capsys):
     assert _cli_train(tmp_path, _raw(data_dir, str(tmp_path / "c"), "chroma", guidance_scale_train=3.5)) == 2
     _one_error(capsys, "guidance_scale_train", "FLUX.1-dev")
