@@ -85,6 +85,8 @@ class FluxAdapter(ModelAdapter):
         self._compute_dtype = next(parts["transformer"].parameters()).dtype
         self._swap: Any = None
         self._target: torch.device | None = None  # the training device (`place`)
+        self._prompt_cache: dict[str, dict[str, torch.Tensor]] = {}
+        self._t5_released = False
 
     # ---- facts -------------------------------------------------------------------------------
     @property
@@ -256,14 +258,49 @@ class FluxAdapter(ModelAdapter):
         if self._swap is not None:
             self._swap.detach()
             self._swap = None
+        if self._t5_released:
+            self.parts["text_encoder_2"].to(self.device)
+            self._t5_released = False
+        self._prompt_cache.clear()
 
     # ---- samples and files -------------------------------------------------------------------------
     def generate(self, prompt: str, *, negative_prompt: str = "", seed: int = 0, steps: int = 20,
                  width: int = 512, height: int = 512, guidance_scale: float = 7.0) -> Image.Image:
-        """The family's Euler sampler from a fixed seed (dev: `guidance_scale` is its guidance input)."""
-        return flux_sampler.generate(self.parts, prompt, negative_prompt=negative_prompt, seed=seed, steps=steps,
-                                     width=width, height=height, guidance_scale=guidance_scale,
-                                     max_sequence_length=self.max_sequence_length)
+        """The family's Euler sampler from a fixed seed (dev: `guidance_scale` is its guidance input); prompts
+        encoded before the text encoders left the GPU come from `_prompt_cache`."""
+        from PIL import Image
+
+        chroma = self.kind == "chroma"
+        cond = self._prompt_cond(prompt)
+        negative = self._prompt_cond(negative_prompt) if chroma else None
+        packed = flux_sampler.sample_latents(self.parts, cond, height=height, width=width, steps=steps,
+                                             guidance_scale=guidance_scale, negative=negative,
+                                             generator=torch.Generator().manual_seed(seed))
+        img = flux_sampler.decode(self.parts, packed, height, width)[0]
+        arr = ((img.float().permute(1, 2, 0).cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
+        return Image.fromarray(arr)
+
+    def _prompt_cond(self, prompt: str) -> dict[str, torch.Tensor]:
+        cached = self._prompt_cache.get(prompt)
+        if cached is None:
+            with torch.no_grad():
+                cached = flux_sampler.encode_prompts(self.parts, [prompt], self.max_sequence_length)
+        return {k: v.to(self.device) for k, v in cached.items()}
+
+    def release_text_encoders(self, prompts: list[str]) -> None:
+        """After the caption cache pre-pass: encode the sample `prompts` (and the empty negative) once, then
+        move T5 to CPU memory (FLUX.1-dev's T5-XXL is 9 GB in bf16, most of a 12 GB card). A caption met
+        later still encodes, on the CPU. `restore` brings T5 back."""
+        if self.device.type == "cpu":
+            return
+        with torch.no_grad():
+            for p in {*prompts, ""}:
+                self._prompt_cache[p] = {k: v.cpu() for k, v in
+                                         flux_sampler.encode_prompts(self.parts, [p], self.max_sequence_length).items()}
+        self.parts["text_encoder_2"].to("cpu")
+        self._t5_released = True
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
     def metadata(self) -> dict[str, str]:
         o = self.options

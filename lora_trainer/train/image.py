@@ -177,6 +177,8 @@ class ImageLoRATask(Task):
         # asks for it; it is free, so it is done whenever it is valid)
         self.te_cache = TextEncoderCache() if not self.train_te and not changes else None
         self._precompute()
+        if self.te_cache is not None and hasattr(ad, "release_text_encoders"):  # frozen, cached: off the GPU
+            ad.release_text_encoders([p.prompt for p in self.prompts] + [p.negative for p in self.prompts])
 
     def _precompute(self) -> None:
         """The cache pre-pass, before the first step: every latent and every caption's conditioning.

@@ -212,3 +212,19 @@ def test_flux_only_settings_are_refused_for_chroma_and_sd(data_dir, tmp_path, ca
     raw["base_model"] = "builtin:tiny-sd1"
     assert _cli_train(tmp_path, raw) == 2
     _one_error(capsys, "fp8_base")
+
+
+def test_samples_are_the_family_sampler_with_fixed_seeds(tiny_flux):
+    import numpy as np
+
+    from lora_trainer.models import flux_sampler
+    from lora_trainer.models.flux_adapter import FluxAdapter
+
+    ad = FluxAdapter(tiny_flux)
+    a = ad.generate("zqx red circle", seed=5, steps=3, width=64, height=64, guidance_scale=3.5)
+    b = ad.generate("zqx red circle", seed=5, steps=3, width=64, height=64, guidance_scale=3.5)
+    c = ad.generate("zqx red circle", seed=6, steps=3, width=64, height=64, guidance_scale=3.5)
+    ref = flux_sampler.generate(tiny_flux, "zqx red circle", seed=5, steps=3, width=64, height=64,
+                                guidance_scale=3.5, max_sequence_length=ad.max_sequence_length)
+    assert np.array_equal(np.asarray(a), np.asarray(b)) and np.array_equal(np.asarray(a), np.asarray(ref))
+    assert not np.array_equal(np.asarray(a), np.asarray(c))
