@@ -159,6 +159,12 @@ def _load_flux(cfg: TrainConfig):  # -> FluxAdapter
 
     from lora_trainer.models.flux_adapter import load_flux_adapter
 
+    kind = flux_kind_of(cfg)  # from the header: a wrong setting costs one line, not a model load
+    if cfg.guidance_scale_train is not None and kind != "flux-dev":
+        from lora_trainer.errors import ConfigError
+
+        raise ConfigError("guidance_scale_train", f"only FLUX.1-dev has a guidance input; {cfg.base_model} is "
+                                                  f"{kind}: leave guidance_scale_train empty")
     device = resolve_device(cfg.device)
     dtype = weight_dtype(cfg.mixed_precision, device)
     return load_flux_adapter(cfg, dtype).place(device, dtype, vae_dtype=torch.float32)
