@@ -119,6 +119,36 @@ def test_dry_run_shows_the_family_and_memory_per_component(data_dir, tmp_path, c
     assert not (tmp_path / "dry").exists()
 
 
+def test_peft_layout_file_loads_in_diffusers_and_continues_exactly(data_dir, tmp_path):
+    """lora_layout: peft writes diffusers' own keys (alpha folded in); network_weights reads them back to the
+    same deltas, and diffusers loads every module."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    from lora_trainer.lora.discovery_flux import flux_transformer_targets
+    from lora_trainer.lora.metadata_flux import load_flux_lora
+    from lora_trainer.lora.network import LoRANetwork
+    from lora_trainer.models.flux_tiny import build_tiny_flux_parts, make_pipeline
+
+    result = train(load_config(_raw(data_dir, str(tmp_path / "p"), lora_layout="peft", output_name="p")))
+    file_sd = load_file(result.output_path)
+    assert file_sd and all(k.startswith("transformer.") for k in file_sd)
+    state = load_file(str(tmp_path / "p" / "p-000002-state" / "lora.safetensors"))
+    parts = build_tiny_flux_parts("flux")
+    targets = flux_transformer_targets(parts["transformer"], chroma=False)
+    trained, cont = LoRANetwork(targets, rank=4, alpha=2.0), LoRANetwork(targets, rank=4, alpha=2.0)
+    trained.load_kohya_state_dict(state)
+    report = cont.load_kohya_state_dict(load_flux_lora(result.output_path)[0])
+    assert not report.missing and not report.unexpected
+    want, got = trained.deltas(torch.float64), cont.deltas(torch.float64)
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-6, atol=1e-9, msg=name)
+    make_pipeline(parts).load_lora_weights(str(tmp_path / "p"), weight_name="p.safetensors", adapter_name="ours")
+    assert sum(isinstance(m, BaseTunerLayer) for m in parts["transformer"].modules()) == len(targets)
+    again = train(load_config(_raw(data_dir, str(tmp_path / "c"), network_weights=result.output_path,
+                                   max_train_steps=1)))
+    assert again.steps == 1
+
+
 # ---- resume ------------------------------------------------------------------------------------------
 def test_a_stopped_flux_run_resumes_to_the_same_weights(data_dir, tmp_path):
     common = dict(max_train_steps=4, batch_size=1, train_text_encoder=True, text_encoder_lr=5e-3, save_steps=2,
@@ -208,6 +238,8 @@ def test_trains_from_the_files_users_have(source, tiny_flux, data_dir, tmp_path)
 def test_flux_only_settings_are_refused_for_chroma_and_sd(data_dir, tmp_path, capsys):
     assert _cli_train(tmp_path, _raw(data_dir, str(tmp_path / "c"), "chroma", guidance_scale_train=3.5)) == 2
     _one_error(capsys, "guidance_scale_train", "FLUX.1-dev")
+    assert _cli_train(tmp_path, _raw(data_dir, str(tmp_path / "b"), flux_double_blocks="first five")) == 2
+    _one_error(capsys, "flux_double_blocks", "0-9,12")
     raw = _raw(data_dir, str(tmp_path / "s"), fp8_base=True, model_type="sd1")
     raw["base_model"] = "builtin:tiny-sd1"
     assert _cli_train(tmp_path, raw) == 2
