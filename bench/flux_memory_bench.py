@@ -96,8 +96,7 @@ def run_setting(parts, *, fp8: bool, swap: int, res: int, rank: int, steps: int,
     net.detach()
     ad.restore()
     del opt, net, params
-    for t in (*parts["transformer"].parameters(), *parts["transformer"].buffers()):
-        t.data = t.data.to("cpu")
+    parts["transformer"].to("cpu")
     gc.collect()
     return out
 

@@ -247,11 +247,9 @@ class FluxAdapter(ModelAdapter):
         for mod in self.modules().values():
             mod.requires_grad_(False)
         swapped = self._memory_options()
-        stay = {id(t) for b in (self._swap.blocks if swapped else []) for t in (*b.parameters(), *b.buffers())}
+        skip = {id(b) for b in self._swap.blocks} if swapped else set()
         for mod in self.modules().values():
-            for t in (*mod.parameters(), *mod.buffers()):
-                if id(t) not in stay and t.device != self._target:
-                    t.data = t.data.to(self._target)
+            _move_except(mod, skip, self._target)
         return self
 
     def restore(self) -> None:
@@ -311,6 +309,23 @@ class FluxAdapter(ModelAdapter):
         if o.fp8_base:
             meta["ss_fp8_base"] = "True"
         return meta
+
+
+def _move_except(module: torch.nn.Module, skip: set[int], device: torch.device) -> None:
+    """`module.to(device)` except for the submodules whose id is in `skip` (they stay where they are)."""
+    if id(module) in skip:
+        return
+    if not any(id(m) in skip for m in module.modules()):
+        module.to(device=device)
+        return
+    for child in module.children():
+        _move_except(child, skip, device)
+    for name, p in module._parameters.items():  # tensors held by a module that also holds skipped blocks
+        if p is not None:
+            module._parameters[name] = torch.nn.Parameter(p.detach().to(device), requires_grad=p.requires_grad)
+    for name, b in module._buffers.items():
+        if b is not None:
+            module._buffers[name] = b.to(device)
 
 
 def load_flux_adapter(cfg: Any, dtype: torch.dtype | None = None) -> FluxAdapter:

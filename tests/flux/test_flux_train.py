@@ -260,3 +260,21 @@ def test_samples_are_the_family_sampler_with_fixed_seeds(tiny_flux):
                                 guidance_scale=3.5, max_sequence_length=ad.max_sequence_length)
     assert np.array_equal(np.asarray(a), np.asarray(b)) and np.array_equal(np.asarray(a), np.asarray(ref))
     assert not np.array_equal(np.asarray(a), np.asarray(c))
+
+
+def test_place_never_puts_the_swapped_blocks_or_bf16_blocks_on_the_device():
+    """`place` (how a run moves the model) stores fp8 and picks the swapped blocks in CPU memory first, then
+    moves only the rest: here "meta" stands for the GPU, so any tensor that moved shows it."""
+    from lora_trainer.models.flux_adapter import FluxAdapter, FluxOptions
+    from lora_trainer.models.flux_tiny import build_tiny_flux_parts
+
+    parts = build_tiny_flux_parts("flux")
+    ad = FluxAdapter(parts, FluxOptions(fp8_base=True, blocks_to_swap=2)).place("meta", torch.float32)
+    tr = parts["transformer"]
+    swapped = [*tr.transformer_blocks[1:], *tr.single_transformer_blocks]  # kohya's count: 1 double, 2 single
+    assert ad.device.type == "meta" and ad._swap.blocks == swapped
+    assert all(p.device.type == "cpu" for b in swapped for p in b.parameters())
+    stay = {id(p) for b in swapped for p in b.parameters()}
+    assert all(p.is_meta for p in tr.parameters() if id(p) not in stay)
+    assert all(p.is_meta for name in ("vae", "text_encoder", "text_encoder_2") for p in parts[name].parameters())
+    assert tr.transformer_blocks[0].attn.to_q.weight.dtype == torch.float8_e4m3fn  # fp8 before the move
