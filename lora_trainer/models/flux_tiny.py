@@ -89,16 +89,24 @@ def flat_flux_state_dict(parts: dict[str, Any]) -> dict[str, Any]:
 
 
 def _load_pretrained(parts: dict[str, Any], path: str) -> None:
+    """The shipped weights into the parts; CLIP keys fit transformers 4 and 5 (`tiny._own_key`)."""
     import torch
     from safetensors.torch import load_file
+
+    from lora_trainer.models.tiny import _own_key
 
     sd = load_file(path)
     for name in _PART_NAMES:
         if parts.get(name) is None:
             continue
-        own = {k[len(name) + 1:]: v.to(torch.float32) if v.is_floating_point() else v
+        own = parts[name].state_dict()
+        sub = {_own_key(k[len(name) + 1:], own): v.to(torch.float32) if v.is_floating_point() else v
                for k, v in sd.items() if k.startswith(name + ".")}
-        parts[name].load_state_dict(own, strict=True)
+        missing, unexpected = parts[name].load_state_dict(sub, strict=False)
+        missing = [k for k in missing if not k.endswith("position_ids")]
+        if missing or unexpected:
+            raise ModelLoadError(f"tiny FLUX.1 weights do not fit the tiny {name}: missing {missing[:3]}, "
+                                 f"unexpected {unexpected[:3]}; rebuild them with tools/pretrain_tiny_flux.py")
 
 
 def build_tiny_flux_parts(kind: str = "flux", seed: int = 0, *, pretrained: bool = True) -> dict[str, Any]:
