@@ -177,7 +177,7 @@ class ImageLoRATask(Task):
         # asks for it; it is free, so it is done whenever it is valid)
         self.te_cache = TextEncoderCache() if not self.train_te and not changes else None
         self._precompute()
-        if self.te_cache is not None and hasattr(ad, "release_text_encoders"):  # frozen, cached: off the GPU
+        if self.te_cache is not None:  # frozen and cached: the family may move its text encoders off the GPU
             ad.release_text_encoders([p.prompt for p in self.prompts] + [p.negative for p in self.prompts])
 
     def _precompute(self) -> None:
