@@ -22,10 +22,13 @@ DEMO_STEPS = 60
 PROMPTS = ("zqx checker star", "vyk soft rings", "a large red circle in the center, blue background")
 
 
-def demo_config(root: str, steps: int = DEMO_STEPS) -> dict[str, Any]:
+DEMO_MODELS = {"sd1": "builtin:tiny-sd1", "flux": "builtin:tiny-flux"}
+
+
+def demo_config(root: str, steps: int = DEMO_STEPS, model: str = "sd1") -> dict[str, Any]:
     """The demo's training config (also written as demo.yaml, so it can be re-run with the CLI)."""
     return {
-        "base_model": "builtin:tiny-sd1",
+        "base_model": DEMO_MODELS[model],
         "train_data_dir": os.path.join(root, "data"),
         "output_dir": os.path.join(root, "train"),
         "output_name": "demo_zqx",
@@ -39,7 +42,7 @@ def demo_config(root: str, steps: int = DEMO_STEPS) -> dict[str, Any]:
     }
 
 
-def write_demo_inputs(root: str, n_train: int = 16, steps: int = DEMO_STEPS) -> str:
+def write_demo_inputs(root: str, n_train: int = 16, steps: int = DEMO_STEPS, model: str = "sd1") -> str:
     """Dataset folder `data/4_zqx/` (images + captions) and `demo.yaml`; returns the YAML path."""
     import yaml
 
@@ -50,7 +53,7 @@ def write_demo_inputs(root: str, n_train: int = 16, steps: int = DEMO_STEPS) -> 
     synthetic.write_dataset(data, synthetic.concept_set(synthetic.TARGET_CONCEPT, n_train, seed=0),
                             repeats=4, name=synthetic.TARGET_CONCEPT)
     path = os.path.join(root, "demo.yaml")
-    cfg = demo_config(root, steps)
+    cfg = demo_config(root, steps, model)
     cfg["train_data_dir"], cfg["output_dir"] = "./data", "./train"  # relative to the YAML file
     atomic_write_text(path, "# Written by `make demo`. Re-run: python -m lora_trainer train --config " + path + "\n"
                       + yaml.safe_dump(cfg, sort_keys=False))
@@ -70,13 +73,27 @@ def _samples(adapter: Any, folder: str, network: Any = None) -> list[str]:
             network.detach()
 
 
-def run_demo(root: str = "output/demo", steps: int = DEMO_STEPS, threads: int = 1, quiet: bool = False) -> dict[str, Any]:
-    """Everything `make demo` does; returns the quality numbers and paths (tests call it too)."""
+def demo_adapter(model: str) -> tuple[Any, bool]:
+    """(the built-in tiny model's adapter, whether its pretrained weights were there)."""
+    if model == "flux":
+        from lora_trainer.models.flux_adapter import FluxAdapter
+        from lora_trainer.models.flux_tiny import build_tiny_flux_parts
+
+        parts = build_tiny_flux_parts("flux")
+        return FluxAdapter(parts, model_name="builtin:tiny-flux"), bool(parts["pretrained"])
+    from lora_trainer.models.tiny import build_tiny_adapter
+
+    adapter = build_tiny_adapter("sd1", pretrained=True)
+    return adapter, bool(adapter.info.extra.get("pretrained"))
+
+
+def run_demo(root: str = "output/demo", steps: int = DEMO_STEPS, threads: int = 1, quiet: bool = False,
+             model: str = "sd1") -> dict[str, Any]:
+    """Everything `make demo` does (`model`: "sd1" or "flux"); returns the quality numbers and paths."""
     import torch
 
     from lora_trainer.config import load_config
     from lora_trainer.events import Emitter
-    from lora_trainer.models.tiny import build_tiny_adapter
     from lora_trainer.train.console import CliRenderer
     from lora_trainer.train.evaluate import (
         denoising_loss,
@@ -91,15 +108,15 @@ def run_demo(root: str = "output/demo", steps: int = DEMO_STEPS, threads: int = 
     root = os.path.abspath(root)
     os.makedirs(root, exist_ok=True)
     t0 = time.time()
-    yaml_path = write_demo_inputs(root, steps=steps)
+    yaml_path = write_demo_inputs(root, steps=steps, model=model)
     cfg = load_config(yaml_path)
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
     say(f"dataset and config written to {root} ({yaml_path})")
 
-    adapter = build_tiny_adapter("sd1", pretrained=True)
-    if not adapter.info.extra.get("pretrained"):
-        say("note: the tiny model's pretrained weights are missing (tools/pretrain_tiny.py writes them); "
-            "on a random-weight base the quality numbers mean little")
+    adapter, pretrained = demo_adapter(model)
+    if not pretrained:
+        say("note: the tiny model's pretrained weights are missing (tools/pretrain_tiny.py / "
+            "tools/pretrain_tiny_flux.py write them); on a random-weight base the quality numbers mean little")
     concept, control = held_out_sets()
     before = (denoising_loss(adapter, fixed_inputs(adapter, *concept)),
               denoising_loss(adapter, fixed_inputs(adapter, *control)))
@@ -133,9 +150,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output", default="output/demo", help="demo folder (default ./output/demo)")
     p.add_argument("--steps", type=int, default=DEMO_STEPS, help="training steps")
     p.add_argument("--threads", type=int, default=1, help="CPU threads (fixed for repeatable numbers)")
+    p.add_argument("--model", choices=tuple(DEMO_MODELS), default="sd1",
+                   help="the built-in tiny model to train: sd1 (default) or flux (FLUX.1-dev layout)")
     args = p.parse_args(argv)
     try:
-        run_demo(args.output, args.steps, args.threads)
+        run_demo(args.output, args.steps, args.threads, model=args.model)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -46,6 +46,10 @@ def plan(cfg: TrainConfig) -> tuple[Plan | dict[str, Any], list[tuple[str, str]]
     from lora_trainer.train.image import prepare_plan
 
     index, _, image_plan = prepare_plan(cfg)
+    if image_plan.arch in ("flux-dev", "flux-schnell", "chroma"):
+        from lora_trainer.models.flux_memory import flux_plan_memory
+
+        image_plan.memory_parts_gb, image_plan.suggestions = flux_plan_memory(cfg, image_plan.arch)
     return image_plan, [(str(p), str(r)) for p, r in index.skipped]
 
 

@@ -15,10 +15,13 @@ def register(subparsers: Any) -> None:
     p.add_argument("--output", default="output/demo", help="demo folder (default ./output/demo)")
     p.add_argument("--steps", type=int, default=DEMO_STEPS, help="training steps")
     p.add_argument("--threads", type=int, default=1, help="CPU threads (fixed for repeatable numbers)")
+    p.add_argument("--model", choices=("sd1", "flux"), default="sd1",
+                   help="the built-in tiny model to train: sd1 (default) or flux (FLUX.1-dev layout)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from lora_trainer.demo import main
 
-    return main(["--output", args.output, "--steps", str(args.steps), "--threads", str(args.threads)])
+    return main(["--output", args.output, "--steps", str(args.steps), "--threads", str(args.threads),
+                 "--model", args.model])

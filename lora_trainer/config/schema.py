@@ -54,12 +54,24 @@ class TrainConfig:
                                 aliases=("pretrained_model_name_or_path", "pretrained_model", "model", "ckpt",
                                          "model_name_or_path"), path="model")
     model_type: str = _f("model", "auto", "Architecture of the base model; `auto` detects it from the weights.",
-                         aliases=("model_arch", "arch"), choices=("auto", "sd1", "sd2", "sdxl"))
+                         aliases=("model_arch", "arch"), choices=("auto", "sd1", "sd2", "sdxl", "flux", "chroma"))
     v_parameterization: bool | None = _f("model", None, "Train with v-prediction (SD2-768 models). Empty = detect.")
     tokenizer_path: str | None = _f("model", None, "Tokenizer folder when it is not next to the model (mostly LLMs).",
                                     aliases=("tokenizer",), path="model")
     vae_path: str | None = _f("model", None, "A separate VAE file or folder to encode images with.",
                               aliases=("vae",), path="model")
+    clip_l_path: str | None = _f("model", None, "FLUX.1: the CLIP-L text encoder file (clip_l.safetensors) when "
+                                 "base_model is the transformer file alone.", aliases=("clip_l",), path="model")
+    t5xxl_path: str | None = _f("model", None, "FLUX.1 / Chroma: the T5-XXL text encoder file (t5xxl_fp16 or "
+                                "t5xxl_fp8_e4m3fn .safetensors) when base_model is the transformer file alone.",
+                                aliases=("t5xxl",), path="model")
+    t5_max_token_length: int | None = _f("model", None, "FLUX.1 / Chroma: T5 tokens per caption; empty = 512 (dev, "
+                                         "Chroma) or 256 (schnell).", aliases=("t5xxl_max_token_length",),
+                                         min=1, max=512)
+    fp8_base: bool = _f("model", False, "FLUX.1 / Chroma: store the frozen transformer blocks as float8 (half the "
+                        "memory; each layer is upcast in its forward).")
+    blocks_to_swap: int = _f("model", 0, "FLUX.1 / Chroma: keep this many transformer blocks in CPU memory and copy "
+                             "them in per forward (16 fits FLUX.1-dev into 12 GB with fp8_base).", min=0, max=60)
     clip_skip: int = _f("model", 1, "Use the output of the N-th last text-encoder layer (2 for anime models).",
                         min=1, max=12)
     model_cache_dir: str | None = _f("model", None, "Where downloaded / converted models are cached.",
@@ -150,7 +162,15 @@ class TrainConfig:
                                         "conv_alpha.")
     block_lr_weight: list[float] = _f("network", [], "Multiplier of the UNet learning rate per block (25 / 23 "
                                       "values); 0 = block not trained.")
-    train_unet: bool = _f("network", True, "Train LoRA on the UNet.")
+    train_unet: bool = _f("network", True, "Train LoRA on the UNet (the transformer for FLUX.1 / Chroma).")
+    flux_layers: list[str] = _f("network", ["attn", "mlp", "mod"], "FLUX.1 / Chroma: layer kinds to train in each "
+                                "block: `attn`, `mlp`, `mod` (modulation; Chroma has none).")
+    flux_double_blocks: str = _f("network", "all", "FLUX.1 / Chroma: double-stream blocks to train: `all`, `none` "
+                                 "or indices like `0-9,12`.")
+    flux_single_blocks: str = _f("network", "all", "FLUX.1 / Chroma: single-stream blocks to train: `all`, `none` "
+                                 "or indices like `0-19`.")
+    lora_layout: str = _f("network", "kohya", "FLUX.1 file layout: `kohya` (fused BFL keys; Forge, ComfyUI, kohya, "
+                          "diffusers) or `peft` (diffusers' own keys).", choices=("kohya", "peft"))
     train_text_encoder: bool = _f("network", True, "Train LoRA on the text encoder(s).")
     network_weights: str | None = _f("network", None, "Start from an existing LoRA file (continue training); "
                                      "for text-generation a PEFT adapter folder or its adapter_model.safetensors.",
@@ -182,6 +202,17 @@ class TrainConfig:
                               aliases=("precision",), choices=("no", "fp16", "bf16"))
     attention: str = _f("training", "sdpa", "Attention kernel: torch scaled-dot-product (sdpa) or the model default.",
                         aliases=("attention_mode",), choices=("sdpa", "default"))
+    timestep_sampling: str = _f("training", "auto", "FLUX.1 / Chroma noise levels: `auto` (dev: logit-normal with "
+                                "the resolution-dependent shift; others: logit-normal), `uniform`, `sigmoid` "
+                                "(logit-normal), `shift` (logit-normal then discrete_flow_shift), `flux_shift`.",
+                                choices=("auto", "uniform", "sigmoid", "shift", "flux_shift"))
+    discrete_flow_shift: float = _f("training", 3.0, "FLUX.1 / Chroma: the fixed shift for timestep_sampling: "
+                                    "shift.", gt=0, max=100)
+    sigmoid_scale: float = _f("training", 1.0, "FLUX.1 / Chroma: spread of the logit-normal noise levels.",
+                              gt=0, max=10)
+    guidance_scale_train: float | None = _f("training", None, "FLUX.1-dev only: the guidance input while training; "
+                                            "empty = 1.0 (as kohya).", aliases=("guidance_scale_flux",),
+                                            min=0, max=100)
     seed: int = _f("training", 42, "Random seed: same seed, same data order, same result.", min=0)
     noise_offset: float = _f("training", 0.0, "Noise offset (0.05-0.1 helps very dark/bright images).", min=0, max=1)
     min_snr_gamma: float | None = _f("training", None, "Min-SNR loss weighting gamma (5 is common); empty = off.", gt=0)

@@ -69,6 +69,9 @@ def _check_resolution(cfg: TrainConfig) -> None:
         raise _err(cfg, "max_bucket_reso", f"{cfg.max_bucket_reso} is smaller than the resolution side {max(w, h)}")
 
 
+BLOCK_SELECTION = re.compile(r"all|none|\d+(\s*-\s*\d+)?(\s*,\s*\d+(\s*-\s*\d+)?)*")
+
+
 def _check_combinations(cfg: TrainConfig) -> None:
     if cfg.task_type == "text-to-image" and not (cfg.train_unet or cfg.train_text_encoder):
         raise _err(cfg, "train_unet", "both train_unet and train_text_encoder are false: nothing to train")
@@ -97,6 +100,20 @@ def _check_combinations(cfg: TrainConfig) -> None:
     if cfg.ema_on_cpu and cfg.ema_decay is None:
         raise _err(cfg, "ema_on_cpu", "needs ema_decay (e.g. 0.999)")
     _check_image_only(cfg)
+    bad = sorted(set(cfg.flux_layers) - {"attn", "mlp", "mod"})
+    if bad:
+        raise _err(cfg, "flux_layers", f"unknown layer kind(s) {', '.join(map(str, bad))}; choose from attn, mlp, mod")
+    for name in ("flux_double_blocks", "flux_single_blocks"):
+        text = str(getattr(cfg, name) or "all").strip().lower()
+        if text and not BLOCK_SELECTION.fullmatch(text):
+            raise _err(cfg, name, f"{getattr(cfg, name)!r}: use all, none, or block indices like 0-9,12")
+    if cfg.model_type in ("sd1", "sd2", "sdxl"):
+        for name in ("fp8_base", "blocks_to_swap", "guidance_scale_train", "clip_l_path", "t5xxl_path"):
+            if getattr(cfg, name):
+                raise _err(cfg, name, f"is for FLUX.1 / Chroma models, but model_type is {cfg.model_type}; "
+                                      "remove it or set model_type: auto")
+    if cfg.guidance_scale_train is not None and cfg.model_type == "chroma":
+        raise _err(cfg, "guidance_scale_train", "Chroma has no guidance input (only FLUX.1-dev has); leave it empty")
     if not cfg.caption_extension or cfg.caption_extension in (".", ".png", ".jpg", ".jpeg", ".webp", ".bmp"):
         raise _err(cfg, "caption_extension", f"{cfg.caption_extension!r} cannot be a caption file extension")
 

@@ -42,6 +42,8 @@ class Plan:
     lora_modules: dict[str, int] = field(default_factory=dict)
     lora_file_mb: float | None = None
     memory_gib: float | None = None
+    memory_parts_gb: dict[str, float] = field(default_factory=dict)  # FLUX.1 / Chroma: per component
+    suggestions: dict[str, dict[str, Any]] = field(default_factory=dict)  # "12 GB" -> settings to try
     skipped: int = 0
     notes: list[str] = field(default_factory=list)
     network: list[str] = field(default_factory=list)  # the adapter's type and block-wise settings (train layer)
@@ -184,5 +186,11 @@ def format_plan(plan: Plan) -> str:
     else:
         lines.append(f"model: {plan.arch or 'unknown'} ({plan.arch_source})")
     lines += plan.network
+    if plan.memory_parts_gb:
+        parts = ", ".join(f"{k.removesuffix('_gb').replace('_', ' ')} {v:.1f}" for k, v in plan.memory_parts_gb.items())
+        lines.append(f"GPU memory of the real {plan.arch} weights at these settings (GB, activations not "
+                     f"included; text encoders only while caching): {parts}")
+        for card, settings in plan.suggestions.items():
+            lines.append(f"  {card}: " + ", ".join(f"{k}: {v}" for k, v in settings.items()))
     lines += [f"note: {n}" for n in plan.notes]
     return "\n".join(lines)

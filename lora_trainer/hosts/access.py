@@ -27,10 +27,11 @@ BUILTIN = "builtin:"
 KIND_ROOTS = {"model": ("checkpoint",), "new": ("work",), "resume": ("runs",), "file": ("uploads",),
               "any": ("uploads",), "dir": ("uploads",)}
 # keys whose meaning narrows or widens their kind's folders
-FIELD_ROOTS = {"vae_path": ("vae", "checkpoint"), "network_weights": ("lora", "runs"),
+FIELD_ROOTS = {"vae_path": ("vae", "checkpoint"), "clip_l_path": ("text_encoder", "checkpoint"),
+               "t5xxl_path": ("text_encoder", "checkpoint"), "network_weights": ("lora", "runs"),
                "tokenizer_path": ("checkpoint",), "sample_prompts": ("uploads", "work")}
 ROOT_WORDS = {"uploads": "uploaded files", "work": "the trainer's own folder", "runs": "this trainer's runs",
-              "checkpoint": "the models folder", "vae": "the VAE folder", "lora": "the Lora folder"}
+              "checkpoint": "the models folder", "vae": "the VAE folder", "text_encoder": "the text_encoder folder", "lora": "the Lora folder"}
 
 
 def path_fields() -> dict[str, str]:

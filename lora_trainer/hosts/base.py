@@ -37,6 +37,7 @@ class Host:
         models = os.path.join(self.root, "models")
         return {"lora": os.path.join(models, "Lora"), "checkpoint": os.path.join(models, "Stable-diffusion"),
                 "vae": os.path.join(models, "VAE"), "embedding": os.path.join(self.root, "embeddings"),
+                "text_encoder": os.path.join(models, "text_encoder"),  # FLUX.1's clip_l / t5xxl (Forge's folder)
                 "other": os.path.join(models, "other")}
 
     def lora_dir(self) -> str:

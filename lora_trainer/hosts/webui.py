@@ -221,7 +221,7 @@ class WebUIHost(Host):
         dirs = super().model_dirs()
         co = self.services.cmd_opts
         for kind, opt in (("lora", "lora_dir"), ("checkpoint", "ckpt_dir"), ("vae", "vae_dir"),
-                          ("embedding", "embeddings_dir")):
+                          ("embedding", "embeddings_dir"), ("text_encoder", "text_encoder_dir")):
             value = getattr(co, opt, None)
             if value:
                 dirs[kind] = os.path.abspath(value)

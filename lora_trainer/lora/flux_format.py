@@ -212,3 +212,23 @@ def peft_flux_state_dict(sd: dict[str, torch.Tensor], *, chroma: bool) -> dict[s
         out[prefix + ".lora_A.weight"] = (down.double() * scale).to(down.dtype)
         out[prefix + ".lora_B.weight"] = up
     return out
+
+
+def from_peft_flux_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The PEFT layout (`peft_flux_state_dict`) back to run-time names, exactly: `lora_A` -> `.lora_down`,
+    `lora_B` -> `.lora_up`, `.alpha` = rank (the scale was folded into `lora_A`)."""
+    out: dict[str, torch.Tensor] = {}
+    for key, t in sd.items():
+        m = re.match(r"^(transformer|text_encoder)\.(.+)\.lora_([AB])\.weight$", key)
+        if not m:
+            raise ValueError(f"not a diffusers/PEFT FLUX.1 LoRA key: {key!r}")
+        if m[1] == "transformer":
+            name = naming_flux.internal_name(m[2])
+        else:
+            name = naming_flux.CLIP_PREFIX + "_" + m[2].replace(".", "_")
+        if m[3] == "A":
+            out[name + ".lora_down.weight"] = t
+            out[name + ".alpha"] = torch.tensor(float(t.shape[0]))
+        else:
+            out[name + ".lora_up.weight"] = t
+    return out

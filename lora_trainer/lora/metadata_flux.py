@@ -20,6 +20,7 @@ import torch
 from lora_trainer.lora.file import load_lora_file, save_lora_file
 from lora_trainer.lora.flux_format import (
     check_lora_family,
+    from_peft_flux_state_dict,
     fuse_flux_state_dict,
     peft_flux_state_dict,
     split_flux_state_dict,
@@ -88,6 +89,8 @@ def load_flux_lora(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor
     ready for `LoRANetwork.load_kohya_state_dict`. An SD LoRA is refused in one line."""
     sd, meta = load_lora_file(path)
     check_lora_family(sd.keys(), "flux", f"network_weights {os.fspath(path)}")
+    if any(k.startswith(("transformer.", "text_encoder.")) for k in sd):  # the diffusers/PEFT layout
+        return from_peft_flux_state_dict(sd), meta
     return split_flux_state_dict(sd), meta
 
 

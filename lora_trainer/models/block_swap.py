@@ -84,7 +84,10 @@ def flux_swap_blocks(transformer: nn.Module, blocks_to_swap: int) -> list[nn.Mod
     singles = list(getattr(transformer, "single_transformer_blocks", None) or getattr(transformer, "single_blocks", []))
     n_double = blocks_to_swap // 2
     n_single = (blocks_to_swap - n_double) * 2
-    if blocks_to_swap < 0 or n_double > len(doubles) - 2 or n_single > len(singles) - 2:
+    # kohya keeps 2 of each kind resident for its prefetch; the synchronous copy here needs none, so any
+    # count up to all of them works (the tiny models have 2 + 2 blocks)
+    if blocks_to_swap < 0 or n_double > len(doubles) or n_single > len(singles):
         raise ValueError(f"blocks_to_swap {blocks_to_swap} is too many for {len(doubles)} double and "
-                         f"{len(singles)} single blocks (at most all but 2 of each)")
+                         f"{len(singles)} single blocks ({blocks_to_swap // 2} double and "
+                         f"{(blocks_to_swap - blocks_to_swap // 2) * 2} single ones would be swapped)")
     return doubles[len(doubles) - n_double:] + singles[len(singles) - n_single:]

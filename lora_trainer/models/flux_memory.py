@@ -124,3 +124,19 @@ def suggest(vram_gb: float) -> dict[str, Any]:
         if vram_gb >= card:
             return {"card_gb": card, **settings}
     return {"card_gb": SUGGESTIONS[-1][0], **SUGGESTIONS[-1][1]}
+
+
+def flux_plan_memory(cfg: Any, kind: str) -> tuple[dict[str, float], dict[str, dict[str, Any]]]:
+    """For the dry-run plan: GB per component of the real `kind` model at the run's settings (fp8_base,
+    blocks_to_swap, rank, optimizer, precision), and kohya's settings for 8 / 12 / 16 / 24 GB cards."""
+    mem = weight_memory(kind, fp8_base=cfg.fp8_base, blocks_to_swap=cfg.blocks_to_swap, rank=cfg.lora_rank,
+                        optimizer=cfg.optimizer, compute_bytes=2 if cfg.mixed_precision in ("fp16", "bf16") else 4)
+    parts = {k: round(v, 2) for k, v in mem.items()}
+    suggestions = {}
+    for gb in (8, 12, 16, 24):
+        s = dict(suggest(gb))
+        s.pop("card_gb")
+        if s.pop("t5_fp8", False):
+            s["t5xxl_path"] = "a t5xxl_fp8_e4m3fn file"
+        suggestions[f"{gb} GB"] = s
+    return parts, suggestions

@@ -49,6 +49,7 @@ def transformer_call(parts: dict[str, Any], x: torch.Tensor, sigma: torch.Tensor
     """One transformer forward on packed tokens `x` at `sigma` ([B] in [0, 1]); returns the velocity."""
     tr = parts["transformer"]
     dtype = next(tr.parameters()).dtype
+    cond = {k: v.to(x.device) for k, v in cond.items()}  # cached conditioning may sit in CPU memory
     kw: dict[str, Any] = {"hidden_states": x.to(dtype), "timestep": sigma.to(dtype),
                           "encoder_hidden_states": cond["t5"].to(dtype), "img_ids": img_ids,
                           "txt_ids": flux_math.text_ids(cond["t5"].shape[1], device=x.device, dtype=dtype),

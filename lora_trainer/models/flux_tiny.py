@@ -74,10 +74,46 @@ def scheduler_config(kind: str) -> dict[str, Any]:
     return shipped_config(f"scheduler-{kind}")
 
 
-def build_tiny_flux_parts(kind: str = "flux", seed: int = 0) -> dict[str, Any]:
-    """Random-weight parts, deterministic per seed: {transformer, vae, text_encoder, tokenizer,
-    text_encoder_2, tokenizer_2, scheduler, kind} (kind "flux-dev" | "chroma"; Chroma has no CLIP:
-    text_encoder/tokenizer are None, its T5 is text_encoder_2 as in FLUX.1)."""
+def flux_weights_path(kind: str = "flux") -> str:
+    """The shipped pretrained weights of a tiny model (written by tools/pretrain_tiny_flux.py)."""
+    return os.path.join(os.path.dirname(__file__), "tiny_weights", f"tiny-{kind}.safetensors")
+
+
+_PART_NAMES = ("transformer", "vae", "text_encoder", "text_encoder_2")
+
+
+def flat_flux_state_dict(parts: dict[str, Any]) -> dict[str, Any]:
+    """Every part's tensors in one dict, keys prefixed with the part's name."""
+    return {f"{name}.{k}": v for name in _PART_NAMES if parts.get(name) is not None
+            for k, v in parts[name].state_dict().items()}
+
+
+def _load_pretrained(parts: dict[str, Any], path: str) -> None:
+    """The shipped weights into the parts; CLIP keys fit transformers 4 and 5 (`tiny._own_key`)."""
+    import torch
+    from safetensors.torch import load_file
+
+    from lora_trainer.models.tiny import _own_key
+
+    sd = load_file(path)
+    for name in _PART_NAMES:
+        if parts.get(name) is None:
+            continue
+        own = parts[name].state_dict()
+        sub = {_own_key(k[len(name) + 1:], own): v.to(torch.float32) if v.is_floating_point() else v
+               for k, v in sd.items() if k.startswith(name + ".")}
+        missing, unexpected = parts[name].load_state_dict(sub, strict=False)
+        missing = [k for k in missing if not k.endswith("position_ids")]
+        if missing or unexpected:
+            raise ModelLoadError(f"tiny FLUX.1 weights do not fit the tiny {name}: missing {missing[:3]}, "
+                                 f"unexpected {unexpected[:3]}; rebuild them with tools/pretrain_tiny_flux.py")
+
+
+def build_tiny_flux_parts(kind: str = "flux", seed: int = 0, *, pretrained: bool = True) -> dict[str, Any]:
+    """The tiny parts: {transformer, vae, text_encoder, tokenizer, text_encoder_2, tokenizer_2, scheduler,
+    kind} (kind "flux-dev" | "chroma"; Chroma has no CLIP: text_encoder/tokenizer are None, its T5 is
+    text_encoder_2 as in FLUX.1). Random weights, deterministic per seed; `pretrained` then loads the shipped
+    weights where there are some (the tiny FLUX.1; `parts["pretrained"]` says whether it did)."""
     import torch
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
@@ -103,9 +139,13 @@ def build_tiny_flux_parts(kind: str = "flux", seed: int = 0) -> dict[str, Any]:
         if m is not None:
             m.eval()
     sched = {k: v for k, v in scheduler_config(PART_KIND[kind]).items() if not k.startswith("_")}
-    return {"kind": PART_KIND[kind], "transformer": transformer, "vae": vae, "text_encoder": clip,
-            "tokenizer": clip_tok,
-            "text_encoder_2": t5, "tokenizer_2": t5_tok, "scheduler": FlowMatchEulerDiscreteScheduler(**sched)}
+    parts = {"kind": PART_KIND[kind], "transformer": transformer, "vae": vae, "text_encoder": clip,
+             "tokenizer": clip_tok, "text_encoder_2": t5, "tokenizer_2": t5_tok,
+             "scheduler": FlowMatchEulerDiscreteScheduler(**sched), "pretrained": False}
+    if pretrained and os.path.exists(flux_weights_path(kind)):
+        _load_pretrained(parts, flux_weights_path(kind))
+        parts["pretrained"] = True
+    return parts
 
 
 def transformer_class(kind: str) -> Any:

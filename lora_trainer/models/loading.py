@@ -73,6 +73,8 @@ def load_adapter(cfg: TrainConfig):  # -> DiffusersAdapter
     if not base:
         raise ModelLoadError("config 'base_model' is empty: give a .safetensors checkpoint, a diffusers folder "
                              "or builtin:tiny-sd1")
+    if is_flux_model(cfg):
+        return _load_flux(cfg)
     clip_skip = cfg.clip_skip
     max_tokens = cfg.max_token_length
     if base.startswith(BUILTIN_PREFIX):
@@ -89,6 +91,83 @@ def load_adapter(cfg: TrainConfig):  # -> DiffusersAdapter
     adapter.to(device, weight_dtype(cfg.mixed_precision, device), vae_dtype=torch.float32)
     adapter.set_attention(cfg.attention)
     return adapter
+
+
+def is_flux_model(cfg: TrainConfig) -> bool:
+    """Whether `base_model` is a FLUX.1 / Chroma model (by model_type, builtin name, folder index or file
+    header), so it loads through the flow family's adapter; SD models keep the path below."""
+    if cfg.model_type in ("flux", "chroma"):
+        return True
+    if cfg.model_type != "auto":
+        return False
+    from lora_trainer.models.flux_loading import BUILTIN
+
+    base = (cfg.base_model or "").strip()
+    if base in BUILTIN:
+        return True
+    path = os.path.expanduser(base)
+    if os.path.isdir(path):
+        try:
+            with open(os.path.join(path, "model_index.json"), encoding="utf-8") as fh:
+                return json.load(fh).get("_class_name") in ("FluxPipeline", "ChromaPipeline")
+        except (OSError, ValueError):
+            return False
+    if os.path.isfile(path) and path.lower().endswith(".safetensors"):
+        from lora_trainer.models import flux_detect
+
+        try:
+            keys = set(flux_detect.read_header(path))
+        except ModelLoadError:
+            return False
+        return flux_detect.describe_flux_keys(keys) is not None
+    return path.lower().endswith(".gguf")
+
+
+def flux_kind_of(cfg: TrainConfig) -> str | None:
+    """"flux-dev" | "flux-schnell" | "chroma" for a FLUX.1 / Chroma base (from names and headers only, for
+    the plan), else None."""
+    if not is_flux_model(cfg):
+        return None
+    from lora_trainer.models import flux_detect
+    from lora_trainer.models.flux_loading import BUILTIN
+    from lora_trainer.models.flux_tiny import PART_KIND
+
+    base = (cfg.base_model or "").strip()
+    fallback = "chroma" if cfg.model_type == "chroma" else "flux-dev"
+    if base in BUILTIN:
+        return PART_KIND[BUILTIN[base]]
+    path = os.path.expanduser(base)
+    try:
+        if os.path.isdir(path):
+            with open(os.path.join(path, "model_index.json"), encoding="utf-8") as fh:
+                if json.load(fh).get("_class_name") == "ChromaPipeline":
+                    return "chroma"
+            with open(os.path.join(path, "transformer", "config.json"), encoding="utf-8") as fh:
+                return "flux-dev" if json.load(fh).get("guidance_embeds") else "flux-schnell"
+        keys = set(flux_detect.read_header(path))
+    except (OSError, ValueError, ModelLoadError):
+        return fallback
+    for prefix in flux_detect.BFL_PREFIXES:
+        kind = flux_detect.kind_of_keys(keys, prefix)
+        if kind:
+            return kind
+    return fallback
+
+
+def _load_flux(cfg: TrainConfig):  # -> FluxAdapter
+    import torch
+
+    from lora_trainer.models.flux_adapter import load_flux_adapter
+
+    kind = flux_kind_of(cfg)  # from the header: a wrong setting costs one line, not a model load
+    if cfg.guidance_scale_train is not None and kind != "flux-dev":
+        from lora_trainer.errors import ConfigError
+
+        raise ConfigError("guidance_scale_train", f"only FLUX.1-dev has a guidance input; {cfg.base_model} is "
+                                                  f"{kind}: leave guidance_scale_train empty")
+    device = resolve_device(cfg.device)
+    dtype = weight_dtype(cfg.mixed_precision, device)
+    return load_flux_adapter(cfg, dtype).place(device, dtype, vae_dtype=torch.float32)
 
 
 def _check_model_type(cfg: TrainConfig, detected: str, where: str) -> None:

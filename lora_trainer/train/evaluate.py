@@ -62,9 +62,15 @@ def fixed_inputs(adapter: Any, pixels: torch.Tensor, captions: list[str], *, see
     cond = adapter.encode_text(list(captions))
     gen = torch.Generator().manual_seed(seed + 1)
     schedule = NoiseSchedule()
+    flow = adapter.info.prediction_type == "flow"
     out = []
     for t_val in timesteps:
         noise = torch.randn(latents.shape, generator=gen, dtype=torch.float32).to(dev)
+        if flow:  # rectified flow: x_t = (1 − σ)·x0 + σ·ε at σ = t / 1000
+            sigma = t_val / 1000.0
+            t = torch.full((latents.shape[0],), float(t_val), dtype=torch.float32, device=dev)
+            out.append(((1 - sigma) * latents + sigma * noise, t, noise, latents, cond))
+            continue
         t = torch.full((latents.shape[0],), int(t_val), dtype=torch.long, device=dev)
         out.append((schedule.add_noise(latents, noise, t), t, noise, latents, cond))
     return out
@@ -78,7 +84,10 @@ def denoising_loss(adapter: Any, inputs: list[tuple[torch.Tensor, ...]], predict
     total, count = 0.0, 0
     for noisy, t, noise, latents, cond in inputs:
         pred = adapter.predict(noisy.to(adapter.dtype), t, cond).double()
-        target = schedule.target(pred_type, latents.double(), noise.double(), t)
+        if pred_type == "flow":  # the velocity ε − x0
+            target = noise.double() - latents.double()
+        else:
+            target = schedule.target(pred_type, latents.double(), noise.double(), t)
         total += float(((pred - target) ** 2).mean())
         count += 1
     return total / max(1, count)
@@ -88,10 +97,24 @@ def load_network(adapter: Any, lora_file: str) -> Any:
     """A LoRANetwork built for `adapter` from a file of any type (LoRA/LoCon/LoHa/LoKr/DoRA; its
     type, ranks, alphas and parts read from the file's tensors)."""
     from lora_trainer.lora.file import load_lora_file
-    from lora_trainer.lora.infer import network_for_file
+    from lora_trainer.lora.metadata_flux import FLUX_KINDS, load_flux_lora
 
-    sd, _ = load_lora_file(lora_file)
-    net = network_for_file(sd, adapter.lora_targets)
+    if adapter.info.arch in FLUX_KINDS:  # fused BFL modules split back per trained module
+        from lora_trainer.lora.network import LoRANetwork, infer_rank_alpha
+
+        sd, _ = load_flux_lora(lora_file)
+        ra = infer_rank_alpha(sd)
+        has_te = any(k.startswith("lora_te") for k in sd)
+        has_unet = any(k.startswith("lora_transformer") for k in sd)
+        targets = adapter.lora_targets(unet=has_unet, text_encoder=has_te, conv=ra.conv_rank > 0)
+        net = LoRANetwork(targets, rank=ra.rank or ra.conv_rank, alpha=ra.alpha, conv_rank=ra.conv_rank,
+                          conv_alpha=ra.conv_alpha)
+        net.load_kohya_state_dict(sd)
+    else:
+        from lora_trainer.lora.infer import network_for_file
+
+        sd, _ = load_lora_file(lora_file)
+        net = network_for_file(sd, adapter.lora_targets)
     net.eval()
     return net
 

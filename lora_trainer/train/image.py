@@ -52,11 +52,16 @@ def prepare_plan(cfg: TrainConfig, dist: DistContext | None = None) -> tuple[Dat
 
     dist = dist or DistContext()
     check_device(cfg.device)
+    from lora_trainer.models.loading import flux_kind_of
+
     index = scan_dataset(cfg)
     split_validation(cfg, index)
     add_regularisation(cfg, index)
     dataset = TrainDataset(cfg, index)
-    plan = make_plan(cfg, index, world_size=dist.world_size, dataset=dataset)
+    kind = flux_kind_of(cfg)
+    plan = make_plan(cfg, index, arch=kind, world_size=dist.world_size, dataset=dataset)
+    if kind:
+        plan.arch_source = "FLUX.1 / Chroma model"
     add_to_plan(plan, cfg)  # the adapter's type and block-wise settings, checked before any model
     if plan.batches_per_epoch <= 0:
         raise ConfigError("batch_size", f"{plan.samples_per_epoch} samples per epoch leave no batch for each of "
@@ -189,6 +194,8 @@ class ImageLoRATask(Task):
         # asks for it; it is free, so it is done whenever it is valid)
         self.te_cache = TextEncoderCache() if not self.train_te and not changes else None
         self._precompute()
+        if self.te_cache is not None:  # frozen and cached: the family may move its text encoders off the GPU
+            ad.release_text_encoders([p.prompt for p in self.prompts] + [p.negative for p in self.prompts])
 
     def _precompute(self) -> None:
         """The cache pre-pass, before the first step: every latent and every caption's conditioning.

@@ -118,19 +118,32 @@ def _widths(plans: list[Any]) -> set[int]:
     return out
 
 
+def _read_weights(ad: ModelAdapter, path: str) -> dict[str, Any]:
+    """A LoRA file in the network's own key layout: a FLUX.1 / Chroma file's fused modules split back per
+    trained module; an SD model refuses a Flux file (and the Flux loader an SD one) in one line."""
+    from lora_trainer.lora.file import load_lora_file
+    from lora_trainer.lora.flux_format import check_lora_family
+    from lora_trainer.lora.metadata_flux import FLUX_KINDS, load_flux_lora
+
+    if ad.info.arch in FLUX_KINDS:
+        return load_flux_lora(path)[0]
+    sd, _ = load_lora_file(path)
+    check_lora_family(sd.keys(), "sd", f"network_weights {path}")
+    return sd
+
+
 def build_network(ad: ModelAdapter, cfg: TrainConfig, train_te: bool,
                   log: Callable[..., None]) -> tuple[LoRANetwork, dict[str, Any] | None]:
     """The run's network on `ad`'s targets (not attached), and the `network_weights` file it continues
     from (None without one). A file sets the type, ranks and DoRA flag (read from its tensors)."""
     from lora_trainer.lora.blocks import plan_lines, resolve_targets
-    from lora_trainer.lora.file import load_lora_file
     from lora_trainer.lora.infer import spec_from_weights
     from lora_trainer.lora.network import LoRANetwork
 
     spec = network_spec(cfg).validate()  # widths: the model's own, below
     weights = None
     if cfg.network_weights:
-        weights, _ = load_lora_file(cfg.network_weights)
+        weights = _read_weights(ad, cfg.network_weights)
         from_file = spec_from_weights(weights, spec)
         if from_file.network_type != spec.network_type and "network_type" in cfg.spelled:
             log(f"network_weights is a {from_file.network_type} file; training it as {from_file.network_type} "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import time
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -26,13 +27,18 @@ def training_metadata(path: str, network: LoRANetwork, adapter: ModelAdapter, cf
                       started_at: float) -> dict[str, str]:
     """kohya `ss_*` / `modelspec.*` metadata for the file at `path` (its stem is the alias)."""
     from lora_trainer.lora.metadata import build_metadata
+    from lora_trainer.lora.metadata_flux import FLUX_KINDS, build_flux_metadata
 
     info = adapter.info
     extra = {k: v for k, v in adapter.metadata().items()
              if k not in ("ss_base_model_version", "ss_v2", "modelspec.prediction_type")}
-    return build_metadata(
-        output_name=os.path.splitext(os.path.basename(path))[0], arch=info.arch, rank=network.rank,
-        alpha=network.alpha, prediction_type=info.prediction_type, sd_model_name=info.model_name,
+    if info.arch in FLUX_KINDS:  # the flow family: its own architecture names, no ε/v prediction type
+        build: Any = partial(build_flux_metadata, kind=info.arch)
+    else:
+        build = partial(build_metadata, arch=info.arch, prediction_type=info.prediction_type)
+    return build(
+        output_name=os.path.splitext(os.path.basename(path))[0], rank=network.rank,
+        alpha=network.alpha, sd_model_name=info.model_name,
         sd_model_hash=info.model_hash, resolution=cfg.resolution, num_train_images=index.num_train_samples,  # x repeats, no reg images (kohya)
         tag_frequency=index.tag_frequency, dataset_dirs=index.dataset_dirs, training_started_at=started_at,
         training_finished_at=time.time(), steps=step, epoch=epoch, max_train_steps=plan.get("total_steps"),
@@ -57,13 +63,24 @@ def write_lora(path: str, network: LoRANetwork, adapter: ModelAdapter, cfg: Trai
     """Save `network` at `path` (atomic, with hashes); a final file also gets `.json` (+ `.preview.png`)."""
     from lora_trainer.lora.file import save_lora_file
     from lora_trainer.lora.metadata import write_sidecars
+    from lora_trainer.lora.metadata_flux import FLUX_KINDS, save_flux_lora, write_flux_sidecars
 
     dtype = SAVE_DTYPES[cfg.save_precision]
     meta = training_metadata(path, network, adapter, cfg, index, plan, step=step, epoch=epoch,
                              started_at=started_at)
-    written = save_lora_file(path, network.kohya_state_dict(dtype), meta)
+    kind = adapter.info.arch
+    flux = kind in FLUX_KINDS
+    if flux:  # separate q/k/v LoRAs written as the exactly equivalent fused BFL modules
+        written = save_flux_lora(path, network.kohya_state_dict(dtype), kind=kind, metadata=meta,
+                                 layout=cfg.lora_layout)
+    else:
+        written = save_lora_file(path, network.kohya_state_dict(dtype), meta)
     if final:
-        write_sidecars(path, trigger_words=cfg.trigger_word or None, preferred_weight=cfg.preferred_weight,
-                       arch=adapter.info.arch, description=cfg.description,
-                       notes=f"trained {step} steps on {adapter.info.model_name or 'base model'}", preview=preview)
+        side = dict(trigger_words=cfg.trigger_word or None, preferred_weight=cfg.preferred_weight,
+                    description=cfg.description, preview=preview,
+                    notes=f"trained {step} steps on {adapter.info.model_name or 'base model'}")
+        if flux:
+            write_flux_sidecars(path, kind=kind, **side)
+        else:
+            write_sidecars(path, arch=kind, **side)
     return written

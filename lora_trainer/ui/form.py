@@ -191,6 +191,12 @@ def all_field_names() -> tuple[list[str], list[str]]:
     return basic, [n for n in names if n not in basic]
 
 
+def _is_name_list(name: str) -> bool:
+    """A list-of-names key (flux_layers, network_include, ...): typed one per line, not as YAML."""
+    info = next((f for f in config_fields() if f.name == name), None)
+    return info is not None and info.type.replace(" ", "") in ("list[str]", "list[str]|None")
+
+
 def _parse(value: Any, kind: str, name: str) -> Any:
     if kind == "bool":
         return bool(value)
@@ -216,8 +222,10 @@ def _parse(value: Any, kind: str, name: str) -> Any:
     if not text:
         return None
     if kind == "yaml":
-        if name == "sample_prompts":
+        if name == "sample_prompts":  # one prompt per line (prompts hold commas)
             return [line.strip() for line in text.splitlines() if line.strip()]
+        if _is_name_list(name) and not text.startswith(("[", "- ")):  # shown one per line by `_display`
+            return [item.strip() for line in text.splitlines() for item in line.split(",") if item.strip()]
         parsed = yaml.safe_load(text)
         return parsed
     return text

@@ -157,7 +157,8 @@ def build_trainer_tab(host: Host) -> gr.Blocks:
     hidden = F.WEBUI_HIDDEN if loaded else ()
     dirs = host.model_dirs()
     lists = {"base_model": model_choices(host), "vae_path": file_choices(dirs["vae"]),
-             "network_weights": file_choices(dirs["lora"])}
+             "network_weights": file_choices(dirs["lora"]), "clip_l_path": file_choices(dirs["text_encoder"]),
+             "t5xxl_path": file_choices(dirs["text_encoder"])}
     with gr.Blocks(analytics_enabled=False) as tab:
         header = make(gr.Markdown, value=_header(loaded), elem_id="lt_header")
         with gr.Row():

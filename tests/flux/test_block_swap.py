@@ -79,4 +79,4 @@ def test_block_swap_refuses_trainable_weights_and_counts_like_kohya(tiny_flux):
     assert chosen[:8] == list(real.transformer_blocks[11:])
     assert chosen[8:] == list(real.single_transformer_blocks[22:])
     with pytest.raises(ValueError, match="too many"):
-        flux_swap_blocks(real, 36)
+        flux_swap_blocks(real, 40)  # 20 double blocks; FLUX.1 has 19

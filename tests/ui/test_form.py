@@ -124,3 +124,15 @@ def test_sample_prompts_without_a_cadence_get_one(tmp_path, fields):
     assert chosen["sample_every_n_steps"] == 7 and "sample_every_n_epochs" not in chosen
     assert "sample_every_n_epochs" not in form_config(host, fields, _set(fields, values, "sample_prompts", ""),
                                                       str(tmp_path))
+
+
+def test_name_lists_round_trip_one_per_line():
+    """A list default (flux_layers) shows one name per line and comes back as the same list, so an
+    untouched form sends nothing for it; typed names (one per line or comma-separated) become a list."""
+    from lora_trainer.ui.form import _display, _parse
+
+    shown = _display(["attn", "mlp", "mod"], "yaml")
+    assert shown == "attn\nmlp\nmod" and _parse(shown, "yaml", "flux_layers") == ["attn", "mlp", "mod"]
+    assert _parse("lora_unet_up_*\n*attn2*", "yaml", "network_include") == ["lora_unet_up_*", "*attn2*"]
+    assert _parse("attn, mlp", "yaml", "flux_layers") == ["attn", "mlp"]
+    assert _parse("[attn]", "yaml", "flux_layers") == ["attn"]

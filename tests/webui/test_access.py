@@ -19,7 +19,8 @@ from lora_trainer.hosts.standalone import StandaloneHost
 ALLOWED_IN = {"base_model": "checkpoint", "tokenizer_path": "checkpoint", "vae_path": "vae",
               "network_weights": "lora", "resume_from_checkpoint": "runs", "train_data_dir": "uploads",
               "metadata_path": "uploads", "sample_prompts": "uploads", "output_dir": "work", "logging_dir": "work",
-              "model_cache_dir": "work", "validation_data_dir": "uploads", "reg_data_dir": "uploads"}
+              "model_cache_dir": "work", "validation_data_dir": "uploads", "reg_data_dir": "uploads",
+              "clip_l_path": "text_encoder", "t5xxl_path": "text_encoder"}
 PATHLIKE = re.compile(r"(_dir|_path|_file|weights|checkpoint|base_model)$")
 
 

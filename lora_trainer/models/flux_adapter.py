@@ -1,0 +1,349 @@
+"""ModelAdapter for FLUX.1 (dev / schnell-derived) and Chroma: the engine trains them through the same step
+as SD, only the family differs (flow matching, packed tokens, T5 + CLIP-L conditioning, Euler sampler).
+
+Why latents stay unpacked between the adapter and the engine: cached latents, buckets and the objective's
+noise all work on [B, 16, h, w]; packing 2x2 patches into tokens is a permutation, so it is done inside
+`predict` (and undone on its output) without changing the maths. The pieces are the groundwork's
+(`flux_math`, `flux_sampler`, `discovery_flux`, `fp8_storage`, `block_swap`); this file only wires them to
+the `ModelAdapter` seam and the run's settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from lora_trainer.errors import ConfigError
+from lora_trainer.models import flux_math, flux_sampler
+from lora_trainer.models.base import AdapterInfo, ModelAdapter, SizeInfo
+from lora_trainer.models.flow import FlowMatchingObjective
+from lora_trainer.models.objective import NoisedBatch
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from lora_trainer.lora.target import LoraTarget
+
+FLUX_ARCHS = ("flux-dev", "flux-schnell", "chroma")
+T5_MAX_LENGTH = {"flux-dev": 512, "flux-schnell": 256, "chroma": 512}
+
+
+@dataclass(frozen=True)
+class FluxObjective(FlowMatchingObjective):
+    """Flow matching with FLUX.1-dev's resolution-dependent shift: μ follows each batch's token count
+    (buckets differ in size), as kohya's `flux_shift` and diffusers' dynamic shifting do."""
+
+    by_resolution: bool = False
+
+    def noised(self, latents: torch.Tensor, generator: torch.Generator | None = None) -> NoisedBatch:
+        if not self.by_resolution:
+            return super().noised(latents, generator)
+        mu = flux_math.shift_mu(flux_math.image_seq_len(*latents.shape[-2:]))
+        return FlowMatchingObjective.noised(dataclasses.replace(self, mu=mu, by_resolution=False), latents, generator)
+
+
+@dataclass(frozen=True)
+class FluxOptions:
+    """The run's FLUX.1 / Chroma settings (from `TrainConfig`)."""
+
+    timestep_sampling: str = "auto"      # auto | uniform | sigmoid | shift | flux_shift
+    discrete_flow_shift: float = 3.0
+    sigmoid_scale: float = 1.0
+    guidance_scale_train: float | None = None
+    t5_max_token_length: int | None = None
+    layers: tuple[str, ...] = ("attn", "mlp", "mod")
+    double_blocks: str = "all"
+    single_blocks: str = "all"
+    fp8_base: bool = False
+    blocks_to_swap: int = 0
+    lora_layout: str = "kohya"
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> FluxOptions:
+        return cls(cfg.timestep_sampling, cfg.discrete_flow_shift, cfg.sigmoid_scale, cfg.guidance_scale_train,
+                   cfg.t5_max_token_length, tuple(cfg.flux_layers), str(cfg.flux_double_blocks),
+                   str(cfg.flux_single_blocks), cfg.fp8_base, cfg.blocks_to_swap, cfg.lora_layout)
+
+
+class FluxAdapter(ModelAdapter):
+    """A FLUX.1 / Chroma parts dict (`flux_tiny.build_tiny_flux_parts` / `flux_loading.load_flux_parts`)."""
+
+    def __init__(self, parts: dict[str, Any], options: FluxOptions | None = None, *, model_name: str = ""):
+        self.parts = parts
+        self.kind: str = parts["kind"]
+        self.options = options or FluxOptions()
+        if self.options.guidance_scale_train is not None and self.kind != "flux-dev":
+            raise ConfigError("guidance_scale_train", f"only FLUX.1-dev has a guidance input; this model is "
+                                                      f"{self.kind}: leave guidance_scale_train empty")
+        if self.kind == "chroma" and self.options.lora_layout == "peft":
+            raise ConfigError("lora_layout", "Chroma LoRAs are written in the kohya layout only (Forge reads no "
+                                             "PEFT-layout Chroma file); set lora_layout: kohya")
+        self.info = AdapterInfo(arch=self.kind, prediction_type="flow", model_name=model_name)
+        self._compute_dtype = next(parts["transformer"].parameters()).dtype
+        self._swap: Any = None
+        self._target: torch.device | None = None  # the training device (`place`)
+        self._prompt_cache: dict[str, dict[str, torch.Tensor]] = {}
+        self._t5_released = False
+
+    # ---- facts -------------------------------------------------------------------------------
+    @property
+    def transformer(self) -> Any:
+        return self.parts["transformer"]
+
+    @property
+    def device(self) -> torch.device:
+        return self._target or next(self.transformer.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The compute dtype (weights stored as fp8 are upcast to it per layer)."""
+        return self._compute_dtype
+
+    @property
+    def latent_scale(self) -> float:
+        return float(self.parts["vae"].config.scaling_factor)
+
+    @property
+    def latent_shift(self) -> float:
+        return float(self.parts["vae"].config.shift_factor or 0.0)
+
+    @property
+    def max_sequence_length(self) -> int:
+        if self.options.t5_max_token_length:
+            return int(self.options.t5_max_token_length)
+        limit = getattr(self.parts["tokenizer_2"], "model_max_length", None) or 512
+        return int(min(T5_MAX_LENGTH[self.kind], limit))
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        names = ("transformer", "vae", "text_encoder", "text_encoder_2")
+        return {n: self.parts[n] for n in names if self.parts.get(n) is not None}
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None,
+           *, vae_dtype: torch.dtype | None = None) -> FluxAdapter:
+        for name, mod in self.modules().items():
+            want = (vae_dtype or dtype) if name == "vae" else dtype
+            p = next(mod.parameters())
+            if want is not None and p.dtype != want:
+                mod.to(dtype=want)
+            if device is not None and p.device != torch.device(device):
+                mod.to(device=device)
+        if dtype is not None:
+            self._compute_dtype = dtype
+        return self
+
+    def set_attention(self, kind: str) -> None:
+        """diffusers' Flux/Chroma attention always uses torch SDPA; nothing to choose."""
+
+    # ---- the family ----------------------------------------------------------------------------
+    def objective(self, *, noise_offset: float = 0.0, min_snr_gamma: float | None = None) -> FlowMatchingObjective:
+        """σ sampling as kohya's flux_train_network: `auto` = the model's own scheduler (resolution shift for
+        dev, logit-normal for schnell/Chroma); noise offset and min-SNR are SD-only and ignored here."""
+        o = self.options
+        mode = o.timestep_sampling
+        if mode == "auto":
+            dynamic = bool(dict(self.parts["scheduler"].config).get("use_dynamic_shifting", False))
+            mode = "flux_shift" if dynamic else "sigmoid"
+        if mode == "flux_shift":
+            return FluxObjective("sigmoid", sigmoid_scale=o.sigmoid_scale, by_resolution=True)
+        return FluxObjective(mode, sigmoid_scale=o.sigmoid_scale, shift=o.discrete_flow_shift)
+
+    # ---- LoRA targets ----------------------------------------------------------------------------
+    def trainable_text_encoder(self) -> bool:
+        """CLIP-L of FLUX.1 can carry a LoRA; T5 never does, and Chroma has no CLIP."""
+        return self.kind != "chroma" and self.parts.get("text_encoder") is not None
+
+    def lora_targets(self, *, unet: bool, text_encoder: bool, conv: bool) -> list[LoraTarget]:
+        from lora_trainer.lora.discovery_flux import flux_clip_targets, flux_transformer_targets
+
+        o = self.options
+        out: list[LoraTarget] = []
+        if unet:
+            try:
+                out += flux_transformer_targets(self.transformer, chroma=self.kind == "chroma", layers=o.layers,
+                                                double_blocks=o.double_blocks, single_blocks=o.single_blocks)
+            except ValueError as e:
+                field = ("flux_layers" if "layers" in str(e) else
+                         "flux_double_blocks" if "double" in str(e) else "flux_single_blocks")
+                raise ConfigError(field, str(e)) from e
+        if text_encoder and self.trainable_text_encoder():
+            out += flux_clip_targets(self.parts["text_encoder"])
+        return out
+
+    # ---- encoding --------------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Scaled, shifted 16-channel latents [B, 16, H/8, W/8] (the mean: cached and live latents agree)."""
+        vae = self.parts["vae"]
+        z = vae.encode(pixels.to(self.device, next(vae.parameters()).dtype)).latent_dist.mean
+        return flux_math.scale_latents(z, self.latent_scale, self.latent_shift)
+
+    def encode_text(self, captions: list[str]) -> dict[str, torch.Tensor]:
+        """{"t5", "pooled"} (FLUX.1) or {"t5", "t5_mask"} (Chroma): T5 frozen, CLIP-L in the caller's grad mode."""
+        return flux_sampler.encode_prompts(self.parts, captions, self.max_sequence_length)
+
+    # ---- the transformer ---------------------------------------------------------------------------
+    def predict(self, noisy_latents: torch.Tensor, timesteps: torch.Tensor,
+                cond: dict[str, torch.Tensor], sizes: list[SizeInfo] | None = None) -> torch.Tensor:
+        """Velocity for unpacked latents at timesteps σ·1000: packed into 2x2 tokens, run, unpacked."""
+        b, _, h, w = noisy_latents.shape
+        dev = self.device
+        tokens = flux_math.pack_latents(noisy_latents.to(dev))
+        sigma = (timesteps.to(dev, torch.float32) / 1000.0)
+        scale = self.options.guidance_scale_train
+        guidance = flux_math.guidance_input(self.kind, b, 1.0 if scale is None else scale, device=dev)
+        cond = {k: v.to(dev) for k, v in cond.items()}
+        out = flux_sampler.transformer_call(self.parts, tokens, sigma, cond,
+                                            flux_math.image_ids(h, w, device=dev, dtype=self.dtype), guidance)
+        return flux_math.unpack_latents(out, h, w)
+
+    def set_gradient_checkpointing(self, enabled: bool) -> None:
+        tr = self.transformer
+        (tr.enable_gradient_checkpointing if enabled else tr.disable_gradient_checkpointing)()
+        clip = self.parts.get("text_encoder")
+        if clip is None:
+            return
+        kwargs = {"use_reentrant": False}  # transformers 5 renamed the methods ("activation_...")
+        if enabled and hasattr(clip, "activation_checkpointing_enable"):
+            clip.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        elif enabled:
+            clip.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        else:
+            (getattr(clip, "activation_checkpointing_disable", None) or clip.gradient_checkpointing_disable)()
+
+    def prepare_for_training(self) -> None:
+        """Freeze every part, and apply fp8 storage / block swap where `place` has not done so yet."""
+        for mod in self.modules().values():
+            mod.requires_grad_(False)
+        self._memory_options()
+
+    def _memory_options(self) -> bool:
+        """fp8 storage of the blocks' weights (irreversible: the run loaded this base itself) and block swap
+        (undone by `restore`); True when blocks are swapped."""
+        o = self.options
+        if o.fp8_base:
+            from lora_trainer.models.fp8_storage import in_blocks, store_fp8
+
+            store_fp8(self.transformer, select=in_blocks)
+        if o.blocks_to_swap and self._swap is None:
+            from lora_trainer.models.block_swap import BlockSwap, flux_swap_blocks
+
+            try:
+                blocks = flux_swap_blocks(self.transformer, o.blocks_to_swap)
+            except ValueError as e:
+                raise ConfigError("blocks_to_swap", str(e)) from e
+            self._swap = BlockSwap(blocks, self._target or self.device).attach()
+        return self._swap is not None
+
+    def place(self, device: torch.device | str, dtype: torch.dtype, *, vae_dtype: torch.dtype | None = None
+              ) -> FluxAdapter:
+        """Move the model to `device` for training without ever holding the whole base there: cast, freeze,
+        store fp8 and pick the swapped blocks while it is still in CPU memory, then move everything except
+        the swapped blocks (a 12 GB card never sees FLUX.1-dev's 24 GB of bf16 weights)."""
+        self.to(None, dtype, vae_dtype=vae_dtype)
+        self._target = torch.device(device)
+        for mod in self.modules().values():
+            mod.requires_grad_(False)
+        swapped = self._memory_options()
+        skip = {id(b) for b in self._swap.blocks} if swapped else set()
+        for mod in self.modules().values():
+            _move_except(mod, skip, self._target)
+        return self
+
+    def restore(self) -> None:
+        if self._swap is not None:
+            self._swap.detach()
+            self._swap = None
+        if self._t5_released:
+            self.parts["text_encoder_2"].to(self.device)
+            self._t5_released = False
+        self._prompt_cache.clear()
+
+    # ---- samples and files -------------------------------------------------------------------------
+    def generate(self, prompt: str, *, negative_prompt: str = "", seed: int = 0, steps: int = 20,
+                 width: int = 512, height: int = 512, guidance_scale: float = 7.0) -> Image.Image:
+        """The family's Euler sampler from a fixed seed (dev: `guidance_scale` is its guidance input); prompts
+        encoded before the text encoders left the GPU come from `_prompt_cache`."""
+        from PIL import Image
+
+        chroma = self.kind == "chroma"
+        cond = self._prompt_cond(prompt)
+        negative = self._prompt_cond(negative_prompt) if chroma else None
+        packed = flux_sampler.sample_latents(self.parts, cond, height=height, width=width, steps=steps,
+                                             guidance_scale=guidance_scale, negative=negative,
+                                             generator=torch.Generator().manual_seed(seed))
+        img = flux_sampler.decode(self.parts, packed, height, width)[0]
+        arr = ((img.float().permute(1, 2, 0).cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
+        return Image.fromarray(arr)
+
+    def _prompt_cond(self, prompt: str) -> dict[str, torch.Tensor]:
+        cached = self._prompt_cache.get(prompt)
+        if cached is None:
+            with torch.no_grad():
+                cached = flux_sampler.encode_prompts(self.parts, [prompt], self.max_sequence_length)
+        return {k: v.to(self.device) for k, v in cached.items()}
+
+    def release_text_encoders(self, prompts: list[str]) -> None:
+        """After the caption cache pre-pass: encode the sample `prompts` (and the empty negative) once, then
+        move T5 to CPU memory (FLUX.1-dev's T5-XXL is 9 GB in bf16, most of a 12 GB card). A caption met
+        later still encodes, on the CPU. `restore` brings T5 back."""
+        if self.device.type == "cpu":
+            return
+        with torch.no_grad():
+            for p in {*prompts, ""}:
+                self._prompt_cache[p] = {k: v.cpu() for k, v in
+                                         flux_sampler.encode_prompts(self.parts, [p], self.max_sequence_length).items()}
+        self.parts["text_encoder_2"].to("cpu")
+        self._t5_released = True
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def metadata(self) -> dict[str, str]:
+        o = self.options
+        meta = {"ss_timestep_sampling": o.timestep_sampling, "ss_discrete_flow_shift": str(o.discrete_flow_shift),
+                "ss_sigmoid_scale": str(o.sigmoid_scale), "ss_t5xxl_max_token_length": str(self.max_sequence_length)}
+        if self.kind == "flux-dev":
+            meta["ss_guidance_scale"] = str(1.0 if o.guidance_scale_train is None else o.guidance_scale_train)
+        if o.fp8_base:
+            meta["ss_fp8_base"] = "True"
+        return meta
+
+
+def _move_except(module: torch.nn.Module, skip: set[int], device: torch.device) -> None:
+    """`module.to(device)` except for the submodules whose id is in `skip` (they stay where they are)."""
+    if id(module) in skip:
+        return
+    if not any(id(m) in skip for m in module.modules()):
+        module.to(device=device)
+        return
+    for child in module.children():
+        _move_except(child, skip, device)
+    for name, p in module._parameters.items():  # tensors held by a module that also holds skipped blocks
+        if p is not None:
+            module._parameters[name] = torch.nn.Parameter(p.detach().to(device), requires_grad=p.requires_grad)
+    for name, b in module._buffers.items():
+        if b is not None:
+            module._buffers[name] = b.to(device)
+
+
+def load_flux_adapter(cfg: Any, dtype: torch.dtype | None = None) -> FluxAdapter:
+    """The FLUX.1 / Chroma adapter of `cfg.base_model` (builtin, diffusers folder, single files) with the
+    run's options; files are read straight into `dtype` (bf16 for a bf16 run: half the CPU memory)."""
+    import os
+
+    from lora_trainer.models.flux_loading import BUILTIN, load_flux_parts
+
+    base = cfg.base_model.strip()
+    name = base if base in BUILTIN else os.path.basename(os.path.normpath(os.path.expanduser(base)))
+    parts = load_flux_parts(base, vae_path=cfg.vae_path, clip_l_path=cfg.clip_l_path, t5xxl_path=cfg.t5xxl_path,
+                            tokenizer_path=cfg.tokenizer_path, model_cache_dir=cfg.model_cache_dir, dtype=dtype)
+    wanted = cfg.model_type
+    family = "chroma" if parts["kind"] == "chroma" else "flux"
+    if wanted != "auto" and wanted != family:
+        from lora_trainer.errors import ModelLoadError
+
+        raise ModelLoadError(f"config 'model_type' is {wanted!r} but {base} is a {parts['kind']} model; "
+                             f"set model_type: auto (or {family})")
+    return FluxAdapter(parts, FluxOptions.from_config(cfg), model_name=name)
