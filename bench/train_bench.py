@@ -195,6 +195,8 @@ def _run_child(name: str, cmd: list[str], cwd: str, total: int, env: dict[str, s
         pending += text
         for m in _STEP.finditer(pending):
             n, of = int(m.group(1)), int(m.group(2))
+            if of == total and marks and n < marks[-1][2]:
+                marks.clear()  # a new bar with the same total (a caching bar before the training one)
             if of == total and (not marks or n > marks[-1][2]):
                 marks.append((now, cpu, n))
         pending = pending[-64:]
