@@ -6,7 +6,7 @@ STAMP := $(VENV)/.stamp-$(shell cat requirements/dev.txt requirements/dev-nodeps
 A1111_VENV := .venv-a1111
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test test-main test-a1111 test-forge lint bench bench-download app docs clean
+.PHONY: venv demo test test-main test-a1111 test-forge lint bench bench-download bench-gpu-prepare bench-gpu app docs clean
 
 venv: $(STAMP)
 $(STAMP): requirements/dev.txt requirements/dev-nodeps.txt pyproject.toml
@@ -49,6 +49,14 @@ bench: venv
 
 bench-download: venv
 	$(PY) bench/download_bench.py
+
+# here: kohya's sources + wheels into .carry (KOHYA_SD_SCRIPTS=<sd-scripts checkout>); on the GPU machine,
+# with .carry carried along: `make bench-gpu PY=python3` (the image's torch; one call, under 8 minutes)
+bench-gpu-prepare: venv
+	$(PY) bench/gpu_compare.py --prepare .carry --kohya "$(KOHYA_SD_SCRIPTS)"
+
+bench-gpu:
+	PYTHONUNBUFFERED=1 $(PY) bench/gpu_compare.py --carry .carry
 
 app: venv
 	$(PY) -m lora_trainer app

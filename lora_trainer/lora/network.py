@@ -272,7 +272,8 @@ class LoRANetwork(nn.Module):
             mult = self.multiplier
             if mult == 0:
                 return y
-            return y + (lora.lora_out(x) * mult).to(y.dtype)
+            out = lora.lora_out(x)
+            return y + (out if mult == 1.0 else out * mult).to(y.dtype)
         return forward
 
     def _make_fused_forward(self, mod: nn.Module, orig: Callable[..., Any], loras: list[LoRAModule],

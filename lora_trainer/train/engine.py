@@ -259,13 +259,17 @@ class Engine:
         """Backward of every micro-batch of one optimizer step; (summed loss, all finite)."""
         if self._trace is not None:
             self._trace.extend(int(i) for idx in group for i in idx)
-        total = 0.0
+        # the loss stays on the device until every backward is queued: one host sync per step (a
+        # GPU keeps running the backward while the host waits), not two per micro-batch. A
+        # non-finite loss is still caught before the optimizer step, which it would reach.
+        total: torch.Tensor | None = None
         for loss in self.task.micro_losses(group, epoch, pos):
-            if not torch.isfinite(loss):
-                return float("nan"), False
             self.scaler.scale(loss).backward()
-            total += float(loss.detach())
-        return total, True
+            total = loss.detach() if total is None else total + loss.detach()
+        if total is None:
+            return 0.0, True
+        value = float(total)
+        return value, math.isfinite(value)
 
     # ---- optimization -----------------------------------------------------------------------
     def _start_optimization(self, groups: list[dict[str, Any]], total_steps: int) -> tuple[int, int, int]:

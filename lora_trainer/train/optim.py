@@ -47,6 +47,13 @@ class _Lion(torch.optim.Optimizer):
         return loss
 
 
+def _fused_ok(groups: list[dict[str, Any]]) -> bool:
+    """torch's fused AdamW takes floating-point tensors on one CPU or CUDA device."""
+    params = [p for g in groups for p in g["params"]]
+    devices = {p.device.type for p in params}
+    return len(devices) == 1 and devices <= {"cpu", "cuda"} and all(p.is_floating_point() for p in params)
+
+
 def build_optimizer(param_groups: list[dict[str, Any]], cfg: TrainConfig) -> torch.optim.Optimizer:
     """Optimizer named by `cfg.optimizer` over `param_groups` (each group may carry its own `lr`)."""
     name = cfg.optimizer.lower().replace("_", "").replace("-", "")
@@ -57,9 +64,13 @@ def build_optimizer(param_groups: list[dict[str, Any]], cfg: TrainConfig) -> tor
         raise ConfigError("train_unet", "nothing to train: both train_unet and train_text_encoder are off "
                                         "(or the model has no LoRA targets)")
     kwargs: dict[str, Any] = {"lr": lr, "weight_decay": wd, **extra}
-    if name in ("adamw", "sgd"):
-        # hundreds of small LoRA tensors: one multi-tensor kernel per op instead of one per tensor
-        # (torch picks this itself on CUDA only; on CPU it is ~3x faster for a LoRA's optimizer step)
+    if name == "adamw" and "foreach" not in extra and _fused_ok(groups):
+        # hundreds of small LoRA tensors: the fused kernel does the whole update of a tensor in one
+        # pass (CPU and CUDA); foreach on CPU still runs ~12 scalar ops per tensor (profiled: 10% of
+        # the tiny model's step, and the 2,300 Python-scalar-to-tensor copies per step)
+        kwargs.setdefault("fused", True)
+    elif name in ("adamw", "sgd") and "fused" not in extra:
+        # one multi-tensor kernel per op instead of one per tensor (torch picks this itself on CUDA only)
         kwargs.setdefault("foreach", True)
     if name == "adamw":
         return torch.optim.AdamW(groups, **kwargs)
