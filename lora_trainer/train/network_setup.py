@@ -160,7 +160,8 @@ def build_network(ad: ModelAdapter, cfg: TrainConfig, train_te: bool,
                                              "network_exclude, network_blocks and the block lists)")
     spec.validate(_widths(plans))
     network = LoRANetwork.from_spec(targets, spec)
-    log(describe(spec))
+    if weights is not None:  # the file set the type and ranks: say what is trained (the plan said the config's)
+        log(describe(spec))
     if _block_wise(spec):
         for line in plan_lines(network.plans.values(), cfg.effective_unet_lr, cfg.effective_text_encoder_lr):
             log(line)
