@@ -229,8 +229,8 @@ class _QueueView:
         return "", self.render(), ""
 
     def follow_retry(self, item_id: str):
-        if not item_id:
-            yield gr.update(), self.render()
+        if not item_id:  # not a retry: the action already drew the table; a late redraw could undo a Clear
+            yield gr.update(), gr.update()
             return
         yield from self.follow(f"Retrying {self.name(item_id)}…")
         try:
