@@ -119,3 +119,18 @@ class ModelAdapter(abc.ABC):
     def metadata(self) -> dict[str, str]:
         """Extra `ss_*` metadata the adapter knows (e.g. ss_sd_model_name, ss_v2)."""
         return {}
+
+
+def move_parts(modules: dict[str, torch.nn.Module], device: torch.device | str | None,
+               dtype: torch.dtype | None, vae_dtype: torch.dtype | None = None) -> None:
+    """Move a model's parts to `device` / `dtype`; the VAE may keep its own dtype (SDXL's overflows in
+    fp16). Parts already there are not touched."""
+    import torch
+
+    for name, mod in modules.items():
+        want = (vae_dtype or dtype) if name == "vae" else dtype
+        p = next(mod.parameters())
+        if want is not None and p.dtype != want:
+            mod.to(dtype=want)
+        if device is not None and p.device != torch.device(device):
+            mod.to(device=device)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from lora_trainer.models.base import BASE_MODEL_VERSION, AdapterInfo, ModelAdapter, SizeInfo
+from lora_trainer.models.base import BASE_MODEL_VERSION, AdapterInfo, ModelAdapter, SizeInfo, move_parts
 from lora_trainer.models.ddpm import ddim_sample
 from lora_trainer.models.snapshot import ModelSnapshot, eval_mode
 
@@ -73,13 +73,7 @@ class DiffusersAdapter(ModelAdapter):
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None,
            *, vae_dtype: torch.dtype | None = None) -> DiffusersAdapter:
         """Move parts; the VAE may keep its own dtype (SDXL's VAE overflows in fp16)."""
-        for name, mod in self.modules().items():
-            want = (vae_dtype or dtype) if name == "vae" else dtype
-            p = next(mod.parameters())
-            if want is not None and p.dtype != want:
-                mod.to(dtype=want)
-            if device is not None and p.device != torch.device(device):
-                mod.to(device=device)
+        move_parts(self.modules(), device, dtype, vae_dtype)
         return self
 
     # ---- LoRA targets ------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import torch
 
 from lora_trainer.errors import ConfigError
 from lora_trainer.models import flux_math, flux_sampler
-from lora_trainer.models.base import AdapterInfo, ModelAdapter, SizeInfo
+from lora_trainer.models.base import AdapterInfo, ModelAdapter, SizeInfo, move_parts
 from lora_trainer.models.flow import FlowMatchingObjective
 from lora_trainer.models.objective import NoisedBatch
 
@@ -123,13 +123,7 @@ class FluxAdapter(ModelAdapter):
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None,
            *, vae_dtype: torch.dtype | None = None) -> FluxAdapter:
-        for name, mod in self.modules().items():
-            want = (vae_dtype or dtype) if name == "vae" else dtype
-            p = next(mod.parameters())
-            if want is not None and p.dtype != want:
-                mod.to(dtype=want)
-            if device is not None and p.device != torch.device(device):
-                mod.to(device=device)
+        move_parts(self.modules(), device, dtype, vae_dtype)
         if dtype is not None:
             self._compute_dtype = dtype
         return self

@@ -16,13 +16,13 @@ train/eval mode and hooks are snapshotted and checked (`models.snapshot.ModelSna
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from lora_trainer.models import forge_host
 from lora_trainer.models.base import AdapterInfo, ModelAdapter, SizeInfo
+from lora_trainer.models.block_checkpoint import checkpoint_blocks, remove_checkpointing
 from lora_trainer.models.forge_autograd import frozen_base
 from lora_trainer.models.snapshot import ModelSnapshot
 from lora_trainer.models.webui_ldm import _checkpoint_name
@@ -134,30 +134,11 @@ class ForgeAdapter(ModelAdapter):
     # under frozen_base() too
     def set_gradient_checkpointing(self, enabled: bool) -> None:
         self._remove_checkpointing()
-        if not enabled:
-            return
-        from torch.utils.checkpoint import checkpoint
-
-        for mod in self.unet.modules():
-            if type(mod).__name__ not in CHECKPOINT_BLOCKS or "forward" in mod.__dict__:
-                continue
-            orig = mod.forward
-
-            def run(*args: Any, _orig: Callable[..., Any] = orig, **kwargs: Any) -> Any:
-                with frozen_base():
-                    return _orig(*args, **kwargs)
-
-            def wrapped(*args: Any, _run: Callable[..., Any] = run, **kwargs: Any) -> Any:
-                if not torch.is_grad_enabled():
-                    return _run(*args, **kwargs)
-                return checkpoint(_run, *args, use_reentrant=False, **kwargs)
-
-            mod.forward = wrapped
-            self._checkpointed.append(mod)
+        if enabled:
+            self._checkpointed = checkpoint_blocks(self.unet, CHECKPOINT_BLOCKS, around=frozen_base)
 
     def _remove_checkpointing(self) -> None:
-        for mod in self._checkpointed:
-            mod.__dict__.pop("forward", None)
+        remove_checkpointing(self._checkpointed)
         self._checkpointed = []
 
     # ---- prepare / restore

@@ -12,12 +12,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from lora_trainer.models.base import AdapterInfo, ModelAdapter, SizeInfo
+from lora_trainer.models.block_checkpoint import checkpoint_blocks, remove_checkpointing
 from lora_trainer.models.snapshot import ModelSnapshot
 from lora_trainer.models.webui_services import WebUIServices, host_sample
 
@@ -141,26 +141,11 @@ class WebUILdmAdapter(ModelAdapter):
     # ---- gradient checkpointing (torch's non-reentrant one: ldm's own ignores LoRA parameters)
     def set_gradient_checkpointing(self, enabled: bool) -> None:
         self._remove_checkpointing()
-        if not enabled:
-            return
-        from torch.utils.checkpoint import checkpoint
-
-        for mod in self.unet.modules():
-            if type(mod).__name__ not in CHECKPOINT_BLOCKS or "forward" in mod.__dict__:
-                continue
-            orig = mod.forward
-
-            def wrapped(*args: Any, _orig: Callable[..., Any] = orig, **kwargs: Any) -> Any:
-                if not torch.is_grad_enabled():
-                    return _orig(*args, **kwargs)
-                return checkpoint(_orig, *args, use_reentrant=False, **kwargs)
-
-            mod.forward = wrapped
-            self._checkpointed.append(mod)
+        if enabled:
+            self._checkpointed = checkpoint_blocks(self.unet, CHECKPOINT_BLOCKS)
 
     def _remove_checkpointing(self) -> None:
-        for mod in self._checkpointed:
-            mod.__dict__.pop("forward", None)
+        remove_checkpointing(self._checkpointed)
         self._checkpointed = []
 
     # ---- prepare / restore
