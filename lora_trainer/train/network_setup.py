@@ -8,6 +8,7 @@ factor that does not divide a width fail in one line) and by the run that builds
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +46,7 @@ def check_network(cfg: TrainConfig, arch: str | None) -> NetworkSpec:
     from lora_trainer.lora.estimate import arch_dims
 
     spec = network_spec(cfg)
+    _check_weights_file(cfg.network_weights)
     spec.validate(arch_dims(arch) if _block_count(arch) else ())
     count = _block_count(arch)
     for name in ("block_dims", "block_alphas", "conv_block_dims", "conv_block_alphas", "block_lr_weight"):
@@ -52,6 +54,19 @@ def check_network(cfg: TrainConfig, arch: str | None) -> NetworkSpec:
         if count and values and len(values) != count:
             raise ConfigError(name, f"has {len(values)} values but {arch} has {count} kohya blocks")
     return spec
+
+
+def _check_weights_file(path: str | None) -> None:
+    """`network_weights` must be a readable .safetensors file: its header is read now (a few bytes), so
+    a wrong or damaged file is named before the model loads, not after."""
+    if not path or os.path.isdir(path):
+        return
+    from lora_trainer.lora.file import LoRAFileError, read_lora_metadata
+
+    try:
+        read_lora_metadata(path)
+    except LoRAFileError as exc:
+        raise ConfigError("network_weights", str(exc)) from exc
 
 
 def describe(spec: NetworkSpec) -> str:

@@ -235,7 +235,9 @@ def test_bad_network_settings_fail_in_one_line_before_the_model(data_dir, tmp_pa
         "block_dims": {"block_dims": [4] * 5},
         "block_lr_weight": {"block_lr_weight": [1.0] * 23, "model_type": "sd1"},
         "network_args.use_tucker": {"network_args": ["algo=loha", "use_tucker=true"]},
+        "network_weights": {"network_weights": str(tmp_path / "notes.safetensors")},  # text, not a LoRA
     }
+    (tmp_path / "notes.safetensors").write_text("not a LoRA\n")
     paths = [_config(tmp_path / f"{i}.yaml", data_dir, str(tmp_path / "out"), **extra)
              for i, extra in enumerate(cases.values())]
     dry = _config(tmp_path / "dry.yaml", data_dir, str(tmp_path / "out"), model_type="sd1", network_type="loha",
