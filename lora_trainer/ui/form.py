@@ -58,6 +58,38 @@ LABELS = {
     "sample_every_n_steps": "Sample every N steps", "sample_every_n_epochs": "Sample every N epochs",
     "sample_steps": "Sample denoising steps", "sample_seed": "Sample seed", "sample_width": "Sample width",
     "sample_height": "Sample height", "sample_guidance": "Sample guidance (CFG)",
+    # FLUX.1 / Chroma
+    "clip_l_path": "CLIP-L file (FLUX.1)", "t5xxl_path": "T5-XXL file (FLUX.1 / Chroma)",
+    "t5_max_token_length": "T5 caption tokens", "fp8_base": "Store the base in fp8",
+    "blocks_to_swap": "Blocks kept in CPU memory (block swap)", "flux_layers": "FLUX.1 layers to train",
+    "flux_double_blocks": "Double blocks to train", "flux_single_blocks": "Single blocks to train",
+    "lora_layout": "File layout (kohya / PEFT)", "timestep_sampling": "Timestep sampling",
+    "discrete_flow_shift": "Flow shift", "sigmoid_scale": "Sigmoid scale",
+    "guidance_scale_train": "Guidance input while training (FLUX.1-dev)",
+    # data
+    "random_crop": "Random crop", "shuffle_caption": "Shuffle caption tags",
+    "keep_tokens": "Keep the first N tags in place", "masked_loss": "Masked loss (mask images)",
+    "alpha_mask": "Use the image's alpha as the loss mask", "validation_split": "Validation share of the dataset",
+    "validation_data_dir": "Validation folder", "validation_every_n_steps": "Validation loss every N steps",
+    "reg_data_dir": "Regularisation folder", "prior_loss_weight": "Regularisation loss weight",
+    # network
+    "network_type": "Network type (LoRA / LoCon / LoHa / LoKr / DoRA)", "lokr_factor": "LoKr factor",
+    "lokr_full_rank": "LoKr full rank", "dora_wd": "DoRA weight decomposition",
+    "network_include": "Only modules matching", "network_exclude": "Skip modules matching",
+    "network_blocks": "Blocks to train", "block_dims": "Rank per block", "block_alphas": "Alpha per block",
+    "conv_block_dims": "Conv rank per block", "conv_block_alphas": "Conv alpha per block",
+    "block_lr_weight": "Learning-rate weight per block",
+    # training
+    "optimizer": "Optimizer", "weight_decay": "Weight decay", "attention": "Attention kernel",
+    "seed": "Seed", "noise_offset": "Noise offset", "ema_decay": "EMA decay (0 = off)",
+    "ema_on_cpu": "Keep the EMA copy in CPU memory", "device": "Device", "save_ema": "Save the EMA weights",
+    "description": "Description (saved in the file)",
+    # language models
+    "max_seq_length": "Longest sequence (tokens)", "target_modules": "Target modules",
+    "packing": "Pack short samples together", "load_in_4bit": "Load the base in 4 bits (QLoRA)",
+    "load_in_8bit": "Load the base in 8 bits", "merge_output": "Also save a merged model",
+    "gguf_output": "Also save as GGUF", "chat_template": "Chat template",
+    "trust_remote_code": "Run the model's own code (trust_remote_code)",
 }
 # the three answers of an optional yes/no, in words (per field where the generic ones say too little)
 TRI_STATE_WORDS = {"v_parameterization": ("detect from the model", "yes (v-prediction)", "no (epsilon)")}

@@ -69,6 +69,9 @@ def test_labels_and_help_are_for_people(fields):
     for f in fields:
         assert "`" not in F.help_of(f.info), f.info.name
         assert "_" not in F.label_of(f.info.name), f.info.name
+    # every key the form shows has a label written for people (a new key fails here until it gets one)
+    unlabelled = [f.info.name for f in fields if f.info.name not in F.LABELS]
+    assert not unlabelled, f"add these keys to ui/form.py LABELS: {unlabelled}"
     sections = F.advanced_sections(F.all_field_names()[1])
     assert [t for t, _ in sections][:2] == ["Model", "Dataset and captions"]
 
