@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -347,11 +346,6 @@ class TrainConfig:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, self.to_yaml(only_changed))
 
-    def validate(self, *, check_paths: bool = True, require: Iterable[str] = ("train_data_dir", "base_model")) -> None:
-        """Raise ConfigError for the first problem (see `validate_config`)."""
-        from lora_trainer.config.validation import validate_config
-
-        validate_config(self, check_paths=check_paths, require=require)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -61,6 +61,11 @@ def ldm_unet_targets(unet: nn.Module, arch: str, conv: bool = False) -> list[Lor
     return _block_targets(unet, lambda p: naming.ldm_unet_kohya_name(p, arch), conv)
 
 
+def text_encoder_prefixes(n: int) -> list[str]:
+    """Kohya prefixes for `n` text encoders (`lora_te` for SD1/SD2, `lora_te1`/`lora_te2` for SDXL)."""
+    return ["lora_te"] if n == 1 else [f"lora_te{i + 1}" for i in range(n)]
+
+
 def text_encoder_targets(te: nn.Module, prefix: str = "lora_te") -> list[LoraTarget]:
     """q/k/v/out projections and mlp fc1/fc2 of an HF CLIP text encoder (transformers 4 or 5)."""
     return [LoraTarget(naming.hf_clip_kohya_name(p, prefix), m, "linear", "text_encoder")

@@ -78,9 +78,18 @@ class DiffusersAdapter(ModelAdapter):
 
     # ---- LoRA targets ------------------------------------------------------------------------
     def lora_targets(self, *, unet: bool, text_encoder: bool, conv: bool) -> list[LoraTarget]:
-        from lora_trainer.models.targets import diffusers_lora_targets
+        """UNet targets (LoCon convs when `conv`) then text-encoder targets, in module order; the
+        selection rules and names are `lora.discovery`'s."""
+        from lora_trainer.lora import discovery
 
-        return diffusers_lora_targets(self, unet=unet, text_encoder=text_encoder, conv=conv)
+        targets: list[LoraTarget] = []
+        if unet:
+            targets += discovery.unet_targets(self.unet, self.arch, conv=conv)
+        if text_encoder:
+            tes = self.text_encoders
+            for te, prefix in zip(tes, discovery.text_encoder_prefixes(len(tes)), strict=True):
+                targets += discovery.text_encoder_targets(te, prefix)
+        return targets
 
     # ---- encoding ----------------------------------------------------------------------------
     @torch.no_grad()

@@ -7,6 +7,7 @@ import pytest
 import yaml
 
 from lora_trainer.config import TrainConfig, config_fields, load_config, markdown_reference, parse_override
+from lora_trainer.config.validation import validate_config
 from lora_trainer.errors import ConfigError, UserError
 
 
@@ -167,7 +168,7 @@ def test_schema_drives_docs_and_form() -> None:
 
 def test_defaults_are_valid() -> None:
     cfg = TrainConfig()
-    cfg.validate(check_paths=False)
+    validate_config(cfg, check_paths=False)
     assert cfg.resolution_wh == (512, 512)
     assert load_config({}, check_paths=False) == cfg
 

@@ -38,12 +38,11 @@ def _build(arch: str) -> dict[str, torch.nn.Module]:
 @pytest.mark.parametrize("arch", ["sd1", "sd2", "sdxl"])
 def test_shipped_configs_match_published_models(arch):
     from lora_trainer.lora import discovery
-    from lora_trainer.models.targets import text_encoder_prefixes
 
     parts = _build(arch)
     assert {k: sum(p.numel() for p in m.parameters()) for k, m in parts.items()} == COUNTS[arch]
     unet_targets = discovery.unet_targets(parts["unet"], arch)
     tes = [m for k, m in parts.items() if k.startswith("text_encoder")]
-    te_targets = [t for te, pre in zip(tes, text_encoder_prefixes(len(tes)), strict=True)
+    te_targets = [t for te, pre in zip(tes, discovery.text_encoder_prefixes(len(tes)), strict=True)
                   for t in discovery.text_encoder_targets(te, pre)]
     assert (len(unet_targets), len(te_targets)) == TARGETS[arch]
