@@ -17,7 +17,6 @@ import dataclasses
 import os
 import shutil
 import tempfile
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +24,7 @@ from urllib.parse import unquote, urljoin, urlsplit
 
 from lora_trainer.download.options import DownloadOptions
 from lora_trainer.errors import UserError
-from lora_trainer.events import EventSink, StopFlag, null_sink
+from lora_trainer.events import Event, EventSink, StopFlag, null_sink
 from lora_trainer.share.manifest import (
     Entry,
     Manifest,
@@ -353,20 +352,16 @@ def pull(src: str, root: str | Path, opts: DownloadOptions, *, pins: dict[str, i
     for name, number in pins.items():
         manifest.entry(name).get(number)  # type: ignore[union-attr] - checked above
     report = PullReport()
-    with _root_lock(root):  # two pulls into one folder (two clicks in the tab) take turns
-        puller = Puller(root, opts, fetch, emit, stop)
+    from lora_trainer.share.lock import folder_lock
+
+    def waiting(message: str) -> None:
+        emit(Event("log", {"level": "warning", "message": message}))
+
+    with folder_lock(root, waiting, stop):  # two pulls into one folder (tab, terminals) take turns
+        puller = Puller(root, opts, fetch, emit, stop)  # reads the record the previous pull left
         for name in wanted:
             report.outcomes.append(puller.pull_entry(manifest.entry(name), source, pins.get(name)))  # type: ignore[arg-type]
         if prune:
             report.outcomes += puller.prune(wanted)
     return report
 
-
-_locks: dict[str, threading.Lock] = {}
-_locks_guard = threading.Lock()
-
-
-def _root_lock(root: str | Path) -> threading.Lock:
-    key = os.path.abspath(root)
-    with _locks_guard:
-        return _locks.setdefault(key, threading.Lock())

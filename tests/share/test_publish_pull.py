@@ -11,6 +11,7 @@ import pytest
 from shareserver import Served, closed_port_url
 
 from lora_trainer.cli import main
+from lora_trainer.share.lock import LOCK_NAME
 from lora_trainer.share.manifest import load_manifest_file
 from lora_trainer.share.pull import pull
 from lora_trainer.share.record import RECORD_NAME
@@ -51,7 +52,7 @@ def test_train_publish_two_versions_pull_latest_then_noop(trained, tmp_path, opt
         assert side["activation text"] == "zqx" and side["sha256"] == v2.sha256 and side["version"] == 2
         assert side["sd version"] == "SD1"
         assert (models / "Lora" / "inkstyle.preview.png").is_file()
-        assert sorted(p.name for p in models.iterdir()) == sorted(["Lora", RECORD_NAME])  # no staging left
+        assert sorted(p.name for p in models.iterdir()) == sorted(["Lora", RECORD_NAME, LOCK_NAME])  # no staging left
         capsys.readouterr()
         main(["info", str(lora)])
         assert f"team version: v2 from {url}" in capsys.readouterr().out
@@ -112,7 +113,7 @@ def test_tampered_file_fails_that_entry_and_keeps_the_old_one(trained, tmp_path,
         assert (models / "Lora" / "inkstyle.safetensors").read_bytes() == old
         assert sorted(p.name for p in (models / "Lora").iterdir()) == ["inkstyle.json", "inkstyle.preview.png",
                                                                        "inkstyle.safetensors"]
-        assert sorted(p.name for p in models.iterdir()) == sorted(["Lora", RECORD_NAME])
+        assert sorted(p.name for p in models.iterdir()) == sorted(["Lora", RECORD_NAME, LOCK_NAME])
 
 
 def test_mirrors_in_order_and_folder_manifest(trained, tmp_path, opts):
