@@ -188,6 +188,25 @@ def _write_sidecars(model: Path, v: Version, source: str, manifest: str, preview
                    notes=f"version {v.version} from {manifest}", preview=preview)
 
 
+def _expired(exc: UserError, want: Version) -> UserError:
+    """The download failed and the manifest says its links are past their expiry: say that first."""
+    import re
+
+    from lora_trainer.download.errors import LinkExpiredError
+
+    again = "ask the manifest's publisher to publish again (that refreshes the links)"
+    if isinstance(exc, LinkExpiredError):  # the store answered 401/403/404/410: the expiry is the cause
+        status = re.search(r"HTTP \d{3}", str(exc))
+        said = f" ({status.group(0)})" if status else ""
+        err = UserError(f"the links of v{want.version} expired at {want.expires} and the store refuses them"
+                        f"{said}; {again}")
+    else:  # not reached at all (offline): that is the first thing to fix
+        err = UserError(f"{str(exc).splitlines()[0]} — and the links of v{want.version} expired at {want.expires}; "
+                        f"{again}")
+    err.exit_code = getattr(exc, "exit_code", 2)  # keeps the download's exit code
+    return err
+
+
 class Puller:
     """One pull run over a models folder (see the module docstring for the steps)."""
 
@@ -275,10 +294,7 @@ class Puller:
             got = self.fetch([source.resolve(u) for u in want.urls], want.file, want.sha256, staging)
         except UserError as exc:
             if want.expired():
-                err = UserError(f"{exc} — the manifest's links expired at {want.expires}; ask its publisher to "
-                                "publish again (that refreshes the links)")
-                err.exit_code = getattr(exc, "exit_code", 2)  # keeps the download's exit code
-                raise err from exc
+                raise _expired(exc, want) from exc
             raise
         return got.path, got.kind, got.url, True
 

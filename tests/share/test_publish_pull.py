@@ -200,8 +200,9 @@ def test_expired_links_say_so(trained, tmp_path, opts):
     v.urls, v.expires = [closed_port_url() + "/inkstyle.safetensors"], "2026-01-01T00:00:00Z"
     m.save(manifest)
     r = pull(str(manifest), tmp_path / "models", opts)
-    assert r.outcomes[0].status == "failed" and "links expired at 2026-01-01T00:00:00Z" in r.outcomes[0].message
-    assert "publish again" in r.outcomes[0].message
+    assert r.outcomes[0].status == "failed" and "links of v1 expired at 2026-01-01T00:00:00Z" in r.outcomes[0].message
+    assert "publish again" in r.outcomes[0].message and "cannot reach" in r.outcomes[0].message.lower()
+    assert "\n" not in r.outcomes[0].message
 
 
 def test_damaged_manifests_and_records_are_named_not_crashes(tmp_path, trained, opts):
