@@ -188,6 +188,12 @@ def _write_sidecars(model: Path, v: Version, source: str, manifest: str, preview
                    notes=f"version {v.version} from {manifest}", preview=preview)
 
 
+def _one_line(text: str) -> str:
+    """The engine lists each mirror's failure on its own line; a pull says one line per LoRA."""
+    head, *rest = text.strip().splitlines() or [""]
+    return f"{head} {'; '.join(r.strip() for r in rest)}" if rest else head
+
+
 def _expired(exc: UserError, want: Version) -> UserError:
     """The download failed and the manifest says its links are past their expiry: say that first."""
     import re
@@ -201,7 +207,7 @@ def _expired(exc: UserError, want: Version) -> UserError:
         err = UserError(f"the links of v{want.version} expired at {want.expires} and the store refuses them"
                         f"{said}; {again}")
     else:  # not reached at all (offline): that is the first thing to fix
-        err = UserError(f"{str(exc).splitlines()[0]} — and the links of v{want.version} expired at {want.expires}; "
+        err = UserError(f"{_one_line(str(exc))} — and the links of v{want.version} expired at {want.expires}; "
                         f"{again}")
     err.exit_code = getattr(exc, "exit_code", 2)  # keeps the download's exit code
     return err
@@ -229,7 +235,8 @@ class Puller:
         try:
             return self._pull(entry, source, pinned)
         except UserError as exc:
-            return Outcome(entry.name, "failed", None, f"FAILED: {exc}", getattr(exc, "exit_code", 2) or 2)
+            return Outcome(entry.name, "failed", None, f"FAILED: {_one_line(str(exc))}",
+                           getattr(exc, "exit_code", 2) or 2)
 
     def _pull(self, entry: Entry, source: Source, pinned: int | None) -> Outcome:
         state, want = self.status(entry, pinned)

@@ -222,3 +222,22 @@ def test_damaged_manifests_and_records_are_named_not_crashes(tmp_path, trained, 
     (models / RECORD_NAME).write_text('{"loras": {"inkstyle": {"name": 1}}}')
     r = pull(str(manifest), models, opts)  # the record is unusable: the file in place is re-hashed, kept
     assert r.outcomes[0].status == "current" and not r.downloaded
+
+
+def test_files_offline_one_line_and_the_folder_unchanged(trained, tmp_path, opts):
+    """Manifest readable, every link of the new version (and its mirror) unreachable: one line per LoRA,
+    the version in place stays, no staging or partial file is left."""
+    share, models = tmp_path / "share", tmp_path / "models"
+    manifest = share / "team.json"
+    main(["publish", str(trained[1]), "--manifest", str(manifest)])
+    assert pull(str(manifest), models, opts).outcomes[0].status == "installed"
+    before = sorted(str(p.relative_to(models)) for p in models.rglob("*"))
+    main(["publish", str(trained[2]), "--manifest", str(manifest)])
+    m = load_manifest_file(manifest)
+    v2 = m.entry("inkstyle").latest
+    v2.urls = [closed_port_url() + "/a/inkstyle.safetensors", closed_port_url() + "/b/inkstyle.safetensors"]
+    m.save(manifest)
+    out = pull(str(manifest), models, opts).outcomes[0]
+    assert out.status == "failed" and out.exit_code == 5, out.message
+    assert "\n" not in out.line() and "cannot reach" in out.line().lower(), out.line()
+    assert sorted(str(p.relative_to(models)) for p in models.rglob("*")) == before
