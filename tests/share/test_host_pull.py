@@ -88,3 +88,15 @@ def test_app_settings_reach_the_running_queue_and_the_next_start(tmp_path, monke
     assert downloads.apply_settings(public, {"civitai_token": "remote"}) == ""  # a public app keeps nothing
     downloads.manager(public).shutdown(wait=False)
     assert not (tmp_path / "public" / SAVED_SETTINGS).exists()
+
+
+def test_tab_manifest_offline_one_line(tmp_path):
+    from shareserver import closed_port_url
+
+    from lora_trainer.errors import UserError
+
+    host = StandaloneHost(root=str(tmp_path))
+    with pytest.raises(UserError) as err:
+        downloads.read_team_manifest(host, f"{closed_port_url()}/team.json")
+    assert str(err.value).startswith("cannot reach 127.0.0.1") and "\n" not in str(err.value)
+    assert not (tmp_path / "models").exists()
