@@ -24,9 +24,10 @@ def _default_mode(folder: bool = False) -> int:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike[str], suffix: str = ".tmp") -> Iterator[str]:
+def atomic_path(path: str | os.PathLike[str], suffix: str = ".tmp", private: bool = False) -> Iterator[str]:
     """`with atomic_path(p) as tmp: writer(tmp)` — for writers that want a file name, not a handle
-    (a GGUF writer, an exporter); `p` appears complete when the block ends without error."""
+    (a GGUF writer, an exporter); `p` appears complete when the block ends without error.
+    `private` keeps mkstemp's 0600 (secrets such as tokens: only the owner may read them)."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
@@ -38,7 +39,7 @@ def atomic_path(path: str | os.PathLike[str], suffix: str = ".tmp") -> Iterator[
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.chmod(tmp, _default_mode())
+        os.chmod(tmp, 0o600 if private else _default_mode())
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -47,9 +48,10 @@ def atomic_path(path: str | os.PathLike[str], suffix: str = ".tmp") -> Iterator[
 
 
 @contextlib.contextmanager
-def atomic_file(path: str | os.PathLike[str], mode: str = "wb", encoding: str | None = None) -> Iterator[IO[Any]]:
+def atomic_file(path: str | os.PathLike[str], mode: str = "wb", encoding: str | None = None,
+                private: bool = False) -> Iterator[IO[Any]]:
     """`with atomic_file(p) as f: f.write(...)` — `p` appears complete, or not at all."""
-    with atomic_path(path) as tmp, open(tmp, mode, encoding=encoding,
+    with atomic_path(path, private=private) as tmp, open(tmp, mode, encoding=encoding,
                                         **({"newline": ""} if "b" not in mode else {})) as handle:
         yield handle
 
@@ -59,8 +61,8 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
         f.write(data)
 
 
-def atomic_write_text(path: str | os.PathLike[str], text: str, encoding: str = "utf-8") -> None:
-    with atomic_file(path, "w", encoding=encoding) as f:
+def atomic_write_text(path: str | os.PathLike[str], text: str, encoding: str = "utf-8", private: bool = False) -> None:
+    with atomic_file(path, "w", encoding=encoding, private=private) as f:
         f.write(text)
 
 

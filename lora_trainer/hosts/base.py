@@ -55,6 +55,11 @@ class Host:
         value = self.settings.get(key)
         return default if value in (None, "") else value
 
+    def save_settings(self, keys: tuple[str, ...]) -> str:
+        """Keep `keys` of `settings` for the next start; returns the file ("" = not kept: the WebUI has its
+        own Settings page)."""
+        return ""
+
     # ---- access rule
     @property
     def restricted(self) -> bool:

@@ -123,14 +123,16 @@ def open_folder(host: Host, item_id: str) -> str:
 APP_SETTINGS = ("civitai_token", "hf_token", "proxy")
 
 
-def apply_settings(host: Host, values: dict[str, str]) -> None:
-    """Store tokens/proxy on the host and give them to the running queue at once."""
+def apply_settings(host: Host, values: dict[str, str]) -> str:
+    """Store tokens/proxy on the host, give them to the running queue at once, and keep them for the next
+    start where the host can; returns that file ("" = this session only)."""
     for key in APP_SETTINGS:
         host.settings[key] = (values.get(key) or "").strip()
     mgr = manager(host)
     mgr.opts.civitai_token = host.setting("civitai_token") or None
     mgr.opts.hf_token = host.setting("hf_token") or None
     mgr.opts.proxy = host.setting("proxy") or None
+    return host.save_settings(APP_SETTINGS)
 
 
 def _models_root(host: Host) -> str:

@@ -1,7 +1,9 @@
-"""Publishing to the HuggingFace Hub: one commit holding every file of the publish, links pinned to it.
+"""Publishing to the HuggingFace Hub with huggingface_hub's `upload_folder`, links pinned to its commit.
 
-Pinned links (`/resolve/<commit>/…`) keep meaning the same bytes even after later pushes. The token
-comes from HF_TOKEN or `huggingface-cli login`, as everywhere in the Hub's own tools.
+Pinned links (`/resolve/<commit>/…`) keep meaning the same bytes even after later pushes. A large
+publish may land as several commits (huggingface_hub batches them); the last one holds every file, so
+its id pins them all. The token comes from HF_TOKEN or `huggingface-cli login`, as everywhere in the
+Hub's own tools; HF_ENDPOINT points at another Hub-compatible server.
 """
 
 from __future__ import annotations

@@ -17,7 +17,6 @@ import dataclasses
 import os
 import shutil
 import tempfile
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +24,7 @@ from urllib.parse import unquote, urljoin, urlsplit
 
 from lora_trainer.download.options import DownloadOptions
 from lora_trainer.errors import UserError
-from lora_trainer.events import EventSink, StopFlag, null_sink
+from lora_trainer.events import Event, EventSink, StopFlag, null_sink
 from lora_trainer.share.manifest import (
     Entry,
     Manifest,
@@ -189,6 +188,31 @@ def _write_sidecars(model: Path, v: Version, source: str, manifest: str, preview
                    notes=f"version {v.version} from {manifest}", preview=preview)
 
 
+def _one_line(text: str) -> str:
+    """The engine lists each mirror's failure on its own line; a pull says one line per LoRA."""
+    head, *rest = text.strip().splitlines() or [""]
+    return f"{head} {'; '.join(r.strip() for r in rest)}" if rest else head
+
+
+def _expired(exc: UserError, want: Version) -> UserError:
+    """The download failed and the manifest says its links are past their expiry: say that first."""
+    import re
+
+    from lora_trainer.download.errors import LinkExpiredError
+
+    again = "ask the manifest's publisher to publish again (that refreshes the links)"
+    if isinstance(exc, LinkExpiredError):  # the store answered 401/403/404/410: the expiry is the cause
+        status = re.search(r"HTTP \d{3}", str(exc))
+        said = f" ({status.group(0)})" if status else ""
+        err = UserError(f"the links of v{want.version} expired at {want.expires} and the store refuses them"
+                        f"{said}; {again}")
+    else:  # not reached at all (offline): that is the first thing to fix
+        err = UserError(f"{_one_line(str(exc))} — and the links of v{want.version} expired at {want.expires}; "
+                        f"{again}")
+    err.exit_code = getattr(exc, "exit_code", 2)  # keeps the download's exit code
+    return err
+
+
 class Puller:
     """One pull run over a models folder (see the module docstring for the steps)."""
 
@@ -211,7 +235,8 @@ class Puller:
         try:
             return self._pull(entry, source, pinned)
         except UserError as exc:
-            return Outcome(entry.name, "failed", None, f"FAILED: {exc}", getattr(exc, "exit_code", 2) or 2)
+            return Outcome(entry.name, "failed", None, f"FAILED: {_one_line(str(exc))}",
+                           getattr(exc, "exit_code", 2) or 2)
 
     def _pull(self, entry: Entry, source: Source, pinned: int | None) -> Outcome:
         state, want = self.status(entry, pinned)
@@ -276,10 +301,7 @@ class Puller:
             got = self.fetch([source.resolve(u) for u in want.urls], want.file, want.sha256, staging)
         except UserError as exc:
             if want.expired():
-                err = UserError(f"{exc} — the manifest's links expired at {want.expires}; ask its publisher to "
-                                "publish again (that refreshes the links)")
-                err.exit_code = getattr(exc, "exit_code", 2)  # keeps the download's exit code
-                raise err from exc
+                raise _expired(exc, want) from exc
             raise
         return got.path, got.kind, got.url, True
 
@@ -353,20 +375,16 @@ def pull(src: str, root: str | Path, opts: DownloadOptions, *, pins: dict[str, i
     for name, number in pins.items():
         manifest.entry(name).get(number)  # type: ignore[union-attr] - checked above
     report = PullReport()
-    with _root_lock(root):  # two pulls into one folder (two clicks in the tab) take turns
-        puller = Puller(root, opts, fetch, emit, stop)
+    from lora_trainer.share.lock import folder_lock
+
+    def waiting(message: str) -> None:
+        emit(Event("log", {"level": "warning", "message": message}))
+
+    with folder_lock(root, waiting, stop):  # two pulls into one folder (tab, terminals) take turns
+        puller = Puller(root, opts, fetch, emit, stop)  # reads the record the previous pull left
         for name in wanted:
             report.outcomes.append(puller.pull_entry(manifest.entry(name), source, pins.get(name)))  # type: ignore[arg-type]
         if prune:
             report.outcomes += puller.prune(wanted)
     return report
 
-
-_locks: dict[str, threading.Lock] = {}
-_locks_guard = threading.Lock()
-
-
-def _root_lock(root: str | Path) -> threading.Lock:
-    key = os.path.abspath(root)
-    with _locks_guard:
-        return _locks.setdefault(key, threading.Lock())

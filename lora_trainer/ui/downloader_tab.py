@@ -367,7 +367,10 @@ def _settings(host: Host) -> None:
         saved = make(gr.Markdown, value="", elem_id="ld_settings_saved")
 
     def do_save(civitai_token: str, hf_token: str, proxy_url: str) -> str:
-        downloads.apply_settings(host, {"civitai_token": civitai_token, "hf_token": hf_token, "proxy": proxy_url})
+        kept = downloads.apply_settings(host, {"civitai_token": civitai_token, "hf_token": hf_token,
+                                               "proxy": proxy_url})
+        if kept:
+            return f"Saved; kept for the next start in {kept} (readable only by you)."
         return ("Saved for this session (set LORA_TRAINER_CIVITAI_TOKEN, LORA_TRAINER_HF_TOKEN or "
                 "LORA_TRAINER_PROXY to keep them across restarts).")
 

@@ -22,12 +22,29 @@ class _Static(_Quiet, SimpleHTTPRequestHandler):
         super().do_GET()
 
 
+class _Gated(_Static):
+    """Holds every GET of a .safetensors until `server.gate` (a threading.Event) is set."""
+
+    def do_GET(self) -> None:
+        if self.path.split("?")[0].endswith(".safetensors"):
+            self.server.asked += 1  # type: ignore[attr-defined]
+            self.server.arrived.set()  # type: ignore[attr-defined]
+            self.server.gate.wait(60)  # type: ignore[attr-defined]
+        super().do_GET()
+
+
+def gated_server(folder: str) -> Served:
+    """A static server whose model files wait for `srv.httpd.gate.set()`; `srv.httpd.arrived` says one was
+    asked for, `srv.httpd.asked` counts such requests (held ones included)."""
+    return Served(folder, _Gated, gate=threading.Event(), arrived=threading.Event(), asked=0)
+
+
 class Served:
     """`with Served(folder) as s:` serves folder at s.url; s.hits counts GETs per path."""
 
     def __init__(self, folder: str, handler: type = _Static, **attrs):
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), partial(handler, directory=folder)
-                                         if handler is _Static else handler)
+                                         if issubclass(handler, _Static) else handler)
         self.httpd.hits = Counter()  # type: ignore[attr-defined]
         for k, v in attrs.items():
             setattr(self.httpd, k, v)

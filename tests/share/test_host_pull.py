@@ -61,12 +61,42 @@ def test_engine_advice_points_at_the_screen():
         assert "--" not in shown and "same command" not in shown, shown
 
 
-def test_app_settings_reach_the_running_queue(tmp_path):
+def test_app_settings_reach_the_running_queue_and_the_next_start(tmp_path, monkeypatch):
+    import json
+    import stat
+
+    from lora_trainer.hosts.standalone import SAVED_SETTINGS
+
+    monkeypatch.delenv("LORA_TRAINER_CIVITAI_TOKEN", raising=False)
     host = StandaloneHost(root=str(tmp_path))
-    downloads.apply_settings(host, {"civitai_token": " tok ", "hf_token": "", "proxy": "socks5h://127.0.0.1:9"})
+    kept = downloads.apply_settings(host, {"civitai_token": " tok ", "hf_token": "", "proxy": "socks5h://127.0.0.1:9"})
     mgr = downloads.manager(host)
     try:
         assert mgr.opts.civitai_token == "tok" and mgr.opts.hf_token is None
         assert mgr.opts.proxy == "socks5h://127.0.0.1:9" and host.setting("proxy") == "socks5h://127.0.0.1:9"
     finally:
         mgr.shutdown(wait=False)
+    saved = tmp_path / SAVED_SETTINGS
+    assert kept == str(saved) and stat.S_IMODE(saved.stat().st_mode) == 0o600  # tokens: the owner only
+    assert json.loads(saved.read_text()) == {"civitai_token": "tok", "proxy": "socks5h://127.0.0.1:9"}
+    again = StandaloneHost(root=str(tmp_path))  # the next start
+    assert again.setting("civitai_token") == "tok" and again.setting("hf_token") is None
+    monkeypatch.setenv("LORA_TRAINER_CIVITAI_TOKEN", "from-env")
+    assert StandaloneHost(root=str(tmp_path)).setting("civitai_token") == "from-env"  # the environment wins
+
+    public = StandaloneHost(root=str(tmp_path / "public"), listen="0.0.0.0")  # noqa: S104
+    assert downloads.apply_settings(public, {"civitai_token": "remote"}) == ""  # a public app keeps nothing
+    downloads.manager(public).shutdown(wait=False)
+    assert not (tmp_path / "public" / SAVED_SETTINGS).exists()
+
+
+def test_tab_manifest_offline_one_line(tmp_path):
+    from shareserver import closed_port_url
+
+    from lora_trainer.errors import UserError
+
+    host = StandaloneHost(root=str(tmp_path))
+    with pytest.raises(UserError) as err:
+        downloads.read_team_manifest(host, f"{closed_port_url()}/team.json")
+    assert str(err.value).startswith("cannot reach 127.0.0.1") and "\n" not in str(err.value)
+    assert not (tmp_path / "models").exists()

@@ -11,6 +11,7 @@ import pytest
 from shareserver import Served, closed_port_url
 
 from lora_trainer.cli import main
+from lora_trainer.share.lock import LOCK_NAME
 from lora_trainer.share.manifest import load_manifest_file
 from lora_trainer.share.pull import pull
 from lora_trainer.share.record import RECORD_NAME
@@ -51,7 +52,7 @@ def test_train_publish_two_versions_pull_latest_then_noop(trained, tmp_path, opt
         assert side["activation text"] == "zqx" and side["sha256"] == v2.sha256 and side["version"] == 2
         assert side["sd version"] == "SD1"
         assert (models / "Lora" / "inkstyle.preview.png").is_file()
-        assert sorted(p.name for p in models.iterdir()) == sorted(["Lora", RECORD_NAME])  # no staging left
+        assert sorted(p.name for p in models.iterdir()) == sorted(["Lora", RECORD_NAME, LOCK_NAME])  # no staging left
         capsys.readouterr()
         main(["info", str(lora)])
         assert f"team version: v2 from {url}" in capsys.readouterr().out
@@ -112,7 +113,7 @@ def test_tampered_file_fails_that_entry_and_keeps_the_old_one(trained, tmp_path,
         assert (models / "Lora" / "inkstyle.safetensors").read_bytes() == old
         assert sorted(p.name for p in (models / "Lora").iterdir()) == ["inkstyle.json", "inkstyle.preview.png",
                                                                        "inkstyle.safetensors"]
-        assert sorted(p.name for p in models.iterdir()) == sorted(["Lora", RECORD_NAME])
+        assert sorted(p.name for p in models.iterdir()) == sorted(["Lora", RECORD_NAME, LOCK_NAME])
 
 
 def test_mirrors_in_order_and_folder_manifest(trained, tmp_path, opts):
@@ -199,8 +200,9 @@ def test_expired_links_say_so(trained, tmp_path, opts):
     v.urls, v.expires = [closed_port_url() + "/inkstyle.safetensors"], "2026-01-01T00:00:00Z"
     m.save(manifest)
     r = pull(str(manifest), tmp_path / "models", opts)
-    assert r.outcomes[0].status == "failed" and "links expired at 2026-01-01T00:00:00Z" in r.outcomes[0].message
-    assert "publish again" in r.outcomes[0].message
+    assert r.outcomes[0].status == "failed" and "links of v1 expired at 2026-01-01T00:00:00Z" in r.outcomes[0].message
+    assert "publish again" in r.outcomes[0].message and "cannot reach" in r.outcomes[0].message.lower()
+    assert "\n" not in r.outcomes[0].message
 
 
 def test_damaged_manifests_and_records_are_named_not_crashes(tmp_path, trained, opts):
@@ -220,3 +222,22 @@ def test_damaged_manifests_and_records_are_named_not_crashes(tmp_path, trained, 
     (models / RECORD_NAME).write_text('{"loras": {"inkstyle": {"name": 1}}}')
     r = pull(str(manifest), models, opts)  # the record is unusable: the file in place is re-hashed, kept
     assert r.outcomes[0].status == "current" and not r.downloaded
+
+
+def test_files_offline_one_line_and_the_folder_unchanged(trained, tmp_path, opts):
+    """Manifest readable, every link of the new version (and its mirror) unreachable: one line per LoRA,
+    the version in place stays, no staging or partial file is left."""
+    share, models = tmp_path / "share", tmp_path / "models"
+    manifest = share / "team.json"
+    main(["publish", str(trained[1]), "--manifest", str(manifest)])
+    assert pull(str(manifest), models, opts).outcomes[0].status == "installed"
+    before = sorted(str(p.relative_to(models)) for p in models.rglob("*"))
+    main(["publish", str(trained[2]), "--manifest", str(manifest)])
+    m = load_manifest_file(manifest)
+    v2 = m.entry("inkstyle").latest
+    v2.urls = [closed_port_url() + "/a/inkstyle.safetensors", closed_port_url() + "/b/inkstyle.safetensors"]
+    m.save(manifest)
+    out = pull(str(manifest), models, opts).outcomes[0]
+    assert out.status == "failed" and out.exit_code == 5, out.message
+    assert "\n" not in out.line() and "cannot reach" in out.line().lower(), out.line()
+    assert sorted(str(p.relative_to(models)) for p in models.rglob("*")) == before

@@ -8,6 +8,7 @@ The app runs in a subprocess with the gradio of the interpreter running the test
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -228,7 +229,11 @@ def test_team_manifest_cards_install(app, browser, artifacts, tmp_path):
         page.wait_for_selector("#ld_civitai_token", timeout=30000)
         _fill(page, "ld_civitai_token", "civitai-test-token")
         page.locator("#ld_settings_save").click()
-        _wait_text(page, "#ld_settings_saved", "Saved for this session")
+        _wait_text(page, "#ld_settings_saved", "kept for the next start")
+        saved = app["root"] / ".lora-trainer-app.json"
+        assert json.loads(saved.read_text())["civitai_token"] == "civitai-test-token"
+        assert saved.stat().st_mode & 0o777 == 0o600
+        assert "civitai-test-token" not in (app["root"] / "app.log").read_text()  # never in the log
     finally:
         page.close()
         server.shutdown()
