@@ -331,7 +331,7 @@ def build_downloader_tab(host: Host) -> gr.Blocks:
         acted.then(queue.follow_retry, inputs=[retried], outputs=[message, table])
         _team_section(team, action, card_go, table)
         if host.name == "standalone":
-            _settings(host)
+            _settings(host, tab)
     return tab
 
 
@@ -351,22 +351,46 @@ def _team_section(team: _TeamView, action: Any, card_go: Any, table: Any) -> Non
     on(update_all.click, team.update_all, inputs=[manifest], outputs=[card_message, cards, table])
 
 
-def _settings(host: Host) -> None:
-    """Tokens and proxy for the standalone app (inside the WebUI they are on its Settings page)."""
+SAVED_TOKEN = "saved — type a new one to replace it, leave empty to keep it"
+
+
+def masked_proxy(url: str) -> str:
+    """The proxy as the page may show it: a password in it becomes ****."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    return url.replace(f":{parts.password}@", ":****@", 1)
+
+
+def _settings(host: Host, tab: gr.Blocks) -> None:
+    """Tokens and proxy for the standalone app (inside the WebUI they are on its Settings page).
+
+    A saved token never goes back to the page (the app may be served to other machines): the box stays
+    empty with a "saved" placeholder, an empty box keeps the saved token, and a button forgets them."""
     from lora_trainer.hosts import downloads
+
+    def placeholder(key: str) -> str:
+        return SAVED_TOKEN if host.setting(key) else ""
+
+    def shown_proxy() -> str:
+        return masked_proxy(host.setting("proxy") or "")
 
     with gr.Accordion("Tokens and proxy", open=False):
         civitai = make(gr.Textbox, label="Civitai API token", type="password", elem_id="ld_civitai_token",
-                       value=host.setting("civitai_token") or "", info="for files that need a Civitai login")
+                       value="", placeholder=placeholder("civitai_token"), info="for files that need a Civitai login")
         hf = make(gr.Textbox, label="HuggingFace token", type="password", elem_id="ld_hf_token",
-                  value=host.setting("hf_token") or "", info="for gated or private repositories")
-        proxy = make(gr.Textbox, label="Proxy", elem_id="ld_proxy", value=host.setting("proxy") or "",
+                  value="", placeholder=placeholder("hf_token"), info="for gated or private repositories")
+        proxy = make(gr.Textbox, label="Proxy", elem_id="ld_proxy", value=shown_proxy(),
                      placeholder="socks5h://127.0.0.1:1080", info="http://, socks5:// or socks5h://; empty = "
                                                                   "the system's proxy settings")
-        save = make(gr.Button, value="Save", elem_id="ld_settings_save")
+        with gr.Row():
+            save = make(gr.Button, value="Save", elem_id="ld_settings_save")
+            forget = make(gr.Button, value="Forget the saved tokens", elem_id="ld_settings_forget")
         saved = make(gr.Markdown, value="", elem_id="ld_settings_saved")
 
-    def do_save(civitai_token: str, hf_token: str, proxy_url: str) -> str:
+    def store(civitai_token: str, hf_token: str, proxy_url: str) -> str:
         kept = downloads.apply_settings(host, {"civitai_token": civitai_token, "hf_token": hf_token,
                                                "proxy": proxy_url})
         if kept:
@@ -374,4 +398,21 @@ def _settings(host: Host) -> None:
         return ("Saved for this session (set LORA_TRAINER_CIVITAI_TOKEN, LORA_TRAINER_HF_TOKEN or "
                 "LORA_TRAINER_PROXY to keep them across restarts).")
 
-    on(save.click, do_save, inputs=[civitai, hf, proxy], outputs=[saved])
+    def do_save(civitai_token: str, hf_token: str, proxy_url: str) -> tuple[str, Any, Any]:
+        if proxy_url.strip() == shown_proxy():  # the masked password stands for the saved one
+            proxy_url = host.setting("proxy") or ""
+        message = store(civitai_token.strip() or host.setting("civitai_token") or "",
+                        hf_token.strip() or host.setting("hf_token") or "", proxy_url)
+        return message, gr.update(value="", placeholder=placeholder("civitai_token")), \
+            gr.update(value="", placeholder=placeholder("hf_token"))
+
+    def do_forget(proxy_url: str) -> tuple[str, Any, Any]:
+        store("", "", (host.setting("proxy") or "") if proxy_url.strip() == shown_proxy() else proxy_url)
+        return "The saved tokens are forgotten.", gr.update(value="", placeholder=""), gr.update(value="", placeholder="")
+
+    on(save.click, do_save, inputs=[civitai, hf, proxy], outputs=[saved, civitai, hf])
+    on(forget.click, do_forget, inputs=[proxy], outputs=[saved, civitai, hf])
+    # the page may be older than the settings: say on each load whether a token is saved (never the token)
+    on(tab.load, lambda: (gr.update(value="", placeholder=placeholder("civitai_token")),
+                          gr.update(value="", placeholder=placeholder("hf_token")), shown_proxy()),
+       inputs=[], outputs=[civitai, hf, proxy], queue=False)

@@ -234,6 +234,20 @@ def test_team_manifest_cards_install(app, browser, artifacts, tmp_path):
         assert json.loads(saved.read_text())["civitai_token"] == "civitai-test-token"
         assert saved.stat().st_mode & 0o777 == 0o600
         assert "civitai-test-token" not in (app["root"] / "app.log").read_text()  # never in the log
+        # a saved token never goes back to a page (the app may be served to other machines)
+        page.reload()
+        _open_tab(page)
+        page.get_by_text("Tokens and proxy", exact=True).first.click()
+        box = page.locator("#ld_civitai_token input, #ld_civitai_token textarea").first
+        box.wait_for(timeout=30000)
+        assert box.input_value() == "" and "saved" in (box.get_attribute("placeholder") or "")
+        assert "civitai-test-token" not in page.content()
+        page.locator("#ld_settings_save").click()  # an empty box keeps the saved token
+        _wait_text(page, "#ld_settings_saved", "kept for the next start")
+        assert json.loads(saved.read_text())["civitai_token"] == "civitai-test-token"
+        page.locator("#ld_settings_forget").click()
+        _wait_text(page, "#ld_settings_saved", "forgotten")
+        assert json.loads(saved.read_text()).get("civitai_token", "") == ""
     finally:
         page.close()
         server.shutdown()
