@@ -7,12 +7,14 @@ from typing import TYPE_CHECKING, Any
 from lora_trainer.errors import ModelLoadError
 
 if TYPE_CHECKING:
+    from lora_trainer.config import TrainConfig
     from lora_trainer.models.base import ModelAdapter
     from lora_trainer.models.webui_services import WebUIServices
 
 
-def adapter_for(services: WebUIServices, **kwargs: Any) -> ModelAdapter:
-    """The adapter over `services.sd_model`; a clear refusal when nothing usable is loaded."""
+def adapter_for(services: WebUIServices, cfg: TrainConfig | None = None, **kwargs: Any) -> ModelAdapter:
+    """The adapter over `services.sd_model`; a clear refusal when nothing usable is loaded. `cfg` gives a
+    FLUX.1 / Chroma model its run options (sigma sampling, guidance, blocks and layers)."""
     model = services.sd_model
     if model is None:
         raise ModelLoadError("no checkpoint is loaded in the WebUI: pick one in the checkpoint list at the top, "
@@ -22,6 +24,12 @@ def adapter_for(services: WebUIServices, **kwargs: Any) -> ModelAdapter:
     if services.forge and not hasattr(model, "forge_objects"):
         model = forge_load(services)
     if hasattr(model, "forge_objects"):
+        from lora_trainer.models import forge_host
+        if forge_host.is_flow(model):
+            from lora_trainer.models.flux_adapter import FluxOptions
+            from lora_trainer.models.forge_flux import ForgeFluxAdapter
+            options = FluxOptions.from_config(cfg) if cfg is not None else None
+            return ForgeFluxAdapter(model, services, options=options, **kwargs)
         from lora_trainer.models.forge import ForgeAdapter
         return ForgeAdapter(model, services, **kwargs)
     if hasattr(model, "conditioner") or getattr(model, "is_sdxl", False):
