@@ -21,8 +21,8 @@ def adapter_for(services: WebUIServices, cfg: TrainConfig | None = None, **kwarg
                              "wait for it to load, then start training again.")
     services.check_trainable()
     kwargs.setdefault("verify_hash", services.flag("lora_trainer_verify_weights"))
-    if services.forge and not hasattr(model, "forge_objects"):
-        model = forge_load(services)
+    if services.forge and (not hasattr(model, "forge_objects") or services.load_model is not None):
+        model = forge_load(services)  # (a no-op unless the checkpoint or "Diffusion in Low Bits" changed)
     if hasattr(model, "forge_objects"):
         from lora_trainer.models import forge_host
         if forge_host.is_flow(model):
@@ -46,8 +46,10 @@ def adapter_for(services: WebUIServices, cfg: TrainConfig | None = None, **kwarg
 
 
 def forge_load(services: WebUIServices) -> Any:
-    """Before its first generation Forge holds only a placeholder (`FakeInitialModel`): load the
-    selected checkpoint the way a generation would (the caller holds the WebUI's queue lock)."""
+    """The model Forge's next generation would use, loaded the way a generation loads it (the caller holds
+    the WebUI's queue lock): before its first generation Forge holds only a placeholder
+    (`FakeInitialModel`), and a checkpoint or "Diffusion in Low Bits" choice made since the last
+    generation is applied only when the next one starts."""
     if services.load_model is None:
         raise ModelLoadError("Forge has not loaded a checkpoint yet: generate one image (or pick a checkpoint "
                              "at the top of the page), then start training again.")

@@ -223,3 +223,19 @@ def test_the_webui_picks_the_flux_adapter_with_the_runs_options(forge_model, dat
                                                                "txt_attn_proj")}
     img = adapter.generate("a red circle", seed=1, steps=2, width=64, height=64)
     assert img.size == (64, 64) and len(set(img.tobytes())) > 1
+
+
+def test_a_run_continues_from_a_file_trained_in_forge(forge_model, dataset, tmp_path):
+    sd_model = forge_model("flux")
+    first = train(make_cfg(dataset, tmp_path / "a", max_train_steps=2), adapter=ForgeFluxAdapter(sd_model))
+    logs: list[str] = []
+
+    def sink(event):
+        if event.type == "log":
+            logs.append(event.data["message"])
+
+    train(make_cfg(dataset, tmp_path / "b", max_train_steps=1, network_weights=first.output_path),
+          adapter=ForgeFluxAdapter(sd_model), emit=sink)
+    line = next(m for m in logs if m.startswith("continuing from"))
+    pairs = len([k for k in load_file(first.output_path) if not k.endswith(".alpha")])
+    assert f"{pairs} tensors loaded, 0 missing (start fresh), 0 ignored" in line, line
