@@ -239,3 +239,40 @@ def test_a_run_continues_from_a_file_trained_in_forge(forge_model, dataset, tmp_
     line = next(m for m in logs if m.startswith("continuing from"))
     pairs = len([k for k in load_file(first.output_path) if not k.endswith(".alpha")])
     assert f"{pairs} tensors loaded, 0 missing (start fresh), 0 ignored" in line, line
+
+
+def test_chroma_samples_with_guidance_against_the_negative_prompt(forge_model):
+    adapter = ForgeFluxAdapter(forge_model("chroma"))
+    kw = dict(seed=4, steps=2, width=64, height=64)
+    plain = adapter.generate("a red circle", guidance_scale=1.0, **kw)
+    cfg = adapter.generate("a red circle", negative_prompt="blurry", guidance_scale=4.0, **kw)
+    assert plain.tobytes() != cfg.tobytes()
+    assert adapter.generate("a red circle", negative_prompt="blurry", guidance_scale=4.0, **kw).tobytes() == cfg.tobytes()
+
+
+def test_forges_text_engines_run_once_per_caption(forge_model, dataset, tmp_path):
+    import glob
+
+    sd_model = forge_model("flux")
+    seen: list[str] = []
+    real = sd_model.get_learned_conditioning
+
+    def counting(prompts):
+        seen.extend(prompts)
+        return real(prompts)
+
+    sd_model.get_learned_conditioning = counting
+    try:
+        train(make_cfg(dataset, tmp_path / "o", max_train_steps=4), adapter=ForgeFluxAdapter(sd_model))
+    finally:
+        del sd_model.get_learned_conditioning
+    captions = set()
+    for path in glob.glob(os.path.join(dataset, "**", "*.txt"), recursive=True):
+        with open(path, encoding="utf-8") as f:
+            captions.add(f.read().strip())
+    assert sorted(seen) == sorted(captions), "each caption encoded once, by Forge, then cached"
+
+
+def test_only_the_kohya_layout_is_written_from_forge(forge_model):
+    with pytest.raises(ConfigError, match="lora_layout"):
+        ForgeFluxAdapter(forge_model("flux"), options=FluxOptions(lora_layout="peft"))
