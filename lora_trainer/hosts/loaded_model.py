@@ -7,21 +7,29 @@ from typing import TYPE_CHECKING, Any
 from lora_trainer.errors import ModelLoadError
 
 if TYPE_CHECKING:
+    from lora_trainer.config import TrainConfig
     from lora_trainer.models.base import ModelAdapter
     from lora_trainer.models.webui_services import WebUIServices
 
 
-def adapter_for(services: WebUIServices, **kwargs: Any) -> ModelAdapter:
-    """The adapter over `services.sd_model`; a clear refusal when nothing usable is loaded."""
+def adapter_for(services: WebUIServices, cfg: TrainConfig | None = None, **kwargs: Any) -> ModelAdapter:
+    """The adapter over `services.sd_model`; a clear refusal when nothing usable is loaded. `cfg` gives a
+    FLUX.1 / Chroma model its run options (sigma sampling, guidance, blocks and layers)."""
     model = services.sd_model
     if model is None:
         raise ModelLoadError("no checkpoint is loaded in the WebUI: pick one in the checkpoint list at the top, "
                              "wait for it to load, then start training again.")
     services.check_trainable()
     kwargs.setdefault("verify_hash", services.flag("lora_trainer_verify_weights"))
-    if services.forge and not hasattr(model, "forge_objects"):
-        model = forge_load(services)
+    if services.forge and (not hasattr(model, "forge_objects") or services.load_model is not None):
+        model = forge_load(services)  # (a no-op unless the checkpoint or "Diffusion in Low Bits" changed)
     if hasattr(model, "forge_objects"):
+        from lora_trainer.models import forge_host
+        if forge_host.is_flow(model):
+            from lora_trainer.models.flux_adapter import FluxOptions
+            from lora_trainer.models.forge_flux import ForgeFluxAdapter
+            options = FluxOptions.from_config(cfg) if cfg is not None else None
+            return ForgeFluxAdapter(model, services, options=options, **kwargs)
         from lora_trainer.models.forge import ForgeAdapter
         return ForgeAdapter(model, services, **kwargs)
     if hasattr(model, "conditioner") or getattr(model, "is_sdxl", False):
@@ -38,8 +46,10 @@ def adapter_for(services: WebUIServices, **kwargs: Any) -> ModelAdapter:
 
 
 def forge_load(services: WebUIServices) -> Any:
-    """Before its first generation Forge holds only a placeholder (`FakeInitialModel`): load the
-    selected checkpoint the way a generation would (the caller holds the WebUI's queue lock)."""
+    """The model Forge's next generation would use, loaded the way a generation loads it (the caller holds
+    the WebUI's queue lock): before its first generation Forge holds only a placeholder
+    (`FakeInitialModel`), and a checkpoint or "Diffusion in Low Bits" choice made since the last
+    generation is applied only when the next one starts."""
     if services.load_model is None:
         raise ModelLoadError("Forge has not loaded a checkpoint yet: generate one image (or pick a checkpoint "
                              "at the top of the page), then start training again.")

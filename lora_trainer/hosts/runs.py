@@ -91,10 +91,16 @@ def publish(host: Host, lora_file: str) -> str:
 
 
 def _arch_of(lora_file: str) -> str | None:
-    """sd1 / sd2 / sdxl from the file's own metadata (for the sidecar's "sd version")."""
+    """sd1 / sd2 / sdxl / flux-dev / flux-schnell / chroma from the file's own metadata (for the sidecar's
+    "sd version")."""
     from lora_trainer.lora.file import read_lora_metadata
+    from lora_trainer.lora.metadata_flux import MODELSPEC_ARCH
 
-    version = str(read_lora_metadata(lora_file).get("ss_base_model_version", ""))
+    meta = read_lora_metadata(lora_file)
+    flux = [kind for kind, spec in MODELSPEC_ARCH.items() if meta.get("modelspec.architecture") == spec]
+    if flux:
+        return flux[0]
+    version = str(meta.get("ss_base_model_version", ""))
     return "sdxl" if version.startswith("sdxl") else "sd2" if version.startswith("sd_v2") else (
         "sd1" if version.startswith("sd_v1") else None)
 
@@ -103,12 +109,17 @@ def write_stopped_sidecars(cfg: TrainConfig, result: Any) -> None:
     """A stopped run's file (`name-<step>.safetensors`) gets the `.json` and preview a finished one has,
     so its card in the Lora tab shows the trigger word, weight and a picture too."""
     from lora_trainer.lora.metadata import write_sidecars
+    from lora_trainer.lora.metadata_flux import FLUX_KINDS, write_flux_sidecars
 
     samples = [p for p in (result.samples or []) if os.path.isfile(p)]
-    write_sidecars(result.output_path, trigger_words=cfg.trigger_word or None,
-                   preferred_weight=cfg.preferred_weight, arch=_arch_of(result.output_path),
-                   description=cfg.description, notes=f"stopped after {result.steps} steps; resumable",
-                   preview=samples[-1] if samples else None)
+    arch = _arch_of(result.output_path)
+    side = dict(trigger_words=cfg.trigger_word or None, preferred_weight=cfg.preferred_weight,
+                description=cfg.description, notes=f"stopped after {result.steps} steps; resumable",
+                preview=samples[-1] if samples else None)
+    if arch in FLUX_KINDS:
+        write_flux_sidecars(result.output_path, kind=arch, **side)
+    else:
+        write_sidecars(result.output_path, arch=arch, **side)
 
 
 PARTIAL_RECORD = "published-partial.json"  # in the run folder: what stopped runs put in the Lora folder

@@ -266,7 +266,7 @@ class WebUIHost(Host):
 
     def make_adapter(self, cfg: TrainConfig) -> ModelAdapter:
         from lora_trainer.hosts.loaded_model import adapter_for
-        return adapter_for(self.services)
+        return adapter_for(self.services, cfg)
 
     @contextlib.contextmanager
     def exclusive(self, title: str) -> Iterator[None]:

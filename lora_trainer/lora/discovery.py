@@ -24,7 +24,8 @@ _OC_LINEAR = re.compile(r"(?:^|\.)resblocks\.\d+\.(?:attn\.out_proj|mlp\.c_fc|ml
 _OC_ATTN = re.compile(r"(?:^|\.)resblocks\.\d+\.attn$")
 
 
-def _kind(mod: nn.Module) -> str | None:
+def layer_kind(mod: nn.Module) -> str | None:
+    """"linear", "conv" or "conv1x1" for a module a LoRA can wrap, else None."""
     # Forge builds its layers from its own `Linear` classes (plain modules, not nn.Linear subclasses)
     if isinstance(mod, nn.Linear) or type(mod).__name__ == "Linear":
         return "linear"
@@ -42,7 +43,7 @@ def _block_targets(root: nn.Module, name_of: Callable[[str], str], conv: bool) -
         if type(mod).__name__ not in blocks:
             continue
         for child_path, child in mod.named_modules():
-            kind = _kind(child)
+            kind = layer_kind(child)
             if kind is None or id(child) in seen or not child_path:
                 continue
             seen.add(id(child))

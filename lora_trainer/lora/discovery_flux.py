@@ -93,7 +93,7 @@ def bfl_flux_targets(diffusion_model: nn.Module, *, layers: Collection[str] = LA
             "single": naming_flux.parse_block_selection(single_blocks, counts["single"], "flux single_blocks")}
     out: list[LoraTarget] = []
     for path, mod in diffusion_model.named_modules():
-        if not isinstance(mod, nn.Linear):
+        if discovery.layer_kind(mod) != "linear":  # Forge builds its own `Linear` (fp8, GGUF, NF4 ones too)
             continue
         where = naming_flux.block_index(path)
         if where is None or where[1] not in keep[where[0]]:

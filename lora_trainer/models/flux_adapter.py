@@ -68,6 +68,17 @@ class FluxOptions:
                    str(cfg.flux_single_blocks), cfg.fp8_base, cfg.blocks_to_swap, cfg.lora_layout)
 
 
+def flux_objective(o: FluxOptions, *, dynamic_shift: bool) -> FluxObjective:
+    """The run's σ sampling; `auto` = the model's own: the resolution shift where its scheduler shifts
+    dynamically (FLUX.1-dev), logit-normal otherwise (schnell, Chroma)."""
+    mode = o.timestep_sampling
+    if mode == "auto":
+        mode = "flux_shift" if dynamic_shift else "sigmoid"
+    if mode == "flux_shift":
+        return FluxObjective("sigmoid", sigmoid_scale=o.sigmoid_scale, by_resolution=True)
+    return FluxObjective(mode, sigmoid_scale=o.sigmoid_scale, shift=o.discrete_flow_shift)
+
+
 class FluxAdapter(ModelAdapter):
     """A FLUX.1 / Chroma parts dict (`flux_tiny.build_tiny_flux_parts` / `flux_loading.load_flux_parts`)."""
 
@@ -135,14 +146,8 @@ class FluxAdapter(ModelAdapter):
     def objective(self, *, noise_offset: float = 0.0, min_snr_gamma: float | None = None) -> FlowMatchingObjective:
         """σ sampling as kohya's flux_train_network: `auto` = the model's own scheduler (resolution shift for
         dev, logit-normal for schnell/Chroma); noise offset and min-SNR are SD-only and ignored here."""
-        o = self.options
-        mode = o.timestep_sampling
-        if mode == "auto":
-            dynamic = bool(dict(self.parts["scheduler"].config).get("use_dynamic_shifting", False))
-            mode = "flux_shift" if dynamic else "sigmoid"
-        if mode == "flux_shift":
-            return FluxObjective("sigmoid", sigmoid_scale=o.sigmoid_scale, by_resolution=True)
-        return FluxObjective(mode, sigmoid_scale=o.sigmoid_scale, shift=o.discrete_flow_shift)
+        dynamic = bool(dict(self.parts["scheduler"].config).get("use_dynamic_shifting", False))
+        return flux_objective(self.options, dynamic_shift=dynamic)
 
     # ---- LoRA targets ----------------------------------------------------------------------------
     def trainable_text_encoder(self) -> bool:

@@ -41,7 +41,11 @@ SDXL_SIZE_DIMS = 6 * 256  # Forge's SDXL size conditioning: 6 Timestep(256) embe
 
 
 class ForgeAdapter(ModelAdapter):
-    """Forge's `StableDiffusion` / `StableDiffusion2` / `StableDiffusionXL` engine."""
+    """Forge's `StableDiffusion` / `StableDiffusion2` / `StableDiffusionXL` engine. The host side (LoRAs
+    Forge patched in, snapshot and restore, checkpointing around Forge's blocks) is shared with the
+    flow family's `forge_flux.ForgeFluxAdapter`, which overrides the family's compute."""
+
+    checkpoint_block_names: tuple[str, ...] = CHECKPOINT_BLOCKS
 
     def __init__(self, sd_model: Any, services: WebUIServices | None = None, *, verify_hash: bool = False):
         from lora_trainer.models.webui_services import HostRefused, WebUIServices
@@ -135,7 +139,7 @@ class ForgeAdapter(ModelAdapter):
     def set_gradient_checkpointing(self, enabled: bool) -> None:
         self._remove_checkpointing()
         if enabled:
-            self._checkpointed = checkpoint_blocks(self.unet, CHECKPOINT_BLOCKS, around=frozen_base)
+            self._checkpointed = checkpoint_blocks(self.unet, self.checkpoint_block_names, around=frozen_base)
 
     def _remove_checkpointing(self) -> None:
         remove_checkpointing(self._checkpointed)

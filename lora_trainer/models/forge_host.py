@@ -20,17 +20,24 @@ from typing import Any
 import torch
 
 TRAINABLE = {"StableDiffusion": "sd1", "StableDiffusion2": "sd2", "StableDiffusionXL": "sdxl"}
+FLOW_ENGINES = ("Flux", "Chroma")  # the rectified-flow family (models/forge_flux.py)
 PREDICTIONS = ("epsilon", "v_prediction")
+
+
+def is_flow(sd_model: Any) -> bool:
+    """True for Forge's FLUX.1 (dev / schnell) and Chroma engines."""
+    return type(sd_model).__name__ in FLOW_ENGINES
 
 
 def forge_refusal(sd_model: Any) -> str | None:
     """One line saying why this loaded Forge model cannot be trained, or None when it can."""
     kind = type(sd_model).__name__
+    if kind in FLOW_ENGINES:
+        return None
     if kind not in TRAINABLE:
-        family = {"Flux": "a Flux", "Chroma": "a Chroma", "StableDiffusion3": "an SD3",
-                  "StableDiffusionXLRefiner": "the SDXL refiner"}.get(kind, f"a {kind}")
+        family = {"StableDiffusion3": "an SD3", "StableDiffusionXLRefiner": "the SDXL refiner"}.get(kind, f"a {kind}")
         return (f"the loaded checkpoint is {family} model, which LoRA Trainer cannot train yet in Forge: "
-                "load an SD1.5, SD2.x or SDXL checkpoint at the top of the page and start again.")
+                "load an SD1.5, SD2.x, SDXL, FLUX.1 or Chroma checkpoint at the top of the page and start again.")
     if getattr(sd_model, "is_inpaint", False):
         return ("the loaded checkpoint is an inpainting model (extra UNet input channels): load a "
                 "regular SD1.5, SD2.x or SDXL checkpoint to train a LoRA.")
@@ -42,7 +49,15 @@ def forge_refusal(sd_model: Any) -> str | None:
 
 
 def arch_of(sd_model: Any) -> str:
-    return TRAINABLE[type(sd_model).__name__]
+    """"sd1" | "sd2" | "sdxl" | "flux-dev" | "flux-schnell" | "chroma" (FLUX.1-dev is the one with a
+    guidance embedder, as Forge's own loader tells them apart)."""
+    kind = type(sd_model).__name__
+    if kind == "Chroma":
+        return "chroma"
+    if kind == "Flux":
+        dm = sd_model.forge_objects.unet.model.diffusion_model
+        return "flux-dev" if getattr(dm, "guidance_embed", False) else "flux-schnell"
+    return TRAINABLE[kind]
 
 
 def prediction_type(sd_model: Any) -> str:

@@ -135,14 +135,18 @@ def _widths(plans: list[Any]) -> set[int]:
 
 def _read_weights(ad: ModelAdapter, path: str) -> dict[str, Any]:
     """A LoRA file in the network's own key layout: a FLUX.1 / Chroma file's fused modules split back per
-    trained module; an SD model refuses a Flux file (and the Flux loader an SD one) in one line."""
+    trained module (diffusers modules; on Forge's fused modules they stay as they are); an SD model refuses
+    a Flux file (and the Flux loader an SD one) in one line."""
     from lora_trainer.lora.file import load_lora_file
     from lora_trainer.lora.flux_format import check_lora_family
     from lora_trainer.lora.metadata_flux import FLUX_KINDS, load_flux_lora
 
-    if ad.info.arch in FLUX_KINDS:
+    if ad.info.arch in FLUX_KINDS and ad.info.extra.get("host") != "forge":
         return load_flux_lora(path)[0]
     sd, _ = load_lora_file(path)
+    if ad.info.arch in FLUX_KINDS:  # Forge's own BFL-layout modules: the file's kohya keys are their names
+        check_lora_family(sd.keys(), "flux", f"network_weights {path}")
+        return sd
     check_lora_family(sd.keys(), "sd", f"network_weights {path}")
     return sd
 

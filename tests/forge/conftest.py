@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -25,24 +26,31 @@ def forge_root() -> str:
 
 @pytest.fixture(scope="session")
 def forge_model(forge_root: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Any]]:
-    """forge_model(arch, storage_dtype=None, v_prediction=False) -> a freshly loaded Forge engine."""
+    """forge_model(arch, storage_dtype=None, v_prediction=False) -> a freshly loaded Forge engine
+    (arch: sd1 | sd2 | sdxl | flux (the FLUX.1-dev layout) | chroma)."""
     import tiny_forge
+    import tiny_forge_flux
     from huggingface_guess import model_list
 
     folder = tmp_path_factory.mktemp("forge-tiny")
     added = []
     checkpoints: dict[str, str] = {}
+    routes = contextlib.ExitStack()
 
     def checkpoint(arch: str, v_prediction: bool) -> str:
         key = f"{arch}-v" if v_prediction else arch
+        builder = tiny_forge_flux if arch in tiny_forge_flux.FLOW_ARCHS else tiny_forge
         if key not in checkpoints:
-            repo = tiny_forge.write_repo(forge_root, arch, str(folder / f"repo-{arch}"))
+            repo = builder.write_repo(forge_root, arch, str(folder / f"repo-{arch}"))
             if arch not in [getattr(c, "_tiny_arch", None) for c in added]:
-                cls = tiny_forge.guess_class(arch, repo)
+                cls = builder.guess_class(arch, repo)
                 cls._tiny_arch = arch
-                model_list.models.insert(0, cls)
-                added.append(cls)
-            path = tiny_forge.write_checkpoint(arch, repo, str(folder / f"tiny-{key}.safetensors"))
+                if builder is tiny_forge_flux:
+                    routes.enter_context(tiny_forge_flux.register([cls]))
+                else:
+                    model_list.models.insert(0, cls)
+                    added.append(cls)
+            path = builder.write_checkpoint(arch, repo, str(folder / f"tiny-{key}.safetensors"))
             if v_prediction:  # Forge reads the parameterization from a .yaml beside the checkpoint
                 with open(path[: -len(".safetensors")] + ".yaml", "w") as f:
                     f.write("model:\n  params:\n    parameterization: v\n")
@@ -69,10 +77,17 @@ def forge_model(forge_root: str, tmp_path_factory: pytest.TempPathFactory) -> It
             gguf = path[: -len(".safetensors")] + ".gguf"
             if not os.path.exists(gguf):
                 tiny_forge.write_gguf_unet(path, gguf)
-            sd_model = tiny_forge.swap_in_gguf_unet(tiny_forge.load(path), gguf, str(folder / f"repo-{arch}"))
-        return tiny_forge.first_load(sd_model)
+            flow = arch in tiny_forge_flux.FLOW_ARCHS
+            component = ("transformer", "ChromaTransformer2DModel" if arch == "chroma" else "FluxTransformer2DModel") \
+                if flow else ("unet", "UNet2DConditionModel")
+            sd_model = tiny_forge.swap_in_gguf_unet(tiny_forge.load(path), gguf, str(folder / f"repo-{arch}"), *component)
+        sd_model = tiny_forge.first_load(sd_model)
+        if arch in tiny_forge_flux.FLOW_ARCHS:
+            tiny_forge_flux.first_generation(sd_model)
+        return sd_model
 
-    yield make
+    with routes:
+        yield make
     for cls in added:
         model_list.models.remove(cls)
 

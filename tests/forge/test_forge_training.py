@@ -209,14 +209,14 @@ def test_stop_and_error_leave_forge_as_it_was(forge_model, dataset, tmp_path):
 
 
 def test_other_families_are_refused_in_one_line(forge_root):
-    from backend.diffusion_engine.flux import Flux
+    from backend.diffusion_engine.sd35 import StableDiffusion3
     from backend.diffusion_engine.sdxl import StableDiffusionXLRefiner
 
     from lora_trainer.hosts.loaded_model import adapter_for
     from lora_trainer.models.forge_host import forge_refusal
     from lora_trainer.models.webui_services import HostRefused, WebUIServices
 
-    for cls, word in ((Flux, "Flux"), (StableDiffusionXLRefiner, "refiner")):
+    for cls, word in ((StableDiffusion3, "SD3"), (StableDiffusionXLRefiner, "refiner")):
         model = cls.__new__(cls)  # the real class; no weights are needed to refuse it
         model.forge_objects = None
         why = forge_refusal(model)

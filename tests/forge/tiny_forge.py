@@ -171,7 +171,8 @@ def write_gguf_unet(safetensors_path: str, path: str) -> str:
     return path
 
 
-def swap_in_gguf_unet(sd_model: Any, gguf_path: str, repo: str) -> Any:
+def swap_in_gguf_unet(sd_model: Any, gguf_path: str, repo: str, component: str = "unet",
+                      cls_name: str = "UNet2DConditionModel") -> Any:
     """Replace the engine's UNet with one Forge builds from the GGUF file: its own reader
     (`load_torch_file`), its per-component loader (GGUF storage -> its GGUF operations) and a new
     `UnetPatcher`, under inference mode - the steps `forge_loader` takes for a GGUF UNet."""
@@ -182,7 +183,7 @@ def swap_in_gguf_unet(sd_model: Any, gguf_path: str, repo: str) -> Any:
     prefix = "model.diffusion_model."
     with torch.inference_mode():
         sd = {k[len(prefix):]: v for k, v in load_torch_file(gguf_path).items()}
-        unet = load_huggingface_component(sd_model.model_config, "unet", "diffusers", "UNet2DConditionModel", repo, sd)
+        unet = load_huggingface_component(sd_model.model_config, component, "diffusers", cls_name, repo, sd)
         old = sd_model.forge_objects.unet
         patcher = UnetPatcher.from_model(unet, diffusers_scheduler=None, config=sd_model.model_config,
                                          k_predictor=old.model.predictor)

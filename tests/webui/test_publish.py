@@ -14,8 +14,8 @@ from lora_trainer.hosts import runs
 from lora_trainer.hosts.standalone import StandaloneHost
 
 
-def _lora(path: str) -> str:
-    save_file({"lora_unet_x.alpha": torch.tensor(2.0)}, path, metadata={"ss_base_model_version": "sd_v1"})
+def _lora(path: str, **meta: str) -> str:
+    save_file({"lora_unet_x.alpha": torch.tensor(2.0)}, path, metadata=meta or {"ss_base_model_version": "sd_v1"})
     return path
 
 
@@ -41,6 +41,17 @@ def test_stopped_run_publishes_sidecars_and_the_finished_run_replaces_them(tmp_p
                                                              "r-000004.safetensors"]
     assert sorted(os.listdir(lora_dir)) == ["r.safetensors"]
     assert runs.replace_partials(host, cfg, final) == []  # the record is gone with them
+
+
+def test_a_stopped_flux_runs_card_says_flux(tmp_path):
+    """Forge shows a card as a Flux LoRA by its "sd version" (the finished file's sidecar says so too)."""
+    cfg = SimpleNamespace(output_dir=str(tmp_path), trigger_word="", preferred_weight=0.0, description="")
+    for arch, version in (("flux-1-dev/lora", "Flux"), ("chroma/lora", "Unknown")):
+        partial = _lora(str(tmp_path / "f-000002.safetensors"), **{"modelspec.architecture": arch,
+                                                                   "ss_base_model_version": "flux1"})
+        runs.write_stopped_sidecars(cfg, SimpleNamespace(output_path=partial, samples=[], steps=2))
+        with open(tmp_path / "f-000002.json", encoding="utf-8") as fh:
+            assert json.load(fh)["sd version"] == version
 
 
 def test_loss_history_keeps_the_run_before_a_resume(tmp_path):

@@ -1,0 +1,95 @@
+"""End-to-end checks of LoRA training on a FLUX.1 checkpoint loaded in a running Forge (stdlib only; not a pytest file).
+
+Start Forge with the tiny FLUX.1-dev checkpoint, this extension and the harness's probe extension:
+    cd ../shared/forge && FORGE_HARNESS=... CKPT=tinyflux PORT=7873 bash start.sh /path/to/this/repo probe_ext
+then: PORT=7873 LORA_DIR=<forge>/models/Lora LT_E2E_DATA=<a small captioned dataset> python tests/forge/harness_e2e_flux.py
+The checks run twice: on the checkpoint as loaded (fp32 on CPU), then with Forge's "Diffusion in Low Bits"
+set to float8-e4m3fn (set through the options API as the dropdown sets it; put back to Automatic at
+the end). Images are made the way Flux is generated in Forge: Euler with the Simple schedule, CFG 1,
+distilled guidance 3.5. Prints one PASS/FAIL line per check and exits non-zero when one fails.
+"""
+import base64
+import hashlib
+import json
+import os
+import sys
+import time
+
+from harness_e2e import LORA_DIR, RESULTS, call, check, train, weights
+
+CHECKPOINT = os.environ.get("LT_E2E_CKPT", "tinyflux.safetensors")
+
+
+def image(prompt, seed=1234):
+    r = call("/sdapi/v1/txt2img", dict(prompt=prompt, negative_prompt="", seed=seed, steps=4, width=64, height=64,
+                                        cfg_scale=1, distilled_cfg_scale=3.5, sampler_name="Euler", scheduler="Simple",
+                                        batch_size=1, n_iter=1, send_images=True, save_images=False))
+    if "images" not in r:
+        return f"error {r}", ""
+    return hashlib.sha256(base64.b64decode(r["images"][0])).hexdigest()[:16], json.loads(r["info"])["infotexts"][0]
+
+
+def low_bits(value):
+    """Forge's "Diffusion in Low Bits" as its dropdown sets it: the option, then the model-loading parameters
+    refreshed (the options API refreshes them on a checkpoint change: away and back); the next generation
+    reloads the checkpoint with that storage."""
+    other = next(m["title"] for m in call("/sdapi/v1/sd-models") if not m["title"].startswith(CHECKPOINT))
+    here = next(m["title"] for m in call("/sdapi/v1/sd-models") if m["title"].startswith(CHECKPOINT))
+    call("/sdapi/v1/options", {"forge_unet_storage_dtype": value})
+    call("/sdapi/v1/options", {"sd_model_checkpoint": other})
+    call("/sdapi/v1/options", {"sd_model_checkpoint": here})
+
+
+def round_of_checks(tag, storage):
+    a0, it0 = image("a red circle")
+    info = call("/harness/model_info")
+    dtype = (info.get("unet.first_param") or {}).get("dtype")
+    check(f"[{tag}] Forge has the FLUX.1 checkpoint loaded, transformer stored as {storage}",
+          info.get("sd_model", "").endswith(".Flux") and dtype == storage and not a0.startswith("error"),
+          f"{info.get('sd_model')} {dtype} {a0}")
+    w0 = weights()
+    name = f"e2e_flux_{tag}"
+    t0 = time.time()
+    view = train(name, 12)
+    check(f"[{tag}] API training on the loaded FLUX.1 checkpoint runs to the end", view.get("state") == "done",
+          f"{view.get('state')} {view.get('error', '')} steps={(view.get('progress') or {}).get('step')} "
+          f"{time.time() - t0:.0f}s")
+    files = sorted(f for f in os.listdir(LORA_DIR) if f.startswith(name))
+    check(f"[{tag}] models/Lora has the LoRA, its .json and its preview",
+          {f"{name}.safetensors", f"{name}.json", f"{name}.preview.png"} <= set(files), str(files))
+    check(f"[{tag}] weights hash identical after training", weights() == w0)
+    a1, _ = image("a red circle")
+    check(f"[{tag}] same-seed image without LoRA identical after training", a1 == a0, f"{a0} {a1}")
+    al, it = image(f"a red circle <lora:{name}:1>")
+    check(f"[{tag}] <lora:{name}:1> changes the same-seed image", al != a0 and name in it, it.split("\n")[-1][:200])
+    a2, _ = image("a red circle")
+    check(f"[{tag}] without the LoRA again: identical", a2 == a0)
+    check(f"[{tag}] weights hash identical after using the LoRA", weights() == w0)
+    # a LoRA Forge applied for the previous prompt is out of the weights while training, and back after
+    al2, _ = image(f"a red circle <lora:{name}:1>")
+    w_l = weights()
+    view = train(f"{name}_after_lora", 6)
+    check(f"[{tag}] training right after a <lora:> prompt runs to the end", view.get("state") == "done",
+          f"{view.get('state')} {view.get('error', '')}")
+    check(f"[{tag}] weights hash (LoRA merged by Forge) identical after that training", weights() == w_l)
+    al3, _ = image(f"a red circle <lora:{name}:1>")
+    check(f"[{tag}] the <lora:> image is identical before and after that training", al3 == al2 == al)
+    a3, _ = image("a red circle")
+    check(f"[{tag}] and the plain image too", a3 == a0)
+
+
+def main():
+    if not os.environ.get("LT_E2E_DATA"):
+        sys.exit("set LT_E2E_DATA to a small captioned dataset folder")
+    try:
+        round_of_checks("float", "torch.float32")
+        low_bits("float8-e4m3fn")
+        round_of_checks("fp8", "torch.float8_e4m3fn")
+    finally:
+        low_bits("Automatic")
+    print("SUMMARY", sum(ok for _, ok in RESULTS), "/", len(RESULTS), "passed")
+    sys.exit(0 if all(ok for _, ok in RESULTS) else 1)
+
+
+if __name__ == "__main__":
+    main()
