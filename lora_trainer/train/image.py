@@ -153,7 +153,8 @@ class ImageLoRATask(Task):
         run, cfg = self.run, self.cfg
         train_te = cfg.train_text_encoder
         if train_te and not ad.trainable_text_encoder():
-            run.log("this model's text encoder cannot be trained here; training the UNet only", "warning")
+            denoiser = "transformer" if ad.info.arch in ("flux", "chroma") else "UNet"
+            run.log(f"this model's text encoder cannot be trained here; training the {denoiser} only", "warning")
             train_te = False
         self.train_te = train_te
         seed_all(cfg.seed)
