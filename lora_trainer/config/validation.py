@@ -164,6 +164,9 @@ def _check_network(cfg: TrainConfig) -> None:
     if cfg.task_type != "text-to-image" and cfg.network_type != "lora":
         raise _err(cfg, "network_type", f"{cfg.network_type} is for image models; {cfg.task_type} trains a PEFT "
                                         "LoRA (network_type: lora)")
+    if cfg.lora_layout == "peft" and (cfg.network_type in ("loha", "lokr", "dora") or cfg.dora_wd):
+        raise _err(cfg, "lora_layout", f"the diffusers/PEFT layout holds plain LoRA only, not {cfg.network_type}"
+                                       f"{' with dora_wd' if cfg.dora_wd else ''}; set lora_layout: kohya")
     if cfg.lokr_factor == 0:
         raise _err(cfg, "lokr_factor", "0 is not a factor; use -1 (the most square split) or a number > 0")
     for name in BLOCK_LISTS:

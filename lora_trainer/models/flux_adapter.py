@@ -60,12 +60,20 @@ class FluxOptions:
     fp8_base: bool = False
     blocks_to_swap: int = 0
     lora_layout: str = "kohya"
+    fused_targets: bool = False  # LoHa / LoKr / DoRA: train BFL's fused qkv / linear1 as one module
 
     @classmethod
     def from_config(cls, cfg: Any) -> FluxOptions:
         return cls(cfg.timestep_sampling, cfg.discrete_flow_shift, cfg.sigmoid_scale, cfg.guidance_scale_train,
                    cfg.t5_max_token_length, tuple(cfg.flux_layers), str(cfg.flux_double_blocks),
-                   str(cfg.flux_single_blocks), cfg.fp8_base, cfg.blocks_to_swap, cfg.lora_layout)
+                   str(cfg.flux_single_blocks), cfg.fp8_base, cfg.blocks_to_swap, cfg.lora_layout,
+                   fused_targets=needs_fused_targets(cfg.network_type, cfg.dora_wd))
+
+
+def needs_fused_targets(network_type: str, dora_wd: bool) -> bool:
+    """Separate q/k/v LoRAs are exactly one LoRA on the fused BFL weight (stacked downs, block-diagonal ups);
+    a LoHa / LoKr product or a DoRA norm is not, so these kinds train the fused module itself."""
+    return network_type in ("loha", "lokr", "dora") or bool(dora_wd)
 
 
 class FluxAdapter(ModelAdapter):
@@ -157,7 +165,8 @@ class FluxAdapter(ModelAdapter):
         if unet:
             try:
                 out += flux_transformer_targets(self.transformer, chroma=self.kind == "chroma", layers=o.layers,
-                                                double_blocks=o.double_blocks, single_blocks=o.single_blocks)
+                                                double_blocks=o.double_blocks, single_blocks=o.single_blocks,
+                                                fused=o.fused_targets)
             except ValueError as e:
                 field = ("flux_layers" if "layers" in str(e) else
                          "flux_double_blocks" if "double" in str(e) else "flux_single_blocks")
