@@ -84,6 +84,8 @@ def _check_combinations(cfg: TrainConfig) -> None:
     if cfg.random_crop and cfg.cache_latents:
         raise _err(cfg, "random_crop", "a random crop changes each epoch and cannot be cached; set cache_latents: "
                           "false or random_crop: false")
+    if cfg.cache_text_encoder_outputs_to_disk and not cfg.cache_text_encoder_outputs:
+        raise _err(cfg, "cache_text_encoder_outputs_to_disk", "needs cache_text_encoder_outputs: true")
     if cfg.cache_latents_to_disk and not cfg.cache_latents:
         raise _err(cfg, "cache_latents_to_disk", "needs cache_latents: true")
     if cfg.load_in_4bit and cfg.load_in_8bit:

@@ -18,7 +18,7 @@ import torch
 
 from lora_trainer.errors import ConfigError
 from lora_trainer.models import flux_math, flux_sampler
-from lora_trainer.models.base import AdapterInfo, ModelAdapter, SizeInfo, move_parts
+from lora_trainer.models.base import AdapterInfo, ModelAdapter, SizeInfo, move_parts, weights_fingerprint
 from lora_trainer.models.flow import FlowMatchingObjective
 from lora_trainer.models.objective import NoisedBatch
 
@@ -302,6 +302,14 @@ class FluxAdapter(ModelAdapter):
         self._t5_released = True
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+    def text_cache_id(self) -> str:
+        """T5 (and CLIP-L) weights, tokenizers' sizes and the T5 length: a changed text encoder, or a
+        `t5_max_token_length` change, gives other file names in the text-encoder disk cache."""
+        p = self.parts
+        tok = [len(t) if t is not None else 0 for t in (p.get("tokenizer"), p.get("tokenizer_2"))]
+        return (f"{self.kind}:t5 {self.max_sequence_length}:tok {tok}:"
+                f"{weights_fingerprint(p.get('text_encoder'), p.get('text_encoder_2'))}")
 
     def metadata(self) -> dict[str, str]:
         o = self.options
