@@ -71,7 +71,8 @@ class TrainConfig:
     fp8_base: bool = _f("model", False, "FLUX.1 / Chroma: store the frozen transformer blocks as float8 (half the "
                         "memory; each layer is upcast in its forward).")
     blocks_to_swap: int = _f("model", 0, "FLUX.1 / Chroma: keep this many transformer blocks in CPU memory and copy "
-                             "them in per forward (16 fits FLUX.1-dev into 12 GB with fp8_base).", min=0, max=60)
+                             "them in per forward, the next one prefetched while one runs (16 fits FLUX.1-dev into 12 GB with "
+                             "fp8_base).", min=0, max=60)
     clip_skip: int = _f("model", 1, "Use the output of the N-th last text-encoder layer (2 for anime models).",
                         min=1, max=12)
     model_cache_dir: str | None = _f("model", None, "Where downloaded / converted models are cached.",

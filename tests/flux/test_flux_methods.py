@@ -122,3 +122,17 @@ def test_validation_loss_repeats_and_survives_a_resume_with_ema(kind, data_dir, 
     plain, _ = _run(_raw(data_dir, str(tmp_path / "plain"), kind, **{**VAL, "save_ema": False}))
     c = load_file(plain.output_path)
     assert any(not torch.equal(a[k], c[k]) for k in a if not k.endswith(".alpha"))
+
+
+# ---- Chroma's timesteps -------------------------------------------------------------------------------
+def test_chroma_trains_on_logit_normal_timesteps_without_a_shift_by_default(tiny_chroma, tiny_flux):
+    """kohya's Chroma recipe (`--timestep_sampling sigmoid`, docs/flux_train_network.md): logit-normal σ, no
+    shift, whatever the resolution; FLUX.1-dev shifts by resolution (its scheduler's dynamic shifting)."""
+    from lora_trainer.models.flux_adapter import FluxAdapter
+
+    obj = FluxAdapter(tiny_chroma).objective()
+    assert (obj.timestep_sampling, obj.by_resolution, obj.mu) == ("sigmoid", False, None)
+    assert FluxAdapter(tiny_flux).objective().by_resolution
+    sigmas = torch.cat([obj.noised(torch.zeros(256, 16, 8, 8), torch.Generator().manual_seed(i)).timesteps / 1000
+                        for i in range(4)])
+    assert abs(float(sigmas.median()) - 0.5) < 0.05  # logit-normal around 0.5: no shift toward noise
