@@ -11,7 +11,7 @@ import torch
 from flux_helpers import transformer_inputs
 from safetensors.torch import load_file
 
-from lora_trainer.lora.discovery_flux import flux_transformer_targets
+from lora_trainer.lora.discovery_flux import flux_clip_targets, flux_transformer_targets
 from lora_trainer.lora.flux_format import fuse_flux_state_dict
 from lora_trainer.lora.metadata_flux import build_flux_metadata, load_flux_lora, save_flux_lora
 from lora_trainer.lora.naming_flux import bfl_kohya_name, bfl_slot, internal_to_path
@@ -125,15 +125,21 @@ needs_forge = pytest.mark.skipif(not forge_code.available(), reason="no Forge mi
 @pytest.mark.parametrize("spec", SPECS, ids=IDS)
 def test_forge_loads_every_key_and_merges_our_delta(request, kind, spec, tmp_path):
     pytest.importorskip("einops")  # Forge's model files use it
-    from test_flux_lora import _forge_model, _KModel
+    from test_flux_lora import _Clip, _forge_model, _KModel
 
     parts = _parts(request, kind)
     chroma = kind == "chroma"
-    net = _net(parts, spec, seed=5)
+    targets = flux_transformer_targets(parts["transformer"], chroma=chroma, fused=True)
+    if not chroma:  # FLUX.1's CLIP-L LoRA (`lora_te1_...`): per module, nothing fused
+        targets += flux_clip_targets(parts["text_encoder"])
+    net = LoRANetwork.from_spec(targets, spec, dtype=torch.float64)
+    _randomize(net, 5)
     save_flux_lora(tmp_path / "k.safetensors", net.kohya_state_dict(torch.float64), kind=parts["kind"],
                    metadata=build_flux_metadata(kind=parts["kind"], output_name="k", rank=4, alpha=2.0))
     lora = load_file(str(tmp_path / "k.safetensors"))
-    ours = {_file_name(n, chroma): d for n, d in net.deltas(torch.float64).items()}
+    deltas = net.deltas(torch.float64)
+    ours = {_file_name(n, chroma): d for n, d in deltas.items() if not n.startswith("lora_te1_")}
+    clip_ours = {n: d for n, d in deltas.items() if n.startswith("lora_te1_")}
     kw = transformer_inputs(parts)
     with torch.no_grad():
         net.attach()
@@ -143,7 +149,17 @@ def test_forge_loads_every_key_and_merges_our_delta(request, kind, spec, tmp_pat
         model, unet_config, repo = _forge_model(fm, parts)
         keys = fm.patcher.model_lora_keys_unet(_KModel(model, unet_config, repo), {})
         patches, rest = fm.patcher.load_lora(lora, keys)
+        # extensions-builtin/sd_forge_lora/networks.py: the UNet's keys first, then the text encoders'
+        clip = _Clip(parts["text_encoder"], parts["text_encoder_2"])
+        clip_patches, rest = fm.patcher.load_lora(rest, fm.patcher.model_lora_keys_clip(clip, {}))
         assert rest == {}, f"Forge would report {sorted(rest)} as not loaded"
+        assert len(clip_patches) == len(clip_ours) == (0 if chroma else 12)
+        for key, patch in clip_patches.items():
+            w = clip.state_dict()[key].detach().double()
+            merged = fm.patcher.merge_lora_to_weight([(1.0, patch, 1.0, None, None)], w,
+                                                     computation_dtype=torch.float64)
+            name = "lora_te1_" + key[len("clip_l.transformer."):-len(".weight")].replace(".", "_")
+            torch.testing.assert_close(merged - w, clip_ours[name], rtol=1e-9, atol=1e-12, msg=name)
         params = dict(model.named_parameters())
         assert {"lora_unet_" + k[len("diffusion_model."):-len(".weight")].replace(".", "_") for k in patches} == \
             set(ours)
