@@ -76,6 +76,16 @@ def needs_fused_targets(network_type: str, dora_wd: bool) -> bool:
     return network_type in ("loha", "lokr", "dora") or bool(dora_wd)
 
 
+def lora_targets_for(ad: ModelAdapter, network_type: str, dora_wd: bool, **kw: Any) -> list[LoraTarget]:
+    """`ad.lora_targets(**kw)` for a network of `network_type`: on a diffusers-layout FLUX.1 / Chroma model
+    the fused BFL modules are trained whole when the type needs it (whatever the adapter was built with: a
+    `network_weights` file may set the type, and a caller may hand over an adapter built without the run's
+    options). Other adapters (SD; BFL-layout models, whose targets are the fused modules) as they are."""
+    if isinstance(ad, FluxAdapter):
+        return ad.lora_targets(**kw, fused=needs_fused_targets(network_type, dora_wd))
+    return ad.lora_targets(**kw)
+
+
 class FluxAdapter(ModelAdapter):
     """A FLUX.1 / Chroma parts dict (`flux_tiny.build_tiny_flux_parts` / `flux_loading.load_flux_parts`)."""
 
@@ -157,7 +167,10 @@ class FluxAdapter(ModelAdapter):
         """CLIP-L of FLUX.1 can carry a LoRA; T5 never does, and Chroma has no CLIP."""
         return self.kind != "chroma" and self.parts.get("text_encoder") is not None
 
-    def lora_targets(self, *, unet: bool, text_encoder: bool, conv: bool) -> list[LoraTarget]:
+    def lora_targets(self, *, unet: bool, text_encoder: bool, conv: bool,
+                     fused: bool | None = None) -> list[LoraTarget]:
+        """`fused`: train BFL's fused modules whole (None: as the run's network type needs; a file reader
+        passes what the file's type needs)."""
         from lora_trainer.lora.discovery_flux import flux_clip_targets, flux_transformer_targets
 
         o = self.options
@@ -166,7 +179,7 @@ class FluxAdapter(ModelAdapter):
             try:
                 out += flux_transformer_targets(self.transformer, chroma=self.kind == "chroma", layers=o.layers,
                                                 double_blocks=o.double_blocks, single_blocks=o.single_blocks,
-                                                fused=o.fused_targets)
+                                                fused=o.fused_targets if fused is None else fused)
             except ValueError as e:
                 field = ("flux_layers" if "layers" in str(e) else
                          "flux_double_blocks" if "double" in str(e) else "flux_single_blocks")

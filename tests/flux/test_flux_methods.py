@@ -136,3 +136,22 @@ def test_chroma_trains_on_logit_normal_timesteps_without_a_shift_by_default(tiny
     sigmas = torch.cat([obj.noised(torch.zeros(256, 16, 8, 8), torch.Generator().manual_seed(i)).timesteps / 1000
                         for i in range(4)])
     assert abs(float(sigmas.median()) - 0.5) < 0.05  # logit-normal around 0.5: no shift toward noise
+
+
+@pytest.mark.parametrize("network_type", ["lora", "lokr"])
+def test_a_handed_over_adapter_and_the_evaluator_follow_the_network_type(network_type, data_dir, tmp_path):
+    """The demo and the hosts hand `train` an adapter built without the run's options: the fused modules are
+    still trained whole for LoKr; the evaluator rebuilds the network from the file's type, every tensor equal."""
+    from lora_trainer.lora.flux_format import fuse_flux_state_dict
+    from lora_trainer.models.flux_adapter import FluxAdapter
+    from lora_trainer.models.flux_tiny import build_tiny_flux_parts
+    from lora_trainer.train.evaluate import load_network
+
+    adapter = FluxAdapter(build_tiny_flux_parts("flux"))
+    result = train(load_config(_raw(data_dir, str(tmp_path), network_type=network_type, output_name="h")),
+                   adapter=adapter)
+    sd = load_file(result.output_path)
+    assert ("lora_unet_double_blocks_0_img_attn_qkv.lokr_w1" in sd) == (network_type == "lokr")
+    again = fuse_flux_state_dict(load_network(adapter, result.output_path).kohya_state_dict(torch.float32),
+                                 chroma=False)
+    assert again.keys() == sd.keys() and all(torch.equal(again[k], sd[k]) for k in sd)
