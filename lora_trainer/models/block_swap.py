@@ -27,6 +27,7 @@ where they were.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
@@ -34,6 +35,7 @@ import torch
 from torch import nn
 
 Slots = list[tuple[nn.Module, str]]
+EVENTS = 4096
 
 
 class _Copies:
@@ -62,7 +64,8 @@ class BlockSwap:
         self.device = torch.device(device)
         self.prefetch = prefetch
         self.copies = 0  # block forwards that ran on device copies (tests and logs)
-        self.events: list[tuple[str, int]] = []  # ("prefetch", i), ("prefetched", i) or ("copied", i): the order
+        # ("prefetch", i), ("prefetched", i) or ("copied", i): the order, the last EVENTS of it (tests, logs)
+        self.events: deque[tuple[str, int]] = deque(maxlen=EVENTS)
         self._entries: list[tuple[nn.Module, Slots, torch.device, Any]] = []
         self._pending: dict[int, _Copies] = {}
         self._last: int | None = None

@@ -61,6 +61,7 @@ class FluxOptions:
     blocks_to_swap: int = 0
     lora_layout: str = "kohya"
     fused_targets: bool = False  # LoHa / LoKr / DoRA: train BFL's fused qkv / linear1 as one module
+    swap_prefetch: bool = True   # block swap: issue the next block's copy while one runs
 
     @classmethod
     def from_config(cls, cfg: Any) -> FluxOptions:
@@ -250,7 +251,7 @@ class FluxAdapter(ModelAdapter):
                 blocks = flux_swap_blocks(self.transformer, o.blocks_to_swap)
             except ValueError as e:
                 raise ConfigError("blocks_to_swap", str(e)) from e
-            self._swap = BlockSwap(blocks, self._target or self.device).attach()
+            self._swap = BlockSwap(blocks, self._target or self.device, prefetch=o.swap_prefetch).attach()
         return self._swap is not None
 
     def place(self, device: torch.device | str, dtype: torch.dtype, *, vae_dtype: torch.dtype | None = None

@@ -127,7 +127,7 @@ def test_prefetch_issues_the_next_block_while_one_runs_and_backward_goes_downwar
                 ("prefetch", 0), ("prefetched", 0), ("prefetch", 1)]
     second_forward = [("copied", 0), ("prefetched", 1), ("prefetch", 2), ("prefetched", 2), ("prefetch", 3),
                       ("prefetched", 3)]
-    assert swap.events == forward + backward + second_forward + backward
+    assert list(swap.events) == forward + backward + second_forward + backward
     plain = _steps(None, blocks, checkpointing=True)
     assert all(torch.equal(a, b) for a, b in zip(grads, plain, strict=True))
 
@@ -140,13 +140,13 @@ def test_without_checkpointing_each_forward_prefetches_all_but_its_first_block()
     finally:
         swap.detach()
     one = [("copied", 0), ("prefetch", 1), ("prefetched", 1), ("prefetch", 2), ("prefetched", 2)]
-    assert swap.events == one + one
+    assert list(swap.events) == one + one
     off = BlockSwap(blocks, "cpu", prefetch=False).attach()
     try:
         assert all(torch.equal(a, b) for a, b in zip(_steps(off, blocks, checkpointing=False), grads, strict=True))
     finally:
         off.detach()
-    assert off.events == [("copied", i) for i in range(3)] * 2
+    assert list(off.events) == [("copied", i) for i in range(3)] * 2
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: the side-stream copies and their events")
