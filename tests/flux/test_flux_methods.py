@@ -74,9 +74,9 @@ def test_each_type_trains_and_forge_takes_every_key(kind, network_type, data_dir
         patches, rest = fm.patcher.load_lora(sd, fm.patcher.model_lora_keys_unet(_KModel(model, unet_config, repo), {}))
     assert rest == {} and patches
     assert {p[0] for p in patches.values()} == {"lora" if network_type == "dora" else network_type}
-    # continuing from the file: every module found, nothing left over
-    again, events = _run(_raw(data_dir, str(tmp_path / "b"), kind, network_type=network_type,
-                              network_weights=result.output_path, max_train_steps=1))
+    # continuing from the file (its type read from its tensors): every module found, nothing left over
+    again, events = _run(_raw(data_dir, str(tmp_path / "b"), kind, network_weights=result.output_path,
+                              max_train_steps=1))
     logs = " ".join(str(e.data.get("message", "")) for e in events)
     assert "0 missing" in logs and "0 ignored" in logs, logs
 
