@@ -155,3 +155,19 @@ def test_a_handed_over_adapter_and_the_evaluator_follow_the_network_type(network
     again = fuse_flux_state_dict(load_network(adapter, result.output_path).kohya_state_dict(torch.float32),
                                  chroma=False)
     assert again.keys() == sd.keys() and all(torch.equal(again[k], sd[k]) for k in sd)
+
+
+def test_fused_dora_with_block_swap_and_fp8_trains_like_the_plain_path(data_dir, tmp_path):
+    """DoRA reads the fused base weight: through the swapped blocks' device copies, and upcast from fp8."""
+    def losses(**extra) -> list[float]:
+        _, events = _run(_raw(data_dir, str(tmp_path / "_".join(map(str, extra.values()))), network_type="dora",
+                              **extra))
+        return [e.data["loss"] for e in events if e.type == "progress"]
+
+    plain = losses()
+    swap = losses(blocks_to_swap=2, gradient_checkpointing=True)
+    fp8 = losses(fp8_base=True, blocks_to_swap=1)
+    assert len(plain) == len(swap) == len(fp8) == 2
+    torch.testing.assert_close(torch.tensor(swap), torch.tensor(plain), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(torch.tensor(fp8), torch.tensor(plain), rtol=5e-3, atol=0)
+    assert fp8 != plain
