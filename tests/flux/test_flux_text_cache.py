@@ -120,3 +120,14 @@ def test_another_text_encoder_or_t5_length_gets_other_files(tiny_flux, tmp_path)
 def test_disk_needs_the_memory_cache_in_one_line(data_dir, tmp_path):
     with pytest.raises(ConfigError, match="cache_text_encoder_outputs_to_disk.*needs cache_text_encoder_outputs"):
         load_config(_raw(data_dir, str(tmp_path), cache_text_encoder_outputs=False))
+
+
+def test_sd_models_key_their_files_by_their_text_encoders_too():
+    from lora_trainer.models.tiny import build_tiny_adapter
+
+    adapter = build_tiny_adapter("sd1")
+    base = adapter.text_cache_id()
+    w = next(iter(adapter.text_encoders[0].parameters()))
+    with torch.no_grad():
+        w.add_(1e-3)
+    assert adapter.text_cache_id() != base
