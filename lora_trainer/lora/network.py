@@ -123,7 +123,7 @@ def _rows_out(lora: nn.Module, x: torch.Tensor, lo: int, hi: int) -> torch.Tenso
             h = F.dropout(h, lora.dropout)
         out = F.linear(F.linear(h, lora.lora_down.weight), lora.lora_up.weight[lo:hi])
         return out if lora.scale == 1.0 else out * lora.scale
-    w = lora.delta_weight()[lo:hi]
+    w = lora.delta_rows(lo, hi)
     h = x.to(w.dtype)
     if lora.dropout > 0 and lora.training:
         h = F.dropout(h, lora.dropout)

@@ -212,3 +212,19 @@ def test_lycoris_reads_the_fused_modules_with_our_delta(tiny_flux, spec):
         with torch.no_grad():
             torch.testing.assert_close(lyc(x) - base(x), x @ m.delta_weight(torch.float64).T, rtol=1e-9,
                                        atol=1e-12, msg=name)
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=IDS)
+def test_a_parts_rows_equal_the_rows_of_the_fused_delta(tiny_flux, spec):
+    """Each part computes only its rows (LoHa: rows of the `_a` factors; LoKr: rows of w1 when the cut falls
+    between w2 blocks; DoRA: from the whole fused weight, which its norm needs)."""
+    net = _net(tiny_flux, spec, seed=13)
+    for name, m in net.loras.items():
+        if not name.endswith(("_qkv", "_linear1")):
+            continue
+        full = m.delta_weight()
+        out = int(full.shape[0])
+        for lo, hi in ((0, 64), (64, 128), (128, 192), (0, out), (3, 70)):
+            if hi <= out:
+                torch.testing.assert_close(m.delta_rows(lo, hi), full[lo:hi], rtol=1e-12, atol=1e-15,
+                                           msg=f"{name} {lo}:{hi}")
