@@ -2,8 +2,8 @@
 
 A random-weight transformer of FLUX.1-dev's real size (12B parameters, bf16), LoRA rank 16 on every block
 Linear, 1024x1024 (4096 image tokens + 512 T5 tokens), batch 1, gradient checkpointing, AdamW: once with
-`fp8_base` + `blocks_to_swap` (the 12 GB setting kohya documents) and once with `fp8_base` alone (the step
-time without swap). The model is placed with `FluxAdapter.place`, as a training run does, so the full bf16
+`fp8_base` + `blocks_to_swap` (the 12 GB setting kohya documents), the same without prefetching the next
+block (what the side-stream prefetch saves), and once with `fp8_base` alone (the step time without swap). The model is placed with `FluxAdapter.place`, as a training run does, so the full bf16
 base never sits on the GPU. Prints one JSON line per setting; `--tiny` runs the built-in tiny model on the
 CPU (a check of the script itself).
 
@@ -40,7 +40,8 @@ def real_transformer(kind: str, dtype):  # -> FluxTransformer2DModel with random
     return tr.eval().requires_grad_(False)
 
 
-def run_setting(parts, *, fp8: bool, swap: int, res: int, rank: int, steps: int, device, dtype) -> dict:
+def run_setting(parts, *, fp8: bool, swap: int, res: int, rank: int, steps: int, device, dtype,
+                prefetch: bool = True) -> dict:
     import torch
 
     from lora_trainer.lora.network import LoRANetwork
@@ -50,7 +51,7 @@ def run_setting(parts, *, fp8: bool, swap: int, res: int, rank: int, steps: int,
     if cuda:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    ad = FluxAdapter(parts, FluxOptions(fp8_base=fp8, blocks_to_swap=swap))
+    ad = FluxAdapter(parts, FluxOptions(fp8_base=fp8, blocks_to_swap=swap, swap_prefetch=prefetch))
     t0 = time.time()
     ad.place(device, dtype)
     place_s = time.time() - t0
@@ -87,7 +88,11 @@ def run_setting(parts, *, fp8: bool, swap: int, res: int, rank: int, steps: int,
             torch.cuda.synchronize()
         times.append(time.time() - t)
         losses.append(float(loss.detach()))
-    out = {"fp8_base": fp8, "blocks_to_swap": swap, "resolution": res, "rank": rank,
+    events = list(ad._swap.events) if ad._swap is not None else []
+    out = {"fp8_base": fp8, "blocks_to_swap": swap, "prefetch": prefetch and swap > 0,
+           "prefetched_share": round(sum(e[0] == "prefetched" for e in events) /
+                                     max(1, sum(e[0] != "prefetch" for e in events)), 2),
+           "resolution": res, "rank": rank,
            "lora_params": sum(p.numel() for p in params), "place_s": round(place_s, 1),
            "weights_on_gpu_gb": round(weights_gb, 2),
            "peak_allocated_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
@@ -122,9 +127,9 @@ def main(argv: list[str] | None = None) -> int:
         t = time.time()
         parts = {"kind": "flux-dev", "transformer": real_transformer("flux-dev", dtype)}
         print(json.dumps({"built_s": round(time.time() - t, 1), "gpu": torch.cuda.get_device_name()}), flush=True)
-    for fp8, n in ((True, swap), (True, 0)):
+    for fp8, n, prefetch in ((True, swap, True), (True, swap, False), (True, 0, True)):
         print(json.dumps(run_setting(parts, fp8=fp8, swap=n, res=res, rank=args.rank, steps=args.steps,
-                                     device=device, dtype=dtype)), flush=True)
+                                     device=device, dtype=dtype, prefetch=prefetch)), flush=True)
     return 0
 
 

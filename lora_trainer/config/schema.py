@@ -70,7 +70,8 @@ class TrainConfig:
     fp8_base: bool = _f("model", False, "FLUX.1 / Chroma: store the frozen transformer blocks as float8 (half the "
                         "memory; each layer is upcast in its forward).")
     blocks_to_swap: int = _f("model", 0, "FLUX.1 / Chroma: keep this many transformer blocks in CPU memory and copy "
-                             "them in per forward (16 fits FLUX.1-dev into 12 GB with fp8_base).", min=0, max=60)
+                             "them in per forward, the next one prefetched while one runs (16 fits FLUX.1-dev into 12 GB with "
+                             "fp8_base).", min=0, max=60)
     clip_skip: int = _f("model", 1, "Use the output of the N-th last text-encoder layer (2 for anime models).",
                         min=1, max=12)
     model_cache_dir: str | None = _f("model", None, "Where downloaded / converted models are cached.",
@@ -107,6 +108,10 @@ class TrainConfig:
     cache_latents_to_disk: bool = _f("data", False, "Keep cached latents in files so later runs reuse them.")
     cache_text_encoder_outputs: bool = _f("data", False, "Encode each caption once (needs train_text_encoder: false and "
                                           "shuffle_caption: false).")
+    cache_text_encoder_outputs_to_disk: bool = _f(
+        "data", False, "Also keep each caption's text-encoder outputs (FLUX.1: T5 + CLIP-L) in safetensors files "
+        "(`.lora_trainer_cache/text` in the data folder), so a later run with the same captions and text encoders "
+        "does not encode them again (needs cache_text_encoder_outputs).")
     max_token_length: int = _f("data", 75, "Caption tokens per image: 75, or 150/225 to use several 77-token chunks.",
                                choices=(75, 150, 225))
     masked_loss: bool = _f("data", True, "Weight the loss by a mask beside each image (`<stem>-masklabel.png`, "

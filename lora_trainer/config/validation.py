@@ -84,6 +84,8 @@ def _check_combinations(cfg: TrainConfig) -> None:
     if cfg.random_crop and cfg.cache_latents:
         raise _err(cfg, "random_crop", "a random crop changes each epoch and cannot be cached; set cache_latents: "
                           "false or random_crop: false")
+    if cfg.cache_text_encoder_outputs_to_disk and not cfg.cache_text_encoder_outputs:
+        raise _err(cfg, "cache_text_encoder_outputs_to_disk", "needs cache_text_encoder_outputs: true")
     if cfg.cache_latents_to_disk and not cfg.cache_latents:
         raise _err(cfg, "cache_latents_to_disk", "needs cache_latents: true")
     if cfg.load_in_4bit and cfg.load_in_8bit:
@@ -164,6 +166,9 @@ def _check_network(cfg: TrainConfig) -> None:
     if cfg.task_type != "text-to-image" and cfg.network_type != "lora":
         raise _err(cfg, "network_type", f"{cfg.network_type} is for image models; {cfg.task_type} trains a PEFT "
                                         "LoRA (network_type: lora)")
+    if cfg.lora_layout == "peft" and (cfg.network_type in ("loha", "lokr", "dora") or cfg.dora_wd):
+        raise _err(cfg, "lora_layout", f"the diffusers/PEFT layout holds plain LoRA only, not {cfg.network_type}"
+                                       f"{' with dora_wd' if cfg.dora_wd else ''}; set lora_layout: kohya")
     if cfg.lokr_factor == 0:
         raise _err(cfg, "lokr_factor", "0 is not a factor; use -1 (the most square split) or a number > 0")
     for name in BLOCK_LISTS:

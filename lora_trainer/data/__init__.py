@@ -32,3 +32,10 @@ def default_latent_cache_dir(train_data_dir: str) -> str:
     import os
 
     return os.path.join(train_data_dir, ".lora_trainer_cache", "latents")
+
+
+def default_text_cache_dir(train_data_dir: str) -> str:
+    """Where `cache_text_encoder_outputs_to_disk` keeps text-encoder outputs (beside the latents)."""
+    import os
+
+    return os.path.join(train_data_dir, ".lora_trainer_cache", "text")

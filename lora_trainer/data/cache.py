@@ -113,26 +113,78 @@ class LatentCache:
 
 
 class TextEncoderCache:
-    """Text-encoder outputs by caption (memory only). Valid only while the text encoder is frozen
-    and captions do not change per epoch (the config refuses the other combinations)."""
+    """Text-encoder outputs by caption. Valid only while the text encoder is frozen and captions do not
+    change per epoch (the config refuses the other combinations).
 
-    def __init__(self) -> None:
+    With a `directory` every caption's outputs are also one safetensors file named
+    sha256(model_id + caption), written atomically: a later run with the same caption and text encoders
+    (`model_id`: `ModelAdapter.text_cache_id()` plus the run settings that change the outputs) reads it
+    instead of encoding, and anything else gets another name. Tensors read from disk go to `device`.
+    """
+
+    def __init__(self, directory: str | None = None, model_id: str = "", device: torch.device | str | None = None):
+        self.directory = directory
+        self.model_id = model_id
+        self.device = device
         self._store: dict[str, dict[str, torch.Tensor]] = {}
+        self.encoded = 0    # captions encoded by this cache (the rest came from memory or disk)
+        self.disk_hits = 0
+        if directory:
+            os.makedirs(directory, exist_ok=True)
 
     def __len__(self) -> int:
         return len(self._store)
 
+    def path_for(self, caption: str) -> str | None:
+        if not self.directory:
+            return None
+        name = hashlib.sha256(f"{self.model_id}\0{caption}".encode()).hexdigest()
+        return os.path.join(self.directory, name + ".safetensors")
+
+    def _read(self, caption: str) -> dict[str, torch.Tensor] | None:
+        path = self.path_for(caption)
+        if path is None or not os.path.isfile(path):
+            return None
+        from safetensors.torch import load_file
+
+        try:
+            out = load_file(path)
+        except Exception:  # noqa: BLE001 - a truncated or foreign file: encode again
+            with contextlib.suppress(OSError):
+                os.remove(path)
+            return None
+        self.disk_hits += 1
+        return out if self.device is None else {k: v.to(self.device) for k, v in out.items()}
+
+    def _write(self, caption: str, outputs: dict[str, torch.Tensor]) -> None:
+        path = self.path_for(caption)
+        if path is None:
+            return
+        from safetensors.torch import save
+
+        tensors = {k: v.detach().to("cpu").contiguous() for k, v in outputs.items()}
+        atomic_write_bytes(path, save(tensors, metadata={"model_id": self.model_id[:200], "caption": caption[:200]}))
+
     def get_or_encode(self, captions: list[str],
                       encode: Callable[[list[str]], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        """Outputs for `captions` in order, calling `encode` once for the captions not seen yet.
-        `encode` returns {name: tensor with batch first} (ModelAdapter.encode_text)."""
+        """Outputs for `captions` in order, calling `encode` once for the captions found neither in memory
+        nor on disk. `encode` returns {name: tensor with batch first} (ModelAdapter.encode_text)."""
         import torch
 
         missing = list(dict.fromkeys(c for c in captions if c not in self._store))
-        if missing:
+        todo = []
+        for caption in missing:
+            found = self._read(caption)
+            if found is None:
+                todo.append(caption)
+            else:
+                self._store[caption] = found
+        if todo:
             with torch.no_grad():
-                out = encode(missing)
-            for i, caption in enumerate(missing):
+                out = encode(todo)
+            self.encoded += len(todo)
+            for i, caption in enumerate(todo):
                 self._store[caption] = {k: v[i].detach() for k, v in out.items()}
+                self._write(caption, self._store[caption])
         names = self._store[captions[0]].keys()
         return {k: torch.stack([self._store[c][k] for c in captions]) for k in names}

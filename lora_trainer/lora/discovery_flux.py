@@ -40,10 +40,15 @@ def count_blocks(transformer: nn.Module) -> tuple[int, int]:
 
 
 def flux_transformer_targets(transformer: nn.Module, *, chroma: bool, layers: Collection[str] = LAYER_KINDS,
-                             double_blocks: str | None = "all",
-                             single_blocks: str | None = "all") -> list[LoraTarget]:
+                             double_blocks: str | None = "all", single_blocks: str | None = "all",
+                             fused: bool = False) -> list[LoraTarget]:
     """Linear layers of the chosen kinds in the chosen blocks (`double_blocks`/`single_blocks`:
-    "all", "none", or indices like "0-9,12"). Chroma has no modulation layers to choose."""
+    "all", "none", or indices like "0-9,12"). Chroma has no modulation layers to choose.
+
+    `fused`: the Linears that make up one fused BFL weight (q/k/v -> `qkv`; q/k/v + `proj_mlp` ->
+    single-block `linear1`) become one "rows" target named by the BFL key, as on Forge's model (either
+    layer kind selects the whole fused module). LoHa, LoKr and DoRA need it: their delta on the fused
+    weight is not the stack of per-part deltas, so only training the fused module writes an exact file."""
     unknown = set(layers) - set(LAYER_KINDS)
     if unknown:
         raise ValueError(f"flux layers: unknown kind(s) {sorted(unknown)}; choose from {', '.join(LAYER_KINDS)}")
@@ -65,6 +70,22 @@ def flux_transformer_targets(transformer: nn.Module, *, chroma: bool, layers: Co
         except ValueError:
             continue  # e.g. a layer the file format has no key for
         out.append(LoraTarget(naming_flux.internal_name(path), mod, "linear", "unet"))
+    return _fuse_targets(transformer, out, chroma) if fused else out
+
+
+def _fuse_targets(transformer: nn.Module, targets: list[LoraTarget], chroma: bool) -> list[LoraTarget]:
+    """Per-module targets -> one "rows" target per fused BFL module (all its parts, in row order)."""
+    modules = dict(transformer.named_modules())
+    out: list[LoraTarget] = []
+    seen: set[str] = set()
+    for t in targets:
+        slot = naming_flux.bfl_slot(naming_flux.internal_to_path(t.name), chroma)
+        if slot.parts == 1:
+            out.append(t)
+        elif slot.path not in seen:
+            seen.add(slot.path)
+            parts = tuple(modules[p] for p in naming_flux.slot_paths(slot.path))
+            out.append(LoraTarget(naming_flux.bfl_kohya_name(slot.path), parts, "rows", "unet"))
     return out
 
 

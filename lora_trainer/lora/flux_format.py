@@ -22,6 +22,7 @@ from lora_trainer.lora.network import split_kohya_key
 
 MLP_RATIO = 4  # FLUX.1 and Chroma: single-block MLP width = 4 x hidden
 
+_LORA_SUFFIXES = (".lora_down.weight", ".lora_up.weight", ".alpha")
 _BFL_CHILD = {bfl.replace(".", "_"): bfl for bfl in naming_flux.BFL_BLOCK_CHILDREN}
 _K_BLOCK = re.compile(r"^lora_unet_(double|single)_blocks_(\d+)_(.+)$")
 
@@ -60,6 +61,9 @@ def fuse_flux_state_dict(sd: dict[str, torch.Tensor], *, chroma: bool) -> dict[s
         slot = naming_flux.bfl_slot(naming_flux.internal_to_path(name), chroma)
         if slot.parts == 1:
             out[naming_flux.bfl_kohya_name(slot.path) + suf] = sd[key]
+        elif suf not in _LORA_SUFFIXES:
+            raise ValueError(f"{key}: a {suf} module on one part of {naming_flux.bfl_kohya_name(slot.path)} "
+                             "cannot be written exactly; LoHa / LoKr / DoRA train the fused module (fused targets)")
         else:
             groups[slot.path][slot.part] = name
     for bfl_path, parts in groups.items():
@@ -111,14 +115,18 @@ def split_flux_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
     file. Keys outside the blocks (other trainers write e.g. `lora_unet_img_in`) are kept as they are
     and show up as unexpected when loaded."""
     out: dict[str, torch.Tensor] = {}
-    names = dict.fromkeys(split_kohya_key(k)[0] for k in sd)
-    for name in names:
+    keys_of: dict[str, list[str]] = defaultdict(list)
+    for k in sd:
+        keys_of[split_kohya_key(k)[0] or k].append(k)
+    for name, keys in keys_of.items():
         bfl = bfl_path_of_key_name(name)
-        keys = [k for k in (name + ".lora_down.weight", name + ".lora_up.weight", name + ".alpha") if k in sd]
         if bfl is None:
             out.update({k: sd[k] for k in keys})
             continue
         paths = naming_flux.slot_paths(bfl)
+        if len(paths) > 1 and any(split_kohya_key(k)[1] not in _LORA_SUFFIXES for k in keys):
+            out.update({k: sd[k] for k in keys})  # LoHa / LoKr / DoRA: the run trains the fused module itself
+            continue
         if len(paths) == 1:
             new = naming_flux.internal_name(paths[0])
             out.update({new + k[len(name):]: sd[k] for k in keys})

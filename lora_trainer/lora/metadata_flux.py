@@ -52,7 +52,8 @@ def build_flux_metadata(*, kind: str, output_name: str, rank: int, alpha: float,
         "ss_base_model_version": BASE_MODEL_VERSION[kind],
         "ss_v2": "False",
         "ss_v_parameterization": "False",
-        "ss_network_module": NETWORK_MODULE,
+        "ss_network_module": (NETWORK_MODULE if kw.get("network_module", "networks.lora") == "networks.lora"
+                              else kw["network_module"]),  # LoHa / LoKr / DoRA: lycoris.kohya
         "modelspec.architecture": MODELSPEC_ARCH[kind],
         "modelspec.implementation": IMPLEMENTATION[kind],
     })

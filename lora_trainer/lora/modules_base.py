@@ -61,6 +61,11 @@ class AdapterModule(nn.Module):
     def delta_weight(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         raise NotImplementedError
 
+    def delta_rows(self, lo: int, hi: int) -> torch.Tensor:
+        """Rows lo:hi of `delta_weight()` (a "rows" target's part: q, k, v of BFL's fused qkv). Kinds whose
+        factors can be cut by rows override it, so a part never builds the whole fused delta."""
+        return self.delta_weight()[lo:hi]
+
     def _op(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         return F.conv2d(x, w, None, **self._conv) if self.is_conv else F.linear(x, w)
 

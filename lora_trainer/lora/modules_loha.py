@@ -56,6 +56,13 @@ class LoHaModule(AdapterModule):
             w = [t.to(dtype) for t in w]
         return ((w[0] @ w[1]) * (w[2] @ w[3]) * self.scale).reshape(self.shape)
 
+    def delta_rows(self, lo: int, hi: int) -> torch.Tensor:
+        """Rows of the delta from the rows of the `_a` factors (Linear bases): no full-size product."""
+        if len(self.shape) != 2:
+            return super().delta_rows(lo, hi)
+        w1a, w1b, w2a, w2b = (getattr(self, k) for k in _KEYS)
+        return (w1a[lo:hi] @ w1b) * (w2a[lo:hi] @ w2b) * self.scale
+
     def file_tensors(self, dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
         dt = dtype or self.hada_w1_a.dtype
         out = {f".{k}": getattr(self, k).detach().to("cpu", dt).contiguous() for k in _KEYS}

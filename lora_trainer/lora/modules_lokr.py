@@ -106,6 +106,15 @@ class LoKrModule(AdapterModule):
             w1 = w1[:, :, None, None]
         return (torch.kron(w1, w2) * self.scale).reshape(self.shape)
 
+    def delta_rows(self, lo: int, hi: int) -> torch.Tensor:
+        """Rows of kron(w1, w2): whole row blocks of w2 (`lo`, `hi` multiples of its height) come from the
+        rows of w1 alone; any other cut slices the full delta."""
+        w2 = self._half("2", None)
+        c = int(w2.shape[0])
+        if w2.dim() != 2 or lo % c or hi % c:
+            return super().delta_rows(lo, hi)
+        return torch.kron(self._half("1", None)[lo // c:hi // c], w2) * self.scale
+
     def file_tensors(self, dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
         dt = dtype or self._parameters[self.keys[0]].dtype
         out = {f".{k}": getattr(self, k).detach().to("cpu", dt).contiguous() for k in self.keys}

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lora_trainer.errors import UserError
@@ -26,7 +27,7 @@ from lora_trainer.lora.target import LoraTarget
 
 __all__ = ["LoRAModule", "LoRANetwork", "LoRAWeightsError", "LoadReport", "infer_rank_alpha", "split_kohya_key"]
 
-KINDS = ("linear", "conv1x1", "conv", "fused_qkv")
+KINDS = ("linear", "conv1x1", "conv", "fused_qkv", "rows")
 
 
 class LoRAWeightsError(UserError):
@@ -110,6 +111,38 @@ class _Attachment:
         self.had_instance_forward = False
         self.saved_forward: Callable[..., Any] | None = None
         self.out_proj_lora: LoRAModule | None = None  # fused_qkv only: LoRA on the MHA's out_proj
+        self.saved_rows: list[tuple[bool, Any]] = []  # rows only: (had instance forward, it) per Linear
+
+
+def _rows_out(lora: nn.Module, x: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+    """Rows lo:hi of one adapter's output on input `x` (a "rows" target: several Linears that read the same
+    input and are one fused weight in the file, such as FLUX.1's q/k/v inside BFL's `qkv`)."""
+    if isinstance(lora, LoRAModule):
+        h = x.to(lora.lora_down.weight.dtype)
+        if lora.dropout > 0 and lora.training:
+            h = F.dropout(h, lora.dropout)
+        out = F.linear(F.linear(h, lora.lora_down.weight), lora.lora_up.weight[lo:hi])
+        return out if lora.scale == 1.0 else out * lora.scale
+    w = lora.delta_rows(lo, hi)
+    h = x.to(w.dtype)
+    if lora.dropout > 0 and lora.training:
+        h = F.dropout(h, lora.dropout)
+    return F.linear(h, w)
+
+
+def _row_spans(mods: tuple[nn.Module, ...]) -> list[tuple[int, int]]:
+    spans, row = [], 0
+    for m in mods:
+        spans.append((row, row + int(m.weight.shape[0])))
+        row += int(m.weight.shape[0])
+    return spans
+
+
+def _fused_weight(mods: tuple[nn.Module, ...]) -> torch.Tensor:
+    """The stacked weight of a "rows" target (float8 storage upcast: float8 has no cat on every device)."""
+    ws = [m.weight.detach() for m in mods]
+    ws = [w.float() if w.is_floating_point() and w.element_size() == 1 else w for w in ws]
+    return torch.cat(ws, 0)
 
 
 class LoRANetwork(nn.Module):
@@ -160,14 +193,17 @@ class LoRANetwork(nn.Module):
 
     # ---- construction -------------------------------------------------------------------------
     def _new(self, name: str, base: nn.Module, rank: int, alpha: float, conv: bool, dtype: torch.dtype,
-             in_out: tuple[int, int] | None = None, part: int = 0) -> nn.Module:
+             in_out: tuple[int, int] | None = None, part: int = 0,
+             weight_fn: Callable[[], torch.Tensor] | None = None) -> nn.Module:
         if name in self.loras:
             raise ValueError(f"duplicate LoRA name {name!r}")
         if not isinstance(name, str) or "." in name or not name:
             raise ValueError(f"bad LoRA name {name!r}: kohya names contain no dots")
         fused = isinstance(base, nn.MultiheadAttention)  # in_out alone also comes with quantised Linears (Forge)
         w = base.in_proj_weight if fused else base.weight
-        if fused:  # q/k/v: this module's slice of in_proj_weight
+        if weight_fn is not None:  # a "rows" target: the stacked weight of its Linears
+            pass
+        elif fused:  # q/k/v: this module's slice of in_proj_weight
             e = in_out[0]
             weight_fn = lambda: base.in_proj_weight[part * e:(part + 1) * e]  # noqa: E731
         else:
@@ -192,6 +228,16 @@ class LoRANetwork(nn.Module):
             if in_out is None and not isinstance(mod, nn.Linear):
                 raise ValueError(f"{t.name}: kind 'linear' needs nn.Linear, got {type(mod).__name__}")
             loras = [self._new(t.name, mod, self.rank, self.alpha, False, dtype, in_out=in_out)]
+        elif t.kind == "rows":
+            mods = tuple(mod)
+            ins = {int(m.weight.shape[1]) for m in mods}
+            if not mods or not all(isinstance(m, nn.Linear) for m in mods) or len(ins) != 1:
+                raise ValueError(f"{t.name}: kind 'rows' needs nn.Linear layers that read the same input")
+            plan = self.plans.get(t.name)
+            r, al = (plan.rank, plan.alpha) if plan is not None else (self.rank, self.alpha)
+            in_out = (ins.pop(), sum(int(m.weight.shape[0]) for m in mods))
+            loras = [self._new(t.name, mods[0], r, al, False, dtype, in_out=in_out,
+                               weight_fn=lambda: _fused_weight(mods))]
         elif t.kind in ("conv1x1", "conv"):
             if not isinstance(mod, nn.Conv2d):
                 raise ValueError(f"{t.name}: kind {t.kind!r} needs nn.Conv2d, got {type(mod).__name__}")
@@ -241,6 +287,11 @@ class LoRANetwork(nn.Module):
             return self
         for a in self._attachments:
             mod = a.target.module
+            if a.target.kind == "rows":
+                a.saved_rows = [("forward" in m.__dict__, m.__dict__.get("forward")) for m in mod]
+                for m, (lo, hi) in zip(mod, _row_spans(mod), strict=True):
+                    m.forward = self._make_rows_forward(m.forward, a.loras[0], lo, hi)
+                continue
             a.had_instance_forward = "forward" in mod.__dict__
             a.saved_forward = mod.__dict__.get("forward")
             orig = mod.forward
@@ -259,6 +310,14 @@ class LoRANetwork(nn.Module):
             return
         for a in reversed(self._attachments):
             mod = a.target.module
+            if a.target.kind == "rows":
+                for m, (had, saved) in zip(mod, a.saved_rows, strict=True):
+                    if had:
+                        m.forward = saved
+                    else:
+                        m.__dict__.pop("forward", None)
+                a.saved_rows = []
+                continue
             if a.had_instance_forward:
                 mod.forward = a.saved_forward
             else:
@@ -273,6 +332,16 @@ class LoRANetwork(nn.Module):
             if mult == 0:
                 return y
             out = lora.lora_out(x)
+            return y + (out if mult == 1.0 else out * mult).to(y.dtype)
+        return forward
+
+    def _make_rows_forward(self, orig: Callable[..., Any], lora: nn.Module, lo: int, hi: int) -> Callable[..., Any]:
+        def forward(x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+            y = orig(x, *args, **kwargs)
+            mult = self.multiplier
+            if mult == 0:
+                return y
+            out = _rows_out(lora, x, lo, hi)
             return y + (out if mult == 1.0 else out * mult).to(y.dtype)
         return forward
 
@@ -391,7 +460,10 @@ class LoRANetwork(nn.Module):
         out = []
         for a in self._attachments:
             mod = a.target.module
-            if a.target.kind == "fused_qkv":
+            if a.target.kind == "rows":
+                d = a.loras[0].delta_weight()
+                out.extend((m.weight, d[lo:hi]) for m, (lo, hi) in zip(mod, _row_spans(mod), strict=True))
+            elif a.target.kind == "fused_qkv":
                 out.append((mod.in_proj_weight, torch.cat([lo.delta_weight() for lo in a.loras], 0)))
                 if a.out_proj_lora is not None:
                     out.append((mod.out_proj.weight, a.out_proj_lora.delta_weight()))

@@ -17,7 +17,10 @@ class LoraTarget:
     module: the torch module (nn.Linear, nn.Conv2d, or nn.MultiheadAttention for kind "fused_qkv").
     kind:   "linear" | "conv1x1" | "conv" (kxk, LoCon; uses conv_dim/conv_alpha) |
             "fused_qkv" (open_clip / nn.MultiheadAttention `in_proj_weight` with q/k/v stacked:
-            three LoRAs named by `names`, saved as separate q/k/v keys).
+            three LoRAs named by `names`, saved as separate q/k/v keys) |
+            "rows" (`module` is a tuple of nn.Linear that read the same input and are one fused
+            weight in the file, e.g. FLUX.1's to_q/to_k/to_v = BFL `qkv`: one adapter over the
+            stacked weight, each Linear adds its rows of the output).
     group:  "unet" | "text_encoder" (selects the learning rate and UNet-only / TE-only training).
     names:  for "fused_qkv": the (q, k, v) kohya names; empty otherwise.
     """

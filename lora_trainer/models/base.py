@@ -120,6 +120,33 @@ class ModelAdapter(abc.ABC):
         """Extra `ss_*` metadata the adapter knows (e.g. ss_sd_model_name, ss_v2)."""
         return {}
 
+    def text_cache_id(self) -> str:
+        """What the text-encoder outputs depend on besides the caption, for the disk cache's file names:
+        a family that can read its text encoders' weights says so (`weights_fingerprint`); the default is
+        the model's name and hash."""
+        info = self.info
+        return f"{info.arch}:{info.model_name}:{info.model_hash}"
+
+
+def weights_fingerprint(*modules: torch.nn.Module | None) -> str:
+    """sha256 over every tensor's name, shape, dtype and 64 evenly spaced values: another or a fine-tuned
+    model changes it (its weights differ throughout), without reading gigabytes (T5-XXL: ~9 GB)."""
+    import hashlib
+
+    import torch
+
+    digest = hashlib.sha256()
+    for i, mod in enumerate(modules):
+        if mod is None:
+            continue
+        for name, t in mod.state_dict().items():
+            digest.update(f"{i}:{name}:{tuple(t.shape)}:{t.dtype}".encode())
+            flat = t.detach().reshape(-1)
+            if flat.numel():
+                sample = flat[:: max(1, flat.numel() // 64)][:64]
+                digest.update(sample.to("cpu", torch.float64).numpy().tobytes())
+    return digest.hexdigest()
+
 
 def move_parts(modules: dict[str, torch.nn.Module], device: torch.device | str | None,
                dtype: torch.dtype | None, vae_dtype: torch.dtype | None = None) -> None:

@@ -15,7 +15,14 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from lora_trainer.models.base import BASE_MODEL_VERSION, AdapterInfo, ModelAdapter, SizeInfo, move_parts
+from lora_trainer.models.base import (
+    BASE_MODEL_VERSION,
+    AdapterInfo,
+    ModelAdapter,
+    SizeInfo,
+    move_parts,
+    weights_fingerprint,
+)
 from lora_trainer.models.ddpm import ddim_sample
 from lora_trainer.models.snapshot import ModelSnapshot, eval_mode
 
@@ -228,6 +235,11 @@ class DiffusersAdapter(ModelAdapter):
         return Image.fromarray(arr, "RGB")
 
     # ---- metadata ----------------------------------------------------------------------------
+    def text_cache_id(self) -> str:
+        """The text encoders' weights and tokenizer sizes (the disk cache's file names change with them)."""
+        return (f"{self.info.arch}:tok {[len(t) for t in self.tokenizers]}:"
+                f"{weights_fingerprint(*self.text_encoders)}")
+
     def metadata(self) -> dict[str, str]:
         v = self.info.prediction_type == "v_prediction"
         version = BASE_MODEL_VERSION[self.info.arch] + ("_v" if v and self.info.arch == "sd2" else "")

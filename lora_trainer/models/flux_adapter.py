@@ -18,7 +18,7 @@ import torch
 
 from lora_trainer.errors import ConfigError
 from lora_trainer.models import flux_math, flux_sampler
-from lora_trainer.models.base import AdapterInfo, ModelAdapter, SizeInfo, move_parts
+from lora_trainer.models.base import AdapterInfo, ModelAdapter, SizeInfo, move_parts, weights_fingerprint
 from lora_trainer.models.flow import FlowMatchingObjective
 from lora_trainer.models.objective import NoisedBatch
 
@@ -60,12 +60,31 @@ class FluxOptions:
     fp8_base: bool = False
     blocks_to_swap: int = 0
     lora_layout: str = "kohya"
+    fused_targets: bool = False  # LoHa / LoKr / DoRA: train BFL's fused qkv / linear1 as one module
+    swap_prefetch: bool = True   # block swap: issue the next block's copy while one runs
 
     @classmethod
     def from_config(cls, cfg: Any) -> FluxOptions:
         return cls(cfg.timestep_sampling, cfg.discrete_flow_shift, cfg.sigmoid_scale, cfg.guidance_scale_train,
                    cfg.t5_max_token_length, tuple(cfg.flux_layers), str(cfg.flux_double_blocks),
-                   str(cfg.flux_single_blocks), cfg.fp8_base, cfg.blocks_to_swap, cfg.lora_layout)
+                   str(cfg.flux_single_blocks), cfg.fp8_base, cfg.blocks_to_swap, cfg.lora_layout,
+                   fused_targets=needs_fused_targets(cfg.network_type, cfg.dora_wd))
+
+
+def needs_fused_targets(network_type: str, dora_wd: bool) -> bool:
+    """Separate q/k/v LoRAs are exactly one LoRA on the fused BFL weight (stacked downs, block-diagonal ups);
+    a LoHa / LoKr product or a DoRA norm is not, so these kinds train the fused module itself."""
+    return network_type in ("loha", "lokr", "dora") or bool(dora_wd)
+
+
+def lora_targets_for(ad: ModelAdapter, network_type: str, dora_wd: bool, **kw: Any) -> list[LoraTarget]:
+    """`ad.lora_targets(**kw)` for a network of `network_type`: on a diffusers-layout FLUX.1 / Chroma model
+    the fused BFL modules are trained whole when the type needs it (whatever the adapter was built with: a
+    `network_weights` file may set the type, and a caller may hand over an adapter built without the run's
+    options). Other adapters (SD; BFL-layout models, whose targets are the fused modules) as they are."""
+    if isinstance(ad, FluxAdapter):
+        return ad.lora_targets(**kw, fused=needs_fused_targets(network_type, dora_wd))
+    return ad.lora_targets(**kw)
 
 
 def flux_objective(o: FluxOptions, *, dynamic_shift: bool) -> FluxObjective:
@@ -154,7 +173,10 @@ class FluxAdapter(ModelAdapter):
         """CLIP-L of FLUX.1 can carry a LoRA; T5 never does, and Chroma has no CLIP."""
         return self.kind != "chroma" and self.parts.get("text_encoder") is not None
 
-    def lora_targets(self, *, unet: bool, text_encoder: bool, conv: bool) -> list[LoraTarget]:
+    def lora_targets(self, *, unet: bool, text_encoder: bool, conv: bool,
+                     fused: bool | None = None) -> list[LoraTarget]:
+        """`fused`: train BFL's fused modules whole (None: as the run's network type needs; a file reader
+        passes what the file's type needs)."""
         from lora_trainer.lora.discovery_flux import flux_clip_targets, flux_transformer_targets
 
         o = self.options
@@ -162,7 +184,8 @@ class FluxAdapter(ModelAdapter):
         if unet:
             try:
                 out += flux_transformer_targets(self.transformer, chroma=self.kind == "chroma", layers=o.layers,
-                                                double_blocks=o.double_blocks, single_blocks=o.single_blocks)
+                                                double_blocks=o.double_blocks, single_blocks=o.single_blocks,
+                                                fused=o.fused_targets if fused is None else fused)
             except ValueError as e:
                 field = ("flux_layers" if "layers" in str(e) else
                          "flux_double_blocks" if "double" in str(e) else "flux_single_blocks")
@@ -233,7 +256,7 @@ class FluxAdapter(ModelAdapter):
                 blocks = flux_swap_blocks(self.transformer, o.blocks_to_swap)
             except ValueError as e:
                 raise ConfigError("blocks_to_swap", str(e)) from e
-            self._swap = BlockSwap(blocks, self._target or self.device).attach()
+            self._swap = BlockSwap(blocks, self._target or self.device, prefetch=o.swap_prefetch).attach()
         return self._swap is not None
 
     def place(self, device: torch.device | str, dtype: torch.dtype, *, vae_dtype: torch.dtype | None = None
@@ -298,6 +321,14 @@ class FluxAdapter(ModelAdapter):
         self._t5_released = True
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+    def text_cache_id(self) -> str:
+        """T5 (and CLIP-L) weights, tokenizers' sizes and the T5 length: a changed text encoder, or a
+        `t5_max_token_length` change, gives other file names in the text-encoder disk cache."""
+        p = self.parts
+        tok = [len(t) if t is not None else 0 for t in (p.get("tokenizer"), p.get("tokenizer_2"))]
+        return (f"{self.kind}:t5 {self.max_sequence_length}:tok {tok}:"
+                f"{weights_fingerprint(p.get('text_encoder'), p.get('text_encoder_2'))}")
 
     def metadata(self) -> dict[str, str]:
         o = self.options

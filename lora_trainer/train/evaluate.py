@@ -99,16 +99,18 @@ def load_network(adapter: Any, lora_file: str) -> Any:
     from lora_trainer.lora.file import load_lora_file
     from lora_trainer.lora.metadata_flux import FLUX_KINDS, load_flux_lora
 
-    if adapter.info.arch in FLUX_KINDS:  # fused BFL modules split back per trained module
-        from lora_trainer.lora.network import LoRANetwork, infer_rank_alpha
+    if adapter.info.arch in FLUX_KINDS:  # fused BFL modules split back per trained module (LoRA), or kept
+        from lora_trainer.lora.infer import spec_from_weights
+        from lora_trainer.lora.network import LoRANetwork
+        from lora_trainer.models.flux_adapter import lora_targets_for
 
         sd, _ = load_flux_lora(lora_file)
-        ra = infer_rank_alpha(sd)
+        spec = spec_from_weights(sd)
         has_te = any(k.startswith("lora_te") for k in sd)
-        has_unet = any(k.startswith("lora_transformer") for k in sd)
-        targets = adapter.lora_targets(unet=has_unet, text_encoder=has_te, conv=ra.conv_rank > 0)
-        net = LoRANetwork(targets, rank=ra.rank or ra.conv_rank, alpha=ra.alpha, conv_rank=ra.conv_rank,
-                          conv_alpha=ra.conv_alpha)
+        has_unet = any(k.startswith(("lora_transformer", "lora_unet")) for k in sd)
+        targets = lora_targets_for(adapter, spec.network_type, spec.dora_wd, unet=has_unet, text_encoder=has_te,
+                                   conv=spec.conv_rank > 0)
+        net = LoRANetwork.from_spec(targets, spec)
         net.load_kohya_state_dict(sd)
     else:
         from lora_trainer.lora.infer import network_for_file

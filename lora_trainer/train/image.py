@@ -182,7 +182,12 @@ class ImageLoRATask(Task):
                      "warning" if report.missing or report.unexpected else "info")
 
     def _setup_caches(self, ad: ModelAdapter) -> None:
-        from lora_trainer.data import LatentCache, TextEncoderCache, default_latent_cache_dir
+        from lora_trainer.data import (
+            LatentCache,
+            TextEncoderCache,
+            default_latent_cache_dir,
+            default_text_cache_dir,
+        )
 
         cfg = self.cfg
         self.latent_cache = None
@@ -193,7 +198,14 @@ class ImageLoRATask(Task):
         changes = cfg.shuffle_caption or cfg.caption_dropout_rate > 0
         # frozen text encoder + fixed captions: each caption is encoded once (cache_text_encoder_outputs
         # asks for it; it is free, so it is done whenever it is valid)
-        self.te_cache = TextEncoderCache() if not self.train_te and not changes else None
+        self.te_cache = None
+        if not self.train_te and not changes:
+            disk, te_id = None, ""
+            if cfg.cache_text_encoder_outputs_to_disk:
+                disk = default_text_cache_dir(cfg.train_data_dir)
+                # what else the outputs depend on: the text encoders, and the settings that reach them
+                te_id = f"{ad.text_cache_id()}:{cfg.mixed_precision}:{cfg.max_token_length}:{cfg.clip_skip}"
+            self.te_cache = TextEncoderCache(disk, te_id, self.device)
         self._precompute()
         if self.te_cache is not None:  # frozen and cached: the family may move its text encoders off the GPU
             ad.release_text_encoders([p.prompt for p in self.prompts] + [p.negative for p in self.prompts])

@@ -124,6 +124,9 @@ def _widths(plans: list[Any]) -> set[int]:
     out: set[int] = set()
     for p in plans:
         mod = p.target.module
+        if p.target.kind == "rows":  # Linears stacked into one fused weight: its in and out widths
+            out.update({int(mod[0].weight.shape[1]), sum(int(m.weight.shape[0]) for m in mod)})
+            continue
         if isinstance(mod, nn.MultiheadAttention):
             out.add(int(mod.embed_dim))
             continue
@@ -168,8 +171,11 @@ def build_network(ad: ModelAdapter, cfg: TrainConfig, train_te: bool,
             log(f"network_weights is a {from_file.network_type} file; training it as {from_file.network_type} "
                 f"(network_type: {spec.network_type} ignored)", "warning")
         spec = from_file
-    targets: list[LoraTarget] = ad.lora_targets(unet=cfg.train_unet, text_encoder=train_te,
-                                                conv=spec.effective_conv_rank > 0 or bool(spec.conv_block_dims))
+    from lora_trainer.models.flux_adapter import lora_targets_for
+
+    targets: list[LoraTarget] = lora_targets_for(ad, spec.network_type, spec.dora_wd, unet=cfg.train_unet,
+                                                 text_encoder=train_te,
+                                                 conv=spec.effective_conv_rank > 0 or bool(spec.conv_block_dims))
     if not targets:
         raise ConfigError("train_unet", "nothing to train: no LoRA target modules (train_unet and "
                                         "train_text_encoder are both off?)")

@@ -18,7 +18,13 @@ from contextlib import contextmanager
 
 FORGE_MIRROR = os.environ.get("FORGE_MIRROR", "/work/.mirror/lllyasviel+stable-diffusion-webui-forge/repo")
 FILES = ["packages_3rdparty/comfyui_lora_collection/lora.py", "packages_3rdparty/comfyui_lora_collection/utils.py",
+         "packages_3rdparty/webui_lora_collection/lora.py", "backend/patcher/lora.py",
          "backend/nn/flux.py", "backend/nn/chroma.py"]
+# what backend/patcher/lora.py imports from Forge's runtime: a device/dtype cast, and a bnb flag read only
+# for bitsandbytes-quantised weights
+MEMORY_SHIM = "def cast_to_device(tensor, device, dtype, copy=False):\n" \
+              "    return tensor.to(device=device, dtype=dtype, copy=copy)\n"
+OPERATIONS_SHIM = "bnb_avaliable = False\n"
 
 ATTENTION_SHIM = '''
 import torch
@@ -59,19 +65,24 @@ def _show(path: str) -> str:
 
 @contextmanager
 def forge_modules(root: str):
-    """Yield a namespace with `lora` (Forge's key maps + loader), `flux`, `chroma`; the generic module
+    """Yield a namespace with `lora` (the ComfyUI-derived key maps + loader), `patcher` (Forge's
+    `backend/patcher/lora.py`: the dispatching `load_lora` / key maps and `merge_lora_to_weight`, which
+    applies every patch kind: lora, loha, lokr, DoRA), `flux`, `chroma`; the generic module
     names (`backend`, `packages_3rdparty`) are removed from sys.modules afterwards."""
     for path in FILES:
         dst = os.path.join(root, path)
         os.makedirs(os.path.dirname(dst), exist_ok=True)
         with open(dst, "w", encoding="utf-8") as f:
             f.write(_show(path))
-    for pkg in ("backend", "backend/nn", "packages_3rdparty", "packages_3rdparty/comfyui_lora_collection"):
+    for pkg in ("backend", "backend/nn", "backend/patcher", "packages_3rdparty",
+                "packages_3rdparty/comfyui_lora_collection", "packages_3rdparty/webui_lora_collection"):
         open(os.path.join(root, pkg, "__init__.py"), "w").close()
     with open(os.path.join(root, "backend", "attention.py"), "w", encoding="utf-8") as f:
         f.write(ATTENTION_SHIM)
-    with open(os.path.join(root, "backend", "utils.py"), "w", encoding="utf-8") as f:
-        f.write(UTILS_SHIM)
+    for name, text in (("utils.py", UTILS_SHIM), ("memory_management.py", MEMORY_SHIM),
+                       ("operations.py", OPERATIONS_SHIM)):
+        with open(os.path.join(root, "backend", name), "w", encoding="utf-8") as f:
+            f.write(text)
     clashes = [m for m in sys.modules if m.split(".")[0] in ("backend", "packages_3rdparty")]
     assert not clashes, f"modules already imported: {clashes}"
     sys.path.insert(0, root)
@@ -79,6 +90,7 @@ def forge_modules(root: str):
         import importlib
 
         yield types.SimpleNamespace(lora=importlib.import_module("packages_3rdparty.comfyui_lora_collection.lora"),
+                                    patcher=importlib.import_module("backend.patcher.lora"),
                                     flux=importlib.import_module("backend.nn.flux"),
                                     chroma=importlib.import_module("backend.nn.chroma"))
     finally:

@@ -41,6 +41,7 @@ def _run(parts, transformer, *, swap: bool, checkpointing: bool):
         hook.remove()
         copies = swapper.copies if swapper is not None else 0
         if swapper is not None:
+            assert ("prefetched", 1) in swapper.events  # the prefetch path ran
             swapper.detach()
     assert {id(p) for b in blocks for p in b.parameters()} == params  # the module's own Parameters afterwards
     assert seen and all(s != swap for s in seen)  # swapped: every forward (and recomputation) ran on a copy
@@ -80,3 +81,83 @@ def test_block_swap_refuses_trainable_weights_and_counts_like_kohya(tiny_flux):
     assert chosen[8:] == list(real.single_transformer_blocks[22:])
     with pytest.raises(ValueError, match="too many"):
         flux_swap_blocks(real, 40)  # 20 double blocks; FLUX.1 has 19
+
+
+# ---- prefetch: which block's copy is in flight when ------------------------------------------------------
+class _Block(nn.Module):
+    def __init__(self, seed: int):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.lin = nn.Linear(8, 8).requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.lin(x))
+
+
+def _steps(swap: BlockSwap | None, blocks: list[nn.Module], *, checkpointing: bool, steps: int = 2):
+    """`steps` forward/backward passes through the blocks with a trainable input scale; the grads."""
+    from torch.utils.checkpoint import checkpoint
+
+    device = swap.device if swap is not None else next(blocks[0].parameters()).device
+    scale = nn.Parameter(torch.ones(8, device=device))
+    x = torch.linspace(-1, 1, 16, device=device).reshape(2, 8)
+    grads = []
+    for _ in range(steps):
+        h = x * scale
+        for b in blocks:
+            h = checkpoint(b, h, use_reentrant=False) if checkpointing else b(h)
+        h.pow(2).sum().backward()
+        grads.append(scale.grad.clone())
+        scale.grad = None
+    return grads
+
+
+def test_prefetch_issues_the_next_block_while_one_runs_and_backward_goes_downward():
+    blocks = [_Block(i) for i in range(4)]
+    swap = BlockSwap(blocks, "cpu").attach()
+    try:
+        grads = _steps(swap, blocks, checkpointing=True)
+    finally:
+        swap.detach()
+    forward = [("copied", 0), ("prefetch", 1), ("prefetched", 1), ("prefetch", 2), ("prefetched", 2),
+               ("prefetch", 3), ("prefetched", 3)]
+    # backward recomputes from the last block down; the turn at block 3 is copied, the rest were prefetched,
+    # and the visit to block 0 already sends block 1 for the next step's forward
+    backward = [("copied", 3), ("prefetch", 2), ("prefetched", 2), ("prefetch", 1), ("prefetched", 1),
+                ("prefetch", 0), ("prefetched", 0), ("prefetch", 1)]
+    second_forward = [("copied", 0), ("prefetched", 1), ("prefetch", 2), ("prefetched", 2), ("prefetch", 3),
+                      ("prefetched", 3)]
+    assert list(swap.events) == forward + backward + second_forward + backward
+    plain = _steps(None, blocks, checkpointing=True)
+    assert all(torch.equal(a, b) for a, b in zip(grads, plain, strict=True))
+
+
+def test_without_checkpointing_each_forward_prefetches_all_but_its_first_block():
+    blocks = [_Block(i) for i in range(3)]
+    swap = BlockSwap(blocks, "cpu").attach()
+    try:
+        grads = _steps(swap, blocks, checkpointing=False)
+    finally:
+        swap.detach()
+    one = [("copied", 0), ("prefetch", 1), ("prefetched", 1), ("prefetch", 2), ("prefetched", 2)]
+    assert list(swap.events) == one + one
+    off = BlockSwap(blocks, "cpu", prefetch=False).attach()
+    try:
+        assert all(torch.equal(a, b) for a, b in zip(_steps(off, blocks, checkpointing=False), grads, strict=True))
+    finally:
+        off.detach()
+    assert list(off.events) == [("copied", i) for i in range(3)] * 2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: the side-stream copies and their events")
+def test_cuda_prefetch_on_a_side_stream_equals_the_plain_run():
+    blocks = [_Block(i) for i in range(4)]
+    plain = _steps(None, [copy.deepcopy(b).cuda() for b in blocks], checkpointing=True)
+    swap = BlockSwap(blocks, "cuda").attach()
+    try:
+        assert swap._stream is not None
+        swapped = _steps(swap, blocks, checkpointing=True)
+    finally:
+        swap.detach()
+    assert ("prefetched", 2) in swap.events
+    assert all(torch.equal(a.cpu(), b.cpu()) for a, b in zip(swapped, plain, strict=True))
