@@ -276,3 +276,19 @@ def test_forges_text_engines_run_once_per_caption(forge_model, dataset, tmp_path
 def test_only_the_kohya_layout_is_written_from_forge(forge_model):
     with pytest.raises(ConfigError, match="lora_layout"):
         ForgeFluxAdapter(forge_model("flux"), options=FluxOptions(lora_layout="peft"))
+
+
+@pytest.mark.parametrize("network_type", ["loha", "lokr", "dora"])
+def test_lycoris_types_and_dora_train_on_forges_flux(forge_model, dataset, tmp_path, network_type):
+    """The #13 types on Forge's BFL-layout transformer: fused qkv / linear1 are single modules there."""
+    sd_model = forge_model("flux")
+    before = host_state(sd_model)
+    adapter = ForgeFluxAdapter(sd_model, verify_hash=True)
+    result = train(make_cfg(dataset, tmp_path / "out", max_train_steps=2, network_type=network_type,
+                            cache_text_encoder_outputs=True, train_text_encoder=False,
+                            cache_text_encoder_outputs_to_disk=True), adapter=adapter)
+    assert result.steps == 2 and adapter.verify() == [] and host_state(sd_model) == before
+    sd = load_file(result.output_path)
+    marker = {"loha": "hada_w1_a", "lokr": "lokr_w1", "dora": "dora_scale"}[network_type]
+    assert any(k.startswith("lora_unet_double_blocks_0_img_attn_qkv.") and marker in k for k in sd), sorted(sd)[:8]
+    forge_maps_every_key(sd_model, result.output_path)
