@@ -275,17 +275,18 @@ class Transfer:
     def _fetch(self, wid: int, seg: Segment, slot: Slot, buf: list[bytearray], fd: int) -> bool:
         """Fill seg through the one retry loop. True: seg is done or handed over; False: this connection
         gives up (seg goes back to the pool)."""
-        start = [seg.cursor]  # where the current try began
-        streaming = [False]
+        start = seg.cursor  # where the current try began
+        streaming = False  # the current try got its answer and reads the body
 
         def attempt(tries: Tries) -> bool:
+            nonlocal start, streaming
             if self._abort.is_set():
                 raise _Stopped
             if seg.end is not None and seg.cursor >= seg.end:  # done, or the rest went to another connection
                 return True
-            start[0], streaming[0] = seg.cursor, False
+            start, streaming = seg.cursor, False
             opened = self._open(wid, seg, slot, tries.refresh)
-            tries.refresh, streaming[0] = False, True
+            tries.refresh, streaming = False, True
             finished = self._stream(wid, seg, opened, buf, fd)
             if finished is None:
                 raise _Stopped
@@ -295,9 +296,9 @@ class Transfer:
 
         def on_stall() -> bool | None:
             """A stream that went silent hands the rest of its range to an idle connection."""
-            if not (streaming[0] and self.remote.ranges and seg.end is not None):
+            if not (streaming and self.remote.ranges and seg.end is not None):
                 return None
-            rest = self.sched.hand_over(seg, failed=seg.cursor == start[0])
+            rest = self.sched.hand_over(seg, failed=seg.cursor == start)
             if rest is not None and rest.failures > 2 * self.opts.retries:
                 raise NetworkError(f"download failed: {_describe(TimeoutError(), seg)}, {rest.failures} times in a "
                                    "row; run the same command again to resume")
@@ -310,20 +311,18 @@ class Transfer:
                 raise _Stopped
             if not self.remote.ranges and seg.cursor > seg.start:
                 self.sched.reset(seg)  # no Range support: the only way on is from the start
-            seg.failures = (0 if seg.cursor > start[0] else seg.failures) + 1
+            seg.failures = (0 if seg.cursor > start else seg.failures) + 1
             if seg.failures > 2 * self.opts.retries:  # every connection that tried this range failed
                 raise NetworkError(f"download failed after {seg.failures} tries at byte {seg.cursor}: "
                                    f"{self.last_error}; run the same command again to resume")
 
         def sleep(seconds: float) -> None:
-            if self.stop is not None and self.stop.wait(seconds):
+            if self._abort.wait(seconds):  # set on cancel (by the monitor) and when another connection failed it
                 raise _Stopped
-            if self.stop is None:
-                time.sleep(seconds)
 
         try:
             return retrying(attempt, self.opts, self._malformed, slot.close, sleep, failed=failed,
-                            progressed=lambda: seg.cursor > start[0], on_stall=on_stall,
+                            progressed=lambda: seg.cursor > start, on_stall=on_stall,
                             refreshable=self.remote.url != self.source_url)
         except _Stopped:  # cancelled, or another connection failed the download
             return False
