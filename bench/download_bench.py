@@ -82,6 +82,7 @@ def run(cmd: list[str], out: Path | None, env: dict, cwd: Path) -> tuple[float, 
         wall, cpu = inner["wall"], inner["cpu"]
     if out is not None and out.exists():
         out.unlink()
+    os.sync()  # no writeback left over from this run slows the next one (outside the timing)
     return wall, cpu, size
 
 
@@ -105,6 +106,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="dlbench-"))
     sizes = {"throttled": random_file(work / "src.dat", SIZE_MB), "loopback": random_file(work / "big.dat", LOOP_MB)}
     sizes["small"] = sizes["throttled"]
+    os.sync()  # the kernel would write these back 30 s later, in the middle of the runs
     aria2, curl, sha = shutil.which("aria2c"), shutil.which("curl"), shutil.which("sha256sum")
     # our children: a bytecode cache like an installed package (this machine sets PYTHONDONTWRITEBYTECODE)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
