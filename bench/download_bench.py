@@ -16,7 +16,7 @@ Ours is measured as a user runs it (`python -m lora_trainer download`: Python st
 included, with a bytecode cache as an installed package has one) and in-process (`download()` timed
 inside an already started interpreter); the start-up alone is a row of its own. Ours hashes SHA-256 and
 syncs the file to disk before it appears; curl and aria2c do neither. Each client runs BENCH_REPEAT
-times (3 throttled, 5 on loopback), interleaved with the others; the table shows medians (wall, CPU =
+times (3 throttled, 7 on loopback), interleaved with the others; the table shows medians (wall, CPU =
 user+sys of the client process and its children). Ratios = our median throughput / theirs; > 1 means we
 are faster. `uptime` is printed before and after: on a loaded machine the numbers are noisy.
 BENCH_BASELINE=/path/to/old/checkout adds "before" rows (its lora_trainer, same runs).
@@ -47,7 +47,7 @@ RATE = float(os.environ.get("BENCH_RATE_MB", "2")) * MB
 CONNS = int(os.environ.get("BENCH_CONNECTIONS", "16"))
 CURL_MAX_S = float(os.environ.get("BENCH_CURL_MAX_S", "3"))
 REPEAT = os.environ.get("BENCH_REPEAT")
-REPEATS = {"throttled": int(REPEAT or 3), "loopback": int(REPEAT or 5), "small": int(REPEAT or 5)}
+REPEATS = {"throttled": int(REPEAT or 3), "loopback": int(REPEAT or 7), "small": int(REPEAT or 7)}
 BASELINE = os.environ.get("BENCH_BASELINE")
 IMPORTS = "import lora_trainer.cli, lora_trainer.commands.download, lora_trainer.download"
 ARIA2_K1M = f"aria2c -x{CONNS} -s{CONNS} -k1M"
