@@ -23,8 +23,9 @@ from lora_trainer.download.errors import (
     MalformedResponseError,
     NetworkError,
     RemoteChangedError,
+    SpaceError,
 )
-from lora_trainer.download.fileio import open_rw, sync_data, write_at
+from lora_trainer.download.fileio import open_rw, preallocate, sync_data, write_at
 from lora_trainer.download.hashing import StreamHasher
 from lora_trainer.download.http import Client, Opened, Slot, raise_for_status
 from lora_trainer.download.options import DownloadOptions
@@ -139,8 +140,12 @@ class Transfer:
     def run(self) -> None:
         self.fd = open_rw(self.part)
         try:
-            if self.remote.size is not None and os.fstat(self.fd).st_size != self.remote.size:
-                os.ftruncate(self.fd, self.remote.size)  # sparse; pwrite fills it
+            if self.remote.size is not None:
+                if os.fstat(self.fd).st_size != self.remote.size:
+                    os.ftruncate(self.fd, self.remote.size)  # pwrite fills it
+                if preallocate(self.fd, self.remote.size) == "full":
+                    raise SpaceError(f"the disk is full: {self.part.name} needs {self.remote.size >> 20} MiB; free "
+                                     "some space or choose another folder with --to")
             self._save_state(sync=False)  # claims no new bytes yet: no need to sync
             # a fresh ranged download starts on the probe's stream alone and opens the other
             # connections only if that one is not already fast (see _monitor): one fast stream keeps
@@ -437,8 +442,6 @@ class Transfer:
                     buf[0] = spare
                     view = memoryview(spare)
             if cap is not None and seg.cursor > cap:
-                from lora_trainer.download.errors import SpaceError
-
                 raise SpaceError(f"the file is larger than the size cap ({cap} bytes); raise --max-size")
         if self._abort.is_set():
             opened.conn.close()
