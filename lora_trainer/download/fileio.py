@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 import sys
 from pathlib import Path
 
 POSITIONAL = hasattr(os, "pwrite") and hasattr(os, "pread")
-_FALLOCATE: list = []  # libc's fallocate, looked up once ([None] where there is none)
 
 
 def open_rw(path: Path) -> int:
@@ -47,9 +47,7 @@ def preallocate(fd: int, size: int) -> str:
     file stays sparse). glibc's posix_fallocate is not used: without filesystem support it writes blocks."""
     if size <= 0 or not sys.platform.startswith("linux"):
         return "unsupported"
-    if not _FALLOCATE:
-        _FALLOCATE.append(_libc_fallocate())
-    fallocate = _FALLOCATE[0]
+    fallocate = _libc_fallocate()
     if fallocate is None:
         return "unsupported"
     if fallocate(fd, 0, 0, size) == 0:
@@ -59,7 +57,9 @@ def preallocate(fd: int, size: int) -> str:
     return "full" if ctypes.get_errno() == errno.ENOSPC else "unsupported"
 
 
+@functools.cache
 def _libc_fallocate():
+    """libc's fallocate (None where there is none), looked up once."""
     import ctypes
 
     try:
