@@ -1,8 +1,9 @@
 """Moving bytes: probe the remote file, then N ranged connections (or one stream) into `<name>.part`.
 
-Every connection retries on its own (drops, stalls, 5xx, 429 with Retry-After, expired signed
-URLs re-resolved from the original link) and checks each answer against the file identity, so a
-file that changes on the server aborts the transfer instead of splicing two versions together.
+The probe and every connection try their requests through the one retry loop (`retry.retrying`:
+drops, stalls, 5xx, 429 with Retry-After, expired signed URLs re-resolved from the original link), and
+every answer is checked against the file identity, so a file that changes on the server aborts the
+transfer instead of splicing two versions together.
 """
 
 from __future__ import annotations
