@@ -14,7 +14,8 @@ import sys
 COMMANDS = ("train", "demo", "caption", "auto_label", "download", "publish", "pull", "info", "app", "generate")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """All commands, or only `only` (the one being run: the others' modules are not imported)."""
     parser = argparse.ArgumentParser(
         prog="lora-trainer",
         description="Train kohya-format LoRAs (SD1/SD2/SDXL, LLMs) and download models.",
@@ -23,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("--version", action="version", version=f"lora-trainer {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMANDS:
+    for name in COMMANDS if only is None else (only,):
         try:
             module = importlib.import_module(f"lora_trainer.commands.{name}")
         except ModuleNotFoundError as exc:  # a command not built yet
@@ -35,7 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    # a command's name comes first: build only that command's parser, so running one command does not
+    # import the others' modules (a download starts without the captioning and training imports)
+    parser = build_parser(argv[0] if argv and argv[0] in COMMANDS else None)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

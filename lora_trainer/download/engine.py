@@ -1,8 +1,9 @@
 """Moving bytes: probe the remote file, then N ranged connections (or one stream) into `<name>.part`.
 
-Every connection retries on its own (drops, stalls, 5xx, 429 with Retry-After, expired signed
-URLs re-resolved from the original link) and checks each answer against the file identity, so a
-file that changes on the server aborts the transfer instead of splicing two versions together.
+The probe and every connection try their requests through the one retry loop (`retry.retrying`:
+drops, stalls, 5xx, 429 with Retry-After, expired signed URLs re-resolved from the original link), and
+every answer is checked against the file identity, so a file that changes on the server aborts the
+transfer instead of splicing two versions together.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import contextlib
 import http.client
 import os
 import socket
-import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -24,13 +24,14 @@ from lora_trainer.download.errors import (
     MalformedResponseError,
     NetworkError,
     RemoteChangedError,
+    SpaceError,
 )
-from lora_trainer.download.fileio import open_rw, sync_data, write_at
+from lora_trainer.download.fileio import open_rw, preallocate, sync_data, write_at
 from lora_trainer.download.hashing import StreamHasher
-from lora_trainer.download.http import Client, Opened, RetryableHTTPError, Slot, raise_for_status
+from lora_trainer.download.http import Client, Opened, Slot, raise_for_status
 from lora_trainer.download.options import DownloadOptions
 from lora_trainer.download.ranges import check_partial
-from lora_trainer.download.retry import MalformedBudget, backoff
+from lora_trainer.download.retry import GaveUp, MalformedBudget, Tries, retrying
 from lora_trainer.download.segments import MIN_PIECE, Scheduler, Segment
 from lora_trainer.download.state import PartState, Remote, state_path_for
 
@@ -47,7 +48,6 @@ RAMP_WINDOW = 0.1  # seconds the first stream runs alone
 FAST_SINGLE = 48 << 20  # bytes/s: one stream this fast gains little from more connections
 SNIFF = 64 << 10
 PIECE_TRIPS = 50  # a range lasts at least this many round trips (the gap between two costs ≤ 2 %)
-NET_ERRORS = (OSError, http.client.HTTPException)
 
 
 def remote_from(opened: Opened) -> Remote:
@@ -69,47 +69,30 @@ def remote_from(opened: Opened) -> Remote:
 
 def probe(client: Client, url: str, opts: DownloadOptions, slot: Slot) -> tuple[Remote, Opened, bytes]:
     """Open the link (following redirects) asking for all bytes from 0, and read the first bytes (to
-    sniff for an error page). Its retry loop; each caught error says why it is caught."""
-    attempt = 0
-    malformed = MalformedBudget()
-    while True:
-        retry_after = None
-        try:
-            t = time.monotonic()
-            opened = client.open(url, {"Range": "bytes=0-"}, slot)
-            opened.wait = time.monotonic() - t
-            raise_for_status(opened, opts, slot, url)
-            opened.open_ended = opened.checked = True  # this answer defines the identity
-            remote = remote_from(opened)
-            resp = opened.resp
-            if getattr(opened.conn, "sock", None) is not None:  # silence this long in the body is a stall
-                opened.conn.sock.settimeout(min(opts.stall_timeout, opts.read_timeout))
-            t = time.monotonic()
-            head = resp.read(min(SNIFF, remote.size)) if remote.size else resp.read1(SNIFF)
-            opened.head_speed = len(head) / max(time.monotonic() - t, 1e-6)
-            return remote, opened, head
-        except ssl.SSLCertVerificationError as exc:  # an untrusted certificate stays untrusted: say how to trust it
-            slot.close()
-            raise NetworkError(
-                f"{url}: the server's TLS certificate is not trusted ({exc.verify_message}); if you trust "
-                "this server, pass its CA certificate with --ca-file") from exc
-        except MalformedResponseError:  # a broken answer (garbage status line, impossible Content-Range):
-            slot.close()  # a fresh request may get a sane one, but only a few are tried
-            if not malformed.spend():
-                raise
-        except RetryableHTTPError as exc:  # 5xx/408/429/416: busy or failing; wait as long as it asks
-            if attempt >= opts.retries:
-                raise
-            retry_after = exc.retry_after
-        except DownloadError:  # expired link, login page, token needed: only the user can fix these
-            slot.close()
+    sniff for an error page); tried through the one retry loop."""
+
+    def attempt(_tries: Tries) -> tuple[Remote, Opened, bytes]:
+        t = time.monotonic()
+        opened = client.open(url, {"Range": "bytes=0-"}, slot)
+        opened.wait = time.monotonic() - t
+        raise_for_status(opened, opts, slot, url)
+        opened.open_ended = opened.checked = True  # this answer defines the identity
+        remote = remote_from(opened)
+        if getattr(opened.conn, "sock", None) is not None:  # silence this long in the body is a stall
+            opened.conn.sock.settimeout(min(opts.stall_timeout, opts.read_timeout))
+        t = time.monotonic()
+        head = opened.resp.read(min(SNIFF, remote.size)) if remote.size else opened.resp.read1(SNIFF)
+        opened.head_speed = len(head) / max(time.monotonic() - t, 1e-6)
+        return remote, opened, head
+
+    try:
+        return retrying(attempt, opts, MalformedBudget(), slot.close, time.sleep)
+    except NetworkError as exc:
+        if not isinstance(exc, GaveUp):
             raise
-        except NET_ERRORS as exc:  # refused, reset, timed out, dropped early: the network may recover
-            slot.close()
-            if attempt >= opts.retries:
-                raise NetworkError(f"cannot reach {url}: {_describe(exc, None)}") from exc
-        attempt += 1
-        time.sleep(backoff(opts, attempt, retry_after))
+        if isinstance(exc.last, DownloadError):
+            raise exc.last from exc
+        raise NetworkError(f"cannot reach {url}: {_describe(exc.last, None)}") from exc.last
 
 
 class Transfer:
@@ -158,8 +141,12 @@ class Transfer:
     def run(self) -> None:
         self.fd = open_rw(self.part)
         try:
-            if self.remote.size is not None and os.fstat(self.fd).st_size != self.remote.size:
-                os.ftruncate(self.fd, self.remote.size)  # sparse; pwrite fills it
+            if self.remote.size is not None:
+                if os.fstat(self.fd).st_size != self.remote.size:
+                    os.ftruncate(self.fd, self.remote.size)  # pwrite fills it
+                if preallocate(self.fd, self.remote.size) == "full":
+                    raise SpaceError(f"the disk is full: {self.part.name} needs {self.remote.size >> 20} MiB; free "
+                                     "some space or choose another folder with --to")
             self._save_state(sync=False)  # claims no new bytes yet: no need to sync
             # a fresh ranged download starts on the probe's stream alone and opens the other
             # connections only if that one is not already fast (see _monitor): one fast stream keeps
@@ -292,77 +279,64 @@ class Transfer:
             self._wake.set()
 
     def _fetch(self, wid: int, seg: Segment, slot: Slot, buf: list[bytearray], fd: int) -> bool:
-        """Fill seg: the connection's one retry loop. True: seg is done or handed over; False: this
-        connection gives up (seg goes back to the pool). Each caught error says why it is caught."""
-        mine = 0  # this connection's failed tries in a row without a byte
-        use_source = False
-        while (seg.end is None or seg.cursor < seg.end) and not self._abort.is_set():
-            before = seg.cursor
-            retry_after = None
-            streaming = False
-            try:
-                opened = self._open(wid, seg, slot, use_source)
-                use_source, streaming = False, True
-                finished = self._stream(wid, seg, opened, buf, fd)
-                if finished is None:
-                    return False
-                if finished:
-                    return True
-                raise http.client.IncompleteRead(b"")  # a clean end before the range's end: a drop
-            except LinkExpiredError as exc:  # a signed CDN URL expired (403/410/login page): the original
-                if use_source or self.remote.url == self.source_url:  # link gives a fresh one, once in a row
-                    self._fail(exc)
-                    return False
-                slot.close()
-                use_source = True
-                continue
-            except MalformedResponseError as exc:  # impossible or mismatched Content-Range, length mismatch,
-                slot.close()  # garbage status line: a fresh request may get a sane answer, a few times in all
-                self.last_error = exc
-                if not self._malformed.spend():
-                    self._fail(exc)
-                    return False
-            except RetryableHTTPError as exc:  # 5xx/408/429/416: busy or failing; wait as long as it asks
-                retry_after = exc.retry_after
-                self.last_error = exc
-                slot.close()
-            except DownloadError as exc:  # the file changed, the size cap, an error page: retrying cannot help
-                self._fail(exc)
-                return False
-            except TimeoutError as exc:  # no answer in read_timeout, or no body byte for `stall` seconds:
-                slot.close()  # then an idle connection takes the rest of the range over at once
-                self.last_error = NetworkError(_describe(exc, seg))
-                if streaming and self.remote.ranges and seg.end is not None:
-                    rest = self.sched.hand_over(seg, failed=seg.cursor == before)
-                    if rest is not None and rest.failures > 2 * self.opts.retries:
-                        self._fail(NetworkError(f"download failed: {self.last_error}, {rest.failures} times in a "
-                                                "row; run the same command again to resume"))
-                        return False
-                    return True
-            except NET_ERRORS as exc:  # drop, reset, refused, early end: go on from the cursor
-                self.last_error = NetworkError(_describe(exc, seg))
-                slot.close()
+        """Fill seg through the one retry loop. True: seg is done or handed over; False: this connection
+        gives up (seg goes back to the pool)."""
+        start = seg.cursor  # where the current try began
+        streaming = False  # the current try got its answer and reads the body
+
+        def attempt(tries: Tries) -> bool:
+            nonlocal start, streaming
             if self._abort.is_set():
-                return False
+                raise _Stopped
+            if seg.end is not None and seg.cursor >= seg.end:  # done, or the rest went to another connection
+                return True
+            start, streaming = seg.cursor, False
+            opened = self._open(wid, seg, slot, tries.refresh)
+            tries.refresh, streaming = False, True
+            finished = self._stream(wid, seg, opened, buf, fd)
+            if finished is None:
+                raise _Stopped
+            if not finished:
+                raise http.client.IncompleteRead(b"")  # a clean end before the range's end: a drop
+            return True
+
+        def on_stall() -> bool | None:
+            """A stream that went silent hands the rest of its range to an idle connection."""
+            if not (streaming and self.remote.ranges and seg.end is not None):
+                return None
+            rest = self.sched.hand_over(seg, failed=seg.cursor == start)
+            if rest is not None and rest.failures > 2 * self.opts.retries:
+                raise NetworkError(f"download failed: {_describe(TimeoutError(), seg)}, {rest.failures} times in a "
+                                   "row; run the same command again to resume")
+            return True
+
+        def failed(tries: Tries) -> None:
+            err = tries.last_error
+            self.last_error = err if isinstance(err, DownloadError) else NetworkError(_describe(err, seg))
+            if self._abort.is_set():
+                raise _Stopped
             if not self.remote.ranges and seg.cursor > seg.start:
                 self.sched.reset(seg)  # no Range support: the only way on is from the start
-            if seg.cursor > before:
-                mine = seg.failures = 0
-            mine += 1
-            seg.failures += 1
+            seg.failures = (0 if seg.cursor > start else seg.failures) + 1
             if seg.failures > 2 * self.opts.retries:  # every connection that tried this range failed
-                self._fail(NetworkError(
-                    f"download failed after {seg.failures} tries at byte {seg.cursor}: {self.last_error}; "
-                    "run the same command again to resume"))
-                return False
-            if mine > self.opts.retries:  # this connection gives up; another may still get the range
-                return False
-            wait = backoff(self.opts, mine, retry_after)
-            if self.stop is not None and self.stop.wait(wait):
-                return False
-            if self.stop is None:
-                time.sleep(wait)
-        return True
+                raise NetworkError(f"download failed after {seg.failures} tries at byte {seg.cursor}: "
+                                   f"{self.last_error}; run the same command again to resume")
+
+        def sleep(seconds: float) -> None:
+            if self._abort.wait(seconds):  # set on cancel (by the monitor) and when another connection failed it
+                raise _Stopped
+
+        try:
+            return retrying(attempt, self.opts, self._malformed, slot.close, sleep, failed=failed,
+                            progressed=lambda: seg.cursor > start, on_stall=on_stall,
+                            refreshable=self.remote.url != self.source_url)
+        except _Stopped:  # cancelled, or another connection failed the download
+            return False
+        except GaveUp:  # this connection gives up; another may still get the range
+            return False
+        except DownloadError as exc:  # the file changed, the size cap, an error page, every try broken
+            self._fail(exc)
+            return False
 
     def _fail(self, exc: BaseException) -> None:
         if self.fatal is None:
@@ -370,6 +344,8 @@ class Transfer:
         self._abort.set()
 
     def _open(self, wid: int, seg: Segment, slot: Slot, use_source: bool) -> Opened:
+        """The next answer for seg: the stream carried over from the last range, the probe's stream (at
+        byte 0), or a new ranged request (to the original link when the signed one expired)."""
         carried = self._carried.pop(wid, None) if self._carried else None
         if carried is not None:
             return carried
@@ -467,8 +443,6 @@ class Transfer:
                     buf[0] = spare
                     view = memoryview(spare)
             if cap is not None and seg.cursor > cap:
-                from lora_trainer.download.errors import SpaceError
-
                 raise SpaceError(f"the file is larger than the size cap ({cap} bytes); raise --max-size")
         if self._abort.is_set():
             opened.conn.close()
@@ -484,7 +458,11 @@ class Transfer:
         return True
 
 
-def _describe(exc: BaseException, seg: Segment | None) -> str:
+class _Stopped(Exception):
+    """The transfer is over for this connection (cancelled, or failed on another one)."""
+
+
+def _describe(exc: BaseException | None, seg: Segment | None) -> str:
     at = f" at byte {seg.cursor}" if seg is not None else ""
     if isinstance(exc, TimeoutError):
         return f"the connection stalled (no data for a while){at}"
