@@ -1,12 +1,17 @@
 """End-to-end checks of LoRA training on a FLUX.1 checkpoint loaded in a running Forge (stdlib only; not a pytest file).
 
-Start Forge with the tiny FLUX.1-dev checkpoint, this extension and the harness's probe extension:
+Build the tiny GGUF model into the harness (once; see that script), start Forge with the tiny FLUX.1-dev
+checkpoint, this extension and the harness's probe extension:
+    <forge venv python> tests/forge/harness_tiny_models.py <forge>
     cd ../shared/forge && FORGE_HARNESS=... CKPT=tinyflux PORT=7873 bash start.sh /path/to/this/repo probe_ext
 then: PORT=7873 LORA_DIR=<forge>/models/Lora LT_E2E_DATA=<a small captioned dataset> python tests/forge/harness_e2e_flux.py
-The checks run twice: on the checkpoint as loaded (fp32 on CPU), then with Forge's "Diffusion in Low Bits"
-set to float8-e4m3fn (set through the options API as the dropdown sets it; put back to Automatic at
-the end). Images are made the way Flux is generated in Forge: Euler with the Simple schedule, CFG 1,
-distilled guidance 3.5. Prints one PASS/FAIL line per check and exits non-zero when one fails.
+Rounds: [float] the checkpoint as loaded (fp32 on CPU); [fp8-first] Forge's "Diffusion in Low Bits" set to
+float8-e4m3fn (through the options API, as the dropdown sets it) and training as the first thing on the
+freshly loaded fp8 model, before any generation; [gguf] the GGUF transformer with its VAE, CLIP-L and T5 as
+"VAE / Text Encoder" modules; [fp8] the fp8 model loaded afresh, generation first - its first image and
+weights must be what [fp8-first] left. The options are put back at the end. Images are made the way Flux is
+generated in Forge: Euler with the Simple schedule, CFG 1, distilled guidance 3.5. Prints one PASS/FAIL line
+per check and exits non-zero when one fails.
 """
 import base64
 import hashlib
@@ -18,6 +23,8 @@ import time
 from harness_e2e import LORA_DIR, RESULTS, call, check, train, weights
 
 CHECKPOINT = os.environ.get("LT_E2E_CKPT", "tinyflux.safetensors")
+GGUF = os.environ.get("LT_E2E_GGUF", "ltflux-gguf-q4_0.gguf")
+GGUF_MODULES = ["ltflux-gguf-ae.safetensors", "ltflux-gguf-clip_l.safetensors", "ltflux-gguf-t5xxl.safetensors"]
 
 
 def image(prompt, seed=1234):
@@ -29,21 +36,35 @@ def image(prompt, seed=1234):
     return hashlib.sha256(base64.b64decode(r["images"][0])).hexdigest()[:16], json.loads(r["info"])["infotexts"][0]
 
 
+def title(filename):
+    return next(m["title"] for m in call("/sdapi/v1/sd-models") if m["title"].startswith(filename))
+
+
 def low_bits(value):
     """Forge's "Diffusion in Low Bits" as its dropdown sets it: the option, then the model-loading parameters
     refreshed (the options API refreshes them on a checkpoint change: away and back); the next generation
-    reloads the checkpoint with that storage."""
+    (or training) reloads the checkpoint with that storage."""
     other = next(m["title"] for m in call("/sdapi/v1/sd-models") if not m["title"].startswith(CHECKPOINT))
-    here = next(m["title"] for m in call("/sdapi/v1/sd-models") if m["title"].startswith(CHECKPOINT))
     call("/sdapi/v1/options", {"forge_unet_storage_dtype": value})
     call("/sdapi/v1/options", {"sd_model_checkpoint": other})
-    call("/sdapi/v1/options", {"sd_model_checkpoint": here})
+    call("/sdapi/v1/options", {"sd_model_checkpoint": title(CHECKPOINT)})
+
+
+def use(checkpoint, modules):
+    """A checkpoint and its "VAE / Text Encoder" modules, set together as the UI's selectors set them."""
+    call("/sdapi/v1/options", {"sd_model_checkpoint": title(checkpoint), "forge_additional_modules": modules})
+
+
+def stored_as(info):
+    first = info.get("unet.first_param") or {}
+    return "gguf" if first.get("param_class") == "ParameterGGUF" else first.get("dtype")
 
 
 def round_of_checks(tag, storage):
+    """Returns the first image's hash and the weights after that first generation."""
     a0, it0 = image("a red circle")
     info = call("/harness/model_info")
-    dtype = (info.get("unet.first_param") or {}).get("dtype")
+    dtype = stored_as(info)
     check(f"[{tag}] Forge has the FLUX.1 checkpoint loaded, transformer stored as {storage}",
           info.get("sd_model", "").endswith(".Flux") and dtype == storage and not a0.startswith("error"),
           f"{info.get('sd_model')} {dtype} {a0}")
@@ -76,17 +97,51 @@ def round_of_checks(tag, storage):
     check(f"[{tag}] the <lora:> image is identical before and after that training", al3 == al2 == al)
     a3, _ = image("a red circle")
     check(f"[{tag}] and the plain image too", a3 == a0)
+    return a0, w0
+
+
+def training_first(tag):
+    """Training as the first thing on a freshly loaded model (no sample generation in the run), then Forge's
+    first generation. Returns that image's hash and the weights after it."""
+    t0 = time.time()
+    view = train(f"e2e_flux_{tag}", 12, sample_prompts=[])
+    check(f"[{tag}] API training as the first thing after loading runs to the end", view.get("state") == "done",
+          f"{view.get('state')} {view.get('error', '')} {time.time() - t0:.0f}s")
+    info = call("/harness/model_info")
+    check(f"[{tag}] it trained on the fp8-stored transformer", stored_as(info) == "torch.float8_e4m3fn",
+          str(info.get("unet.first_param")))
+    a0, _ = image("a red circle")
+    w0 = weights()
+    al, it = image(f"a red circle <lora:e2e_flux_{tag}:1>")
+    check(f"[{tag}] <lora:e2e_flux_{tag}:1> changes the same-seed image", al != a0 and f"e2e_flux_{tag}" in it)
+    a1, _ = image("a red circle")
+    check(f"[{tag}] without the LoRA again: identical", a1 == a0)
+    return a0, w0
 
 
 def main():
     if not os.environ.get("LT_E2E_DATA"):
         sys.exit("set LT_E2E_DATA to a small captioned dataset folder")
+    saved = call("/sdapi/v1/options")
     try:
         round_of_checks("float", "torch.float32")
         low_bits("float8-e4m3fn")
-        round_of_checks("fp8", "torch.float8_e4m3fn")
+        first = training_first("fp8-first")
+        call("/sdapi/v1/options", {"forge_unet_storage_dtype": "Automatic"})
+        use(GGUF, GGUF_MODULES)
+        round_of_checks("gguf", "gguf")
+        use(CHECKPOINT, [])
+        low_bits("float8-e4m3fn")
+        fresh = round_of_checks("fp8", "torch.float8_e4m3fn")
+        check("[fp8-first] Forge's first image after training first = its first image on a fresh fp8 load",
+              first[0] == fresh[0], f"{first[0]} {fresh[0]}")
+        check("[fp8-first] and its weights after that generation are the same", first[1] == fresh[1])
     finally:
-        low_bits("Automatic")
+        call("/sdapi/v1/options", {"forge_unet_storage_dtype": saved.get("forge_unet_storage_dtype", "Automatic")})
+        use(saved.get("sd_model_checkpoint", CHECKPOINT), saved.get("forge_additional_modules", []))
+        restored = call("/sdapi/v1/options")
+        check("the harness's options are as before", all(restored.get(k) == saved.get(k) for k in
+              ("forge_unet_storage_dtype", "sd_model_checkpoint", "forge_additional_modules")))
     print("SUMMARY", sum(ok for _, ok in RESULTS), "/", len(RESULTS), "passed")
     sys.exit(0 if all(ok for _, ok in RESULTS) else 1)
 
