@@ -3,8 +3,10 @@
 The one snapshot/restore mechanism of every adapter: the WebUI keeps using the same model object
 after training (weights, devices, dtypes, `requires_grad`, train/eval mode and hooks must all come
 back), and a standalone adapter restores its flags the same way. `ModelSnapshot.take()` records them;
-`restore()` puts back what can be put back (flags, modes, devices, hooks added by others during the
-run are left alone but reported) and `differences()` says what still differs.
+`restore()` puts back what can be put back (flags, modes, devices, and a parameter object the host's own
+forward swapped for a copy - Forge's RMSNorm replaces an fp8 `scale` by a compute-dtype one on its first
+forward - gets the original back; hooks added by others during the run are left alone but reported) and
+`differences()` says what still differs.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ class ModelSnapshot:
     hooks: dict[str, tuple] = field(default_factory=dict)    # module name -> hook ids
     full_hash: str | None = None
     _modules: dict[str, Any] = field(default_factory=dict, repr=False)
+    _objects: dict[str, Any] = field(default_factory=dict, repr=False)  # name -> the Parameter itself (a reference)
 
     @classmethod
     def take(cls, model: torch.nn.Module, *, with_hash: bool = False) -> ModelSnapshot:
@@ -73,6 +76,7 @@ class ModelSnapshot:
             snap._modules[name] = mod
         for name, p in model.named_parameters(remove_duplicate=False):
             snap.params[name] = (p.device, p.dtype, p.requires_grad, p.data_ptr(), _version(p))
+            snap._objects[name] = p
         for name, b in model.named_buffers(remove_duplicate=False):
             snap.buffers[name] = (b.device, b.dtype, b.data_ptr(), _version(b))
         if with_hash:
@@ -87,12 +91,26 @@ class ModelSnapshot:
             if mod is not None and mod.training != training:
                 mod.training = training
 
+    def _put_back_replaced(self, model: torch.nn.Module) -> None:
+        """A parameter the model's own code replaced by another object during the run (a lazy cast such
+        as Forge's RMSNorm `self.scale = Parameter(self.scale.to(x.dtype))`) gets its original back: the
+        original was never written to, so the host sees the very tensor it had, as if nothing had run."""
+        current = dict(model.named_parameters(remove_duplicate=False))
+        for name, original in self._objects.items():
+            if name in current and current[name] is not original:
+                owner, _, leaf = name.rpartition(".")
+                module = model.get_submodule(owner) if owner else model
+                if leaf in module._parameters:
+                    module._parameters[leaf] = original
+
     def restore(self, model: torch.nn.Module) -> None:
-        """Put back requires_grad flags, train/eval modes and devices/dtypes of every parameter."""
+        """Put back replaced parameter objects, requires_grad flags, train/eval modes and devices/dtypes
+        of every parameter."""
         import torch
 
         with torch.no_grad():
             self.restore_modes(model)
+            self._put_back_replaced(model)
             for name, p in model.named_parameters(remove_duplicate=False):
                 want = self.params.get(name)
                 if want is None:
@@ -123,6 +141,8 @@ class ModelSnapshot:
                 continue
             if (p.device, p.dtype, p.requires_grad) != want[:3]:
                 out.append(f"{name}: {p.device}/{p.dtype}/grad={p.requires_grad} != {want[0]}/{want[1]}/grad={want[2]}")
+            elif name in self._objects and p is not self._objects[name]:
+                out.append(f"{name}: replaced by another tensor")
             elif p.data_ptr() == want[3] and _version(p) != want[4]:
                 out.append(f"{name}: modified in place")
         mods = dict(model.named_modules(remove_duplicate=False))

@@ -26,8 +26,9 @@ def forge_root() -> str:
 
 @pytest.fixture(scope="session")
 def forge_model(forge_root: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Any]]:
-    """forge_model(arch, storage_dtype=None, v_prediction=False) -> a freshly loaded Forge engine
-    (arch: sd1 | sd2 | sdxl | flux (the FLUX.1-dev layout) | chroma)."""
+    """forge_model(arch, storage_dtype=None, v_prediction=False, generated=True) -> a freshly loaded Forge engine
+    (arch: sd1 | sd2 | sdxl | flux (the FLUX.1-dev layout) | chroma); `generated=False`: a flow model as
+    loaded, before Forge's first generation ran its transformer."""
     import tiny_forge
     import tiny_forge_flux
     from huggingface_guess import model_list
@@ -59,17 +60,17 @@ def forge_model(forge_root: str, tmp_path_factory: pytest.TempPathFactory) -> It
 
     loaded: dict[tuple, Any] = {}
 
-    def make(arch: str, storage_dtype: Any = None, v_prediction: bool = False) -> Any:
+    def make(arch: str, storage_dtype: Any = None, v_prediction: bool = False, generated: bool = True) -> Any:
         """storage_dtype: None (the file's float), a torch dtype (Forge's 'Diffusion in Low Bits'), or
         "gguf" (the UNet from a Q8_0 GGUF file, as GGUF models ship). One engine per kind for the
         session, as in Forge, where every training and generation use the one loaded model (a test
         that changes its state puts it back)."""
-        key = (arch, str(storage_dtype), v_prediction)
+        key = (arch, str(storage_dtype), v_prediction, generated)
         if key not in loaded:
-            loaded[key] = load(arch, storage_dtype, v_prediction)
+            loaded[key] = load(arch, storage_dtype, v_prediction, generated)
         return loaded[key]
 
-    def load(arch: str, storage_dtype: Any, v_prediction: bool) -> Any:
+    def load(arch: str, storage_dtype: Any, v_prediction: bool, generated: bool) -> Any:
         path = checkpoint(arch, v_prediction)
         if storage_dtype != "gguf":
             sd_model = tiny_forge.load(path, storage_dtype=storage_dtype)
@@ -82,7 +83,7 @@ def forge_model(forge_root: str, tmp_path_factory: pytest.TempPathFactory) -> It
                 if flow else ("unet", "UNet2DConditionModel")
             sd_model = tiny_forge.swap_in_gguf_unet(tiny_forge.load(path), gguf, str(folder / f"repo-{arch}"), *component)
         sd_model = tiny_forge.first_load(sd_model)
-        if arch in tiny_forge_flux.FLOW_ARCHS:
+        if arch in tiny_forge_flux.FLOW_ARCHS and generated:
             tiny_forge_flux.first_generation(sd_model)
         return sd_model
 

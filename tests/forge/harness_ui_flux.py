@@ -1,7 +1,8 @@
 """Train a LoRA from the LoRA Trainer tab of a running Forge on its loaded FLUX.1 checkpoint, in headless
 Chromium, then check `<lora:name:1>` and the image without it through Forge's API (not a pytest file).
 
-Start Forge as for harness_e2e_flux.py (CKPT=tinyflux), then with the venv that has Playwright:
+Start Forge as for harness_e2e_flux.py (CKPT=tinyflux; or CKPT=ltchroma.safetensors and LT_E2E_CKPT set to that
+name: Chroma, generated with CFG against a negative prompt), then with the venv that has Playwright:
     PORT=7873 LORA_DIR=<forge>/models/Lora LT_E2E_DATA=<dataset> .venv/bin/python tests/forge/harness_ui_flux.py
 Prints one PASS/FAIL line per check and exits non-zero when one fails.
 """
@@ -11,7 +12,7 @@ import sys
 import time
 
 from harness_e2e import LORA_DIR, PORT, RESULTS, check, weights
-from harness_e2e_flux import image
+from harness_e2e_flux import CFG, CHECKPOINT, image
 
 NAME = "e2e_flux_tab"
 
@@ -30,6 +31,10 @@ def main():
     from playwright.sync_api import sync_playwright
 
     data = os.environ.get("LT_E2E_DATA") or sys.exit("set LT_E2E_DATA to a small captioned dataset folder")
+    stem = os.path.splitext(CHECKPOINT)[0]
+    family = "Chroma" if "chroma" in stem.lower() else "FLUX.1"
+    if family == "Chroma":
+        CFG.update(cfg_scale=4, negative_prompt="blurry")
     for f in os.listdir(LORA_DIR):
         if f.startswith(NAME + "."):
             os.remove(os.path.join(LORA_DIR, f))
@@ -45,7 +50,7 @@ def main():
         page.locator("#tabs > .tab-nav button", has_text="LoRA Trainer").first.click(timeout=120000)
         page.wait_for_selector("#lt_train", state="visible", timeout=60000)
         header = page.locator("#lt_header").first.inner_text()
-        check("the tab names the loaded FLUX.1 checkpoint", "tinyflux" in header, header.replace("\n", " ")[:160])
+        check(f"the tab names the loaded {family} checkpoint", stem in header, header.replace("\n", " ")[:160])
         page.get_by_text("YAML config: import / export").first.click()
         box = page.locator("#lt_yaml textarea").first
         box.fill(yaml)
@@ -56,12 +61,12 @@ def main():
         t0 = time.time()
         page.locator("#lt_train").click()
         status = wait_text(page, "lt_status", r"Done\.|Error|error|failed", 600)
-        check("Train in the tab runs to the end on the loaded FLUX.1", "Done." in status,
+        check(f"Train in the tab runs to the end on the loaded {family}", "Done." in status,
               f"{status.strip()[:200]!r} {time.time() - t0:.0f}s")
         result = wait_text(page, "lt_result_md", "is ready", 30)
         prompt = page.locator("#lt_result_prompt textarea, #lt_result_prompt input").first.input_value()
         check("the result card offers the prompt", NAME in prompt and "is ready" in result, prompt)
-        page.screenshot(path=os.path.join(os.environ.get("LT_UI_ARTIFACTS", "/tmp"), "forge_flux_trainer_done.png"),
+        page.screenshot(path=os.path.join(os.environ.get("LT_UI_ARTIFACTS", "/tmp"), f"forge_{stem}_trainer_done.png"),
                         full_page=True)
         browser.close()
     check("weights hash identical after training from the tab", weights() == w0)

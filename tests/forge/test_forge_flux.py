@@ -146,6 +146,39 @@ def test_fp8_stored_base_gives_the_float_loss_and_stays_untouched(forge_model, a
     assert torch.nn.functional.cosine_similarity(grads[0], grads[1], dim=0) > 0.95
 
 
+def _forge_denoised(sd_model) -> torch.Tensor:
+    """One step of Forge's own sampler (`apply_model` under inference mode) on fixed inputs."""
+    with torch.inference_mode():
+        c = sd_model.get_learned_conditioning(["a red circle"])
+        x = torch.randn(1, 16, 8, 8, generator=torch.Generator().manual_seed(9))
+        kw = {"c_crossattn": c["crossattn"], "y": c["vector"], "guidance": c["guidance"]}
+        return sd_model.forge_objects.unet.model.apply_model(x, torch.full((1,), 0.6), transformer_options={},
+                                                             **kw).clone()
+
+
+@pytest.mark.skipif(FP8 is None, reason="torch without float8")
+def test_fp8_training_before_forges_first_generation_leaves_forges_own_model(forge_model, dataset, tmp_path):
+    """Forge's first forward on an fp8 model replaces each RMSNorm's fp8 `scale` by a compute-dtype copy
+    (`RMSNorm.forward`). When training comes first, our forward makes that swap; Forge must get its own
+    parameters back, so its first generation does what it would have done without the run."""
+    sd_model = forge_model("flux", FP8, generated=False)
+    model = sd_model.forge_objects.unet.model.diffusion_model
+    scales = {n: p for n, p in model.named_parameters() if n.endswith(".scale")}
+    assert scales and all(p.dtype == FP8 and p.is_inference() for p in scales.values()), "no generation yet"
+    before = host_state(sd_model)
+    adapter = ForgeFluxAdapter(sd_model, verify_hash=True)
+    result = train(make_cfg(dataset, tmp_path / "out", max_train_steps=2, gradient_checkpointing=True),
+                   adapter=adapter)
+    assert result.steps == 2 and adapter.verify() == []
+    assert host_state(sd_model) == before
+    assert all(p is scales[n] for n, p in model.named_parameters() if n.endswith(".scale")), \
+        "the norms hold Forge's own fp8 parameters again"
+    reference = forge_model("flux", FP8)  # the same file, stored as fp8, its first generation done, not trained on
+    torch.testing.assert_close(_forge_denoised(sd_model), _forge_denoised(reference), rtol=0, atol=0)
+    assert host_state(sd_model)["unet"] == host_state(reference)["unet"], "the state Forge reaches without our run"
+    assert {p.dtype for n, p in model.named_parameters() if n.endswith(".scale")} == {torch.float32}
+
+
 @pytest.mark.parametrize("arch,storage", [("flux", None), ("flux", FP8), ("flux", "gguf"), ("chroma", None)],
                          ids=["flux-float", "flux-fp8", "flux-gguf-q8", "chroma-float"])
 def test_trains_on_the_loaded_model_and_leaves_forge_as_it_was(forge_model, dataset, tmp_path, arch, storage):

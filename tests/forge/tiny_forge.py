@@ -149,19 +149,25 @@ def load(path: str, *, storage_dtype: Any = None) -> Any:
 
 
 def write_gguf_unet(safetensors_path: str, path: str) -> str:
-    """The checkpoint's UNet as a GGUF file (how GGUF models ship: the UNet alone), its 2-D Linear
-    weights quantised to Q8_0 with Forge's bundled `gguf` package, the rest kept in fp32."""
-    import gguf
+    """The checkpoint's UNet as a GGUF file (how GGUF models ship: the UNet alone), as `write_gguf` writes it."""
     from safetensors.torch import load_file
 
+    prefix = "model.diffusion_model."
+    return write_gguf({k: v for k, v in load_file(safetensors_path).items() if k.startswith(prefix)}, path)
+
+
+def write_gguf(state_dict: dict[str, torch.Tensor], path: str, quant: str = "Q8_0") -> str:
+    """A GGUF file of the tensors, the 2-D Linear weights quantised to `quant` (Q8_0, Q4_0, ...: the
+    blocks of 32 Forge's GGUF layers dequantise) with Forge's bundled `gguf` package, the rest in fp32."""
+    import gguf
+
+    qtype = gguf.GGMLQuantizationType[quant]
     writer = gguf.GGUFWriter(path, arch="tiny")
-    for key, t in sorted(load_file(safetensors_path).items()):
-        if not key.startswith("model.diffusion_model."):
-            continue
+    for key, t in sorted(state_dict.items()):
         arr = t.float().numpy()
         if t.dim() == 2 and t.shape[1] % 32 == 0:
-            q = gguf.quants.quantize(arr, gguf.GGMLQuantizationType.Q8_0)
-            writer.add_tensor(key, q, raw_shape=q.shape, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+            q = gguf.quants.quantize(arr, qtype)
+            writer.add_tensor(key, q, raw_shape=q.shape, raw_dtype=qtype)
         else:
             writer.add_tensor(key, arr)
     writer.write_header_to_file()

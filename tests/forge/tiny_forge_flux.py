@@ -32,8 +32,11 @@ REPOS = {"flux": ("black-forest-labs/FLUX.1-dev", {"text_encoder": TINY_CLIP, "t
 FLOW_ARCHS = tuple(REPOS)
 
 
-def write_repo(forge_root: str, arch: str, dst: str) -> str:
-    src, encoders = REPOS[arch]
+def write_repo(forge_root: str, arch: str, dst: str, encoders: dict[str, dict] | None = None) -> str:
+    """Forge's config folder of the family, its text encoders (`encoders`: config updates per component, the
+    tiny ones by default) and VAE shrunk."""
+    src, tiny = REPOS[arch]
+    encoders = tiny if encoders is None else encoders
     shutil.copytree(os.path.join(forge_root, "backend", "huggingface", src), dst, dirs_exist_ok=True)
     for comp, upd in [*encoders.items(), ("vae", TINY_VAE)]:
         path = os.path.join(dst, comp, "config.json")
