@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_forge_training import FP8, forge_maps_every_key, host_state, make_cfg
+from test_forge_training import FP8, assert_stored_as, forge_maps_every_key, host_state, make_cfg
 
 from lora_trainer.errors import ConfigError
 from lora_trainer.lora.file import read_lora_metadata
@@ -187,9 +187,7 @@ def test_trains_on_the_loaded_model_and_leaves_forge_as_it_was(forge_model, data
     sd_model = forge_model(arch, storage)
     model = sd_model.forge_objects.unet.model.diffusion_model
     linear = [p for n, p in model.named_parameters() if "_blocks." in n and n.endswith("weight") and p.dim() == 2]
-    if storage == "gguf":
-        assert {type(p).__name__ for p in linear} == {"ParameterGGUF"} and all(p.gguf_cls for p in linear), \
-            "Forge keeps the Linear weights as Q8_0 blocks and dequantises them in its forward"
+    assert_stored_as(linear, storage)
     before = host_state(sd_model)
     adapter = ForgeFluxAdapter(sd_model, verify_hash=True)
     result = train(make_cfg(dataset, tmp_path / "out", max_train_steps=3, gradient_checkpointing=True),

@@ -79,6 +79,14 @@ def test_forward_is_forges_own_and_backprops_to_the_lora_only(forge_model):
     assert all(p.grad is None and p.is_inference() for p in unet.parameters())
 
 
+def assert_stored_as(linear: list, storage) -> None:
+    """Forge keeps the Linear weights as it was asked: GGUF Q8_0 blocks dequantised in its forward, or fp8."""
+    if storage == "gguf":
+        assert {type(p).__name__ for p in linear} == {"ParameterGGUF"} and all(p.gguf_cls for p in linear)
+    elif storage is not None:
+        assert {p.dtype for p in linear} == {storage}
+
+
 @pytest.mark.parametrize("arch,storage", [("sd1", None), ("sd1", FP8), ("sd1", "gguf"), ("sdxl", None), ("sdxl", FP8)],
                          ids=["sd1-float", "sd1-fp8", "sd1-gguf-q8", "sdxl-float", "sdxl-fp8"])
 def test_trains_on_the_loaded_model_and_leaves_forge_as_it_was(forge_model, dataset, tmp_path, arch, storage):
@@ -87,11 +95,7 @@ def test_trains_on_the_loaded_model_and_leaves_forge_as_it_was(forge_model, data
     sd_model = forge_model(arch, storage)
     unet = sd_model.forge_objects.unet.model.diffusion_model
     linear = [p for n, p in unet.named_parameters() if "transformer_blocks" in n and n.endswith("weight") and p.dim() == 2]
-    if storage == "gguf":
-        assert {type(p).__name__ for p in linear} == {"ParameterGGUF"} and all(p.gguf_cls for p in linear), \
-            "Forge keeps the Linear weights as Q8_0 blocks and dequantises them in its forward"
-    elif storage is not None:
-        assert {p.dtype for p in linear} == {storage}, "Forge stores the Linear weights in fp8"
+    assert_stored_as(linear, storage)
     before = host_state(sd_model)
     adapter = ForgeAdapter(sd_model, verify_hash=True)
     result = train(make_cfg(dataset, tmp_path / "out"), adapter=adapter)

@@ -53,11 +53,10 @@ GUESS_KEYS = ("context_dim", "model_channels", "use_linear_in_transformer", "adm
               "transformer_depth", "use_temporal_attention")
 
 
-def write_repo(forge_root: str, arch: str, dst: str) -> str:
-    """A copy of Forge's config folder for `arch` with the text encoders and the VAE shrunk."""
-    src, encoders = REPOS[arch]
+def shrunk_config_folder(forge_root: str, src: str, dst: str, updates: list[tuple[str, dict]]) -> str:
+    """A copy of Forge's config folder `src` with each component's config.json updated (the tiny sizes)."""
     shutil.copytree(os.path.join(forge_root, "backend", "huggingface", src), dst, dirs_exist_ok=True)
-    for comp, upd in [(e, TINY_CLIP) for e in encoders] + [("vae", TINY_VAE)]:
+    for comp, upd in updates:
         path = os.path.join(dst, comp, "config.json")
         with open(path) as f:
             cfg = json.load(f)
@@ -65,6 +64,12 @@ def write_repo(forge_root: str, arch: str, dst: str) -> str:
         with open(path, "w") as f:
             json.dump(cfg, f)
     return dst
+
+
+def write_repo(forge_root: str, arch: str, dst: str) -> str:
+    """A copy of Forge's config folder for `arch` with the text encoders and the VAE shrunk."""
+    src, encoders = REPOS[arch]
+    return shrunk_config_folder(forge_root, src, dst, [(e, TINY_CLIP) for e in encoders] + [("vae", TINY_VAE)])
 
 
 def guess_class(arch: str, repo: str) -> type:

@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
 from safetensors.torch import save_file
-from tiny_forge import TINY_CLIP, _clip, _randomise
+from tiny_forge import TINY_CLIP, _clip, _randomise, shrunk_config_folder
 
 TINY_T5 = {"d_model": 64, "d_ff": 128, "d_kv": 32, "num_heads": 2, "num_layers": 2, "num_decoder_layers": 2}
 TINY_VAE = {"block_out_channels": [32, 32, 64, 64], "layers_per_block": 1, "norm_num_groups": 32}
@@ -37,15 +36,7 @@ def write_repo(forge_root: str, arch: str, dst: str, encoders: dict[str, dict] |
     tiny ones by default) and VAE shrunk."""
     src, tiny = REPOS[arch]
     encoders = tiny if encoders is None else encoders
-    shutil.copytree(os.path.join(forge_root, "backend", "huggingface", src), dst, dirs_exist_ok=True)
-    for comp, upd in [*encoders.items(), ("vae", TINY_VAE)]:
-        path = os.path.join(dst, comp, "config.json")
-        with open(path) as f:
-            cfg = json.load(f)
-        cfg.update(upd)
-        with open(path, "w") as f:
-            json.dump(cfg, f)
-    return dst
+    return shrunk_config_folder(forge_root, src, dst, [*encoders.items(), ("vae", TINY_VAE)])
 
 
 def _is_tiny(state_dict, chroma: bool) -> bool:
