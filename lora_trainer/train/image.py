@@ -208,7 +208,8 @@ class ImageLoRATask(Task):
             self.te_cache = TextEncoderCache(disk, te_id, self.device)
         self._precompute()
         if self.te_cache is not None:  # frozen and cached: the family may move its text encoders off the GPU
-            ad.release_text_encoders([p.prompt for p in self.prompts] + [p.negative for p in self.prompts])
+            ad.release_text_encoders([p.prompt for p in self.prompts] + [p.negative for p in self.prompts],
+                                     self._cond_one)
 
     def _precompute(self) -> None:
         """The cache pre-pass, before the first step: every latent and every caption's conditioning.
@@ -348,6 +349,11 @@ class ImageLoRATask(Task):
         ctx = nullcontext() if self.train_te else torch.no_grad()
         with ctx, self.autocast():
             return self.adapter.encode_text(captions)
+
+    def _cond_one(self, text: str) -> dict[str, torch.Tensor]:
+        """One prompt's conditioning (no batch dimension) through the run's text-encoder cache: sample
+        prompts are cached, on disk too, like captions."""
+        return {k: v[0] for k, v in self._cond([text]).items()}
 
     # ---- files ---------------------------------------------------------------------------------
     def save_weights(self, step: int, epoch: int, final: bool) -> str:
