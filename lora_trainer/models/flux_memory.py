@@ -2,7 +2,8 @@
 
 Why: a user with a 12 GB card must learn before loading 24 GB of weights which settings fit. The
 weight sizes here are exact (parameter counts of the shipped real configs, built on the meta
-device, times the storage dtype); activations are not estimated (they depend on resolution, batch and
+device, times the storage dtype), and so are the full-size deltas LoHa / LoKr / DoRA build per wrapped
+weight (`DELTA_COPIES`); activations are not estimated (they depend on resolution, batch and
 checkpointing, and are measured on a GPU). The suggestions are kohya sd-scripts' documented ones
 (docs/flux_train_network.md, "with --fp8_base"): 24 GB basic (batch 2), 16 GB batch 1 + block swap,
 12 GB 16 blocks swapped + 8-bit AdamW, 10 GB 22 blocks + fp8 T5, 8 GB 28 blocks + fp8 T5.
@@ -88,34 +89,151 @@ def swapped_params(sizes: FluxSizes, blocks_to_swap: int) -> int:
 
 
 def weight_memory(kind: str, *, fp8_base: bool = False, blocks_to_swap: int = 0, rank: int = 16,
-                  optimizer: str = "adamw", t5_fp8: bool = False, compute_bytes: int = 2) -> dict[str, float]:
+                  optimizer: str = "adamw", t5_fp8: bool = False, compute_bytes: int = 2,
+                  adapter_params: int | None = None, delta_params: int = 0) -> dict[str, float]:
     """GB of GPU memory for weights and optimizer state during training (text encoders are needed only
     while caching their outputs, so they are reported apart, not added): transformer (resident part),
-    LoRA parameters + gradients + optimizer state, and the peak while encoding text."""
+    adapter parameters + gradients + optimizer state (`adapter_params`; default a rank-`rank` LoRA), the
+    full-size fp32 deltas a LoHa / LoKr / DoRA keeps for the backward pass (`delta_params` values, see
+    `delta_values`), and the peak while encoding text."""
     sizes = real_sizes(kind)
     base_bytes = 1 if fp8_base else compute_bytes
     resident = (sizes.transformer - swapped_params(sizes, blocks_to_swap)) * base_bytes
-    lora = lora_params(kind, rank)
+    lora = lora_params(kind, rank) if adapter_params is None else adapter_params
     state_per_param = {"adamw": 8, "adamw8bit": 2, "lion": 4, "prodigy": 16, "sgd": 0}.get(optimizer, 8)
     train = lora * (4 + 4 + state_per_param)  # fp32 weights + grads + state
+    deltas = delta_params * 4
     text = sizes.t5 * (1 if t5_fp8 else compute_bytes) + sizes.clip_l * compute_bytes
-    return {"transformer_gb": resident / GB, "lora_and_optimizer_gb": train / GB, "text_encoders_gb": text / GB,
-            "vae_gb": sizes.vae * compute_bytes / GB, "training_weights_gb": (resident + train) / GB}
+    out = {"transformer_gb": resident / GB, "lora_and_optimizer_gb": train / GB}
+    if deltas:
+        out["adapter_deltas_gb"] = deltas / GB
+    return {**out, "text_encoders_gb": text / GB, "vae_gb": sizes.vae * compute_bytes / GB,
+            "training_weights_gb": (resident + train + deltas) / GB}
+
+
+# Full-size fp32 tensors per wrapped weight that autograd keeps for the backward pass, by (type, DoRA
+# magnitude), measured on the tiny model (tests/flux/test_flux_memory.py): LoRA none (it keeps rank-wide
+# activations only), LoKr its kron product, LoHa its factor products and their product; a DoRA magnitude
+# adds the merged weight, its transposed copy for the norm and the rescaled result.
+DELTA_COPIES = {("loha", False): 3, ("lokr", False): 1, ("dora", True): 3, ("loha", True): 6, ("lokr", True): 3}
+
+
+def delta_copies(network_type: str, dora_wd: bool) -> int:
+    decompose = network_type == "dora" or (dora_wd and network_type in ("loha", "lokr"))
+    return DELTA_COPIES.get((network_type, decompose), 0)
+
+
+def delta_values(cfg: Any, kind: str, network_type: str, dora_wd: bool, *, tiny: bool = False) -> int:
+    """fp32 values of the full-size deltas alive at once: every wrapped weight's, or with gradient
+    checkpointing (the transformer recomputes one block at a time) the largest block's plus CLIP-L's."""
+    copies = delta_copies(network_type, dora_wd)
+    if not copies:
+        return 0
+    layers = run_layers(cfg, kind, network_type, dora_wd, tiny=tiny)
+    size = {part: sum(i * o * n for i, o, _, n in ls) for part, ls in layers.items()}
+    if cfg.gradient_checkpointing and "transformer" in layers:
+        w = run_widths(cfg, network_type, dora_wd)
+        one = [target_layers(kind, Widths(w.layers, d, s, w.fused), tiny) for d, s in (("0", "none"), ("none", "0"))]
+        size["transformer"] = max(sum(i * o * n for i, o, _, n in ls) for ls in one)
+    return copies * sum(size.values())
 
 
 def lora_params(kind: str, rank: int) -> int:
     """LoRA parameters on every block Linear (attention, MLP, modulation where the model has it)."""
+    from lora_trainer.lora.estimate import adapter_params
+    from lora_trainer.lora.spec import NetworkSpec
+
+    return adapter_params(NetworkSpec("lora", rank=rank), target_layers(kind))[0]
+
+
+@dataclass(frozen=True)
+class Widths:
+    """What decides the modules a FLUX.1 / Chroma network wraps (the run's `flux_*` settings and type)."""
+
+    layers: tuple[str, ...] = ("attn", "mlp", "mod")
+    double_blocks: str = "all"
+    single_blocks: str = "all"
+    fused: bool = False          # LoHa / LoKr / DoRA train BFL's fused qkv / linear1 whole
+
+
+@lru_cache(maxsize=16)
+def target_layers(kind: str, widths: Widths = Widths(), tiny: bool = False) -> list[tuple[int, int, int, int]]:
+    """(in, out, 1, count) of every transformer module the network wraps on the real `kind` model (the
+    shipped configs) or the built-in tiny one: the targets a run gets (`flux_transformer_targets` on the
+    model built on the meta device), in `lora.estimate`'s layer format."""
     from accelerate import init_empty_weights
 
     from lora_trainer.lora.discovery_flux import flux_transformer_targets
+    from lora_trainer.models import flux_tiny
     from lora_trainer.models.flux_loading import shipped_config
-    from lora_trainer.models.flux_tiny import transformer_class
 
-    cfg = {k: v for k, v in shipped_config(f"transformer-{kind}").items() if not k.startswith("_")}
+    chroma = kind == "chroma"
+    family = "chroma" if chroma else "flux"
+    cfg = flux_tiny.transformer_config(family) if tiny else _clean(shipped_config(f"transformer-{kind}"))
     with init_empty_weights():
-        tr = transformer_class(kind)(**cfg)
-    return sum(rank * (t.module.in_features + t.module.out_features)
-               for t in flux_transformer_targets(tr, chroma=kind == "chroma"))
+        tr = flux_tiny.transformer_class(family)(**cfg)
+        return _layers(flux_transformer_targets(tr, chroma=chroma, layers=widths.layers, fused=widths.fused,
+                                                double_blocks=widths.double_blocks, single_blocks=widths.single_blocks))
+
+
+@lru_cache(maxsize=4)
+def clip_layers(kind: str, tiny: bool = False) -> list[tuple[int, int, int, int]]:
+    """The CLIP-L LoRA's modules of FLUX.1 (real or tiny) as `target_layers`; none for Chroma."""
+    if kind == "chroma":
+        return []
+    from accelerate import init_empty_weights
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from lora_trainer.lora.discovery_flux import flux_clip_targets
+    from lora_trainer.models import flux_tiny
+    from lora_trainer.models.flux_loading import shipped_config
+
+    cfg = flux_tiny.clip_config(100, 98, 99) if tiny else _clean(shipped_config("clip_l"))
+    with init_empty_weights():
+        return _layers(flux_clip_targets(CLIPTextModel(CLIPTextConfig(**cfg))))
+
+
+def _clean(c: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in c.items() if not k.startswith("_") and k != "architectures"}
+
+
+def _layers(targets: list[Any]) -> list[tuple[int, int, int, int]]:
+    """Targets grouped by (in, out) width; a "rows" target (a fused BFL module) is its stacked parts."""
+    from collections import Counter
+
+    shapes: Counter[tuple[int, int]] = Counter()
+    for t in targets:
+        mods = t.module if t.kind == "rows" else (t.module,)
+        shapes[(mods[0].in_features, sum(m.out_features for m in mods))] += 1
+    return [(i, o, 1, n) for (i, o), n in sorted(shapes.items())]
+
+
+def run_widths(cfg: Any, network_type: str | None = None, dora_wd: bool | None = None) -> Widths:
+    """The run's `Widths` (its network type, unless a file's is given)."""
+    from lora_trainer.models.flux_adapter import needs_fused_targets
+
+    fused = needs_fused_targets(network_type or cfg.network_type, cfg.dora_wd if dora_wd is None else dora_wd)
+    return Widths(tuple(cfg.flux_layers), str(cfg.flux_double_blocks), str(cfg.flux_single_blocks), fused)
+
+
+def is_builtin(cfg: Any) -> bool:
+    """The run trains a built-in tiny model (its widths, not the real model's)."""
+    from lora_trainer.models.flux_loading import BUILTIN
+
+    return (cfg.base_model or "").strip() in BUILTIN
+
+
+def run_layers(cfg: Any, kind: str, network_type: str, dora_wd: bool, *, tiny: bool | None = None
+               ) -> dict[str, list[tuple[int, int, int, int]]]:
+    """{"transformer": layers, "text_encoder": layers} the run trains (each only when the run trains it; the
+    text encoder only on FLUX.1), at the built-in model's widths for a built-in base unless `tiny` says."""
+    tiny = is_builtin(cfg) if tiny is None else tiny
+    out = {}
+    if cfg.train_unet:
+        out["transformer"] = target_layers(kind, run_widths(cfg, network_type, dora_wd), tiny)
+    if cfg.train_text_encoder and kind != "chroma":
+        out["text_encoder"] = clip_layers(kind, tiny)
+    return out
 
 
 def suggest(vram_gb: float) -> dict[str, Any]:
@@ -126,11 +244,19 @@ def suggest(vram_gb: float) -> dict[str, Any]:
     return {"card_gb": SUGGESTIONS[-1][0], **SUGGESTIONS[-1][1]}
 
 
-def flux_plan_memory(cfg: Any, kind: str) -> tuple[dict[str, float], dict[str, dict[str, Any]]]:
+def flux_plan_memory(cfg: Any, kind: str, spec: Any = None) -> tuple[dict[str, float], dict[str, dict[str, Any]]]:
     """For the dry-run plan: GB per component of the real `kind` model at the run's settings (fp8_base,
-    blocks_to_swap, rank, optimizer, precision), and kohya's settings for 8 / 12 / 16 / 24 GB cards."""
-    mem = weight_memory(kind, fp8_base=cfg.fp8_base, blocks_to_swap=cfg.blocks_to_swap, rank=cfg.lora_rank,
-                        optimizer=cfg.optimizer, compute_bytes=2 if cfg.mixed_precision in ("fp16", "bf16") else 4)
+    blocks_to_swap, the network `spec`'s type and ranks (default: a LoRA of lora_rank), the trained parts,
+    optimizer, precision), and kohya's settings for 8 / 12 / 16 / 24 GB cards."""
+    from lora_trainer.lora.estimate import adapter_params
+    from lora_trainer.lora.spec import NetworkSpec
+
+    spec = spec or NetworkSpec("lora", rank=cfg.lora_rank)
+    layers = run_layers(cfg, kind, spec.network_type, spec.dora_wd, tiny=False)
+    mem = weight_memory(kind, fp8_base=cfg.fp8_base, blocks_to_swap=cfg.blocks_to_swap, optimizer=cfg.optimizer,
+                        compute_bytes=2 if cfg.mixed_precision in ("fp16", "bf16") else 4,
+                        adapter_params=sum(adapter_params(spec, ls)[0] for ls in layers.values()),
+                        delta_params=delta_values(cfg, kind, spec.network_type, spec.dora_wd))
     parts = {k: round(v, 2) for k, v in mem.items()}
     suggestions = {}
     for gb in (8, 12, 16, 24):
