@@ -119,6 +119,7 @@ class FluxAdapter(ModelAdapter):
         self._prompt_cache: dict[str, dict[str, torch.Tensor]] = {}
         self._t5_released = False
         self._text_files: Any = parts.get("text_files")  # flux_loading.TextEncoderFiles: encoders not loaded yet
+        self._released = False  # release_text_encoders was called: T5 belongs in CPU memory
 
     # ---- facts -------------------------------------------------------------------------------
     @property
@@ -160,14 +161,16 @@ class FluxAdapter(ModelAdapter):
     def _load_text_encoders(self) -> None:
         """Load T5 (and CLIP-L) from their files the first time a caption or prompt must be encoded (a run
         whose captions are all in the text-encoder disk cache never does), frozen, in the compute dtype and
-        on the training device, as `place` would have put them."""
+        on the training device, as `place` would have put them (T5 in CPU memory once released)."""
         if self._text_files is None or self.text_encoders_loaded():
             return
         for name in ("text_encoder", "text_encoder_2"):
             mod = self._text_files.load(name)
             if mod is not None:
                 mod.requires_grad_(False)
-                move_parts({name: mod}, self._target, self._compute_dtype)
+                on_cpu = name == "text_encoder_2" and self._released and self.device.type != "cpu"
+                move_parts({name: mod}, "cpu" if on_cpu else self.device, self._compute_dtype)
+                self._t5_released = self._t5_released or on_cpu
             self.parts[name] = mod
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None,
@@ -305,6 +308,7 @@ class FluxAdapter(ModelAdapter):
         if self._t5_released and self.text_encoders_loaded():
             self.parts["text_encoder_2"].to(self.device)
             self._t5_released = False
+        self._released = False
         self._prompt_cache.clear()
 
     # ---- samples and files -------------------------------------------------------------------------
@@ -346,6 +350,7 @@ class FluxAdapter(ModelAdapter):
                 with torch.no_grad():
                     cond = flux_sampler.encode_prompts(self.parts, [p], self.max_sequence_length)
             self._prompt_cache[p] = {k: v.cpu() for k, v in cond.items()}
+        self._released = True
         if self.device.type == "cpu" or not self.text_encoders_loaded():
             return
         self.parts["text_encoder_2"].to("cpu")

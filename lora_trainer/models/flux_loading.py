@@ -54,8 +54,8 @@ class TextEncoderFiles:
         """Changes when either encoder's weights change (`file_fingerprint`); reads headers and a few bytes."""
         from lora_trainer.models.file_fingerprint import folder_fingerprint, safetensors_fingerprint
 
-        ids = [folder_fingerprint(p) if self.folder else safetensors_fingerprint(p, prefix)
-               for p, prefix in (self.t5, self.clip) if p]
+        ids = [folder_fingerprint(src[0]) if self.folder else safetensors_fingerprint(*src)
+               for src in (self.t5, self.clip) if src is not None]
         return "files:" + ":".join(ids)
 
     def load(self, part: str) -> Any:

@@ -149,31 +149,41 @@ def _count_text_encoders(monkeypatch) -> dict[str, int]:
     return made
 
 
-def _file_model(kind: str, tiny_flux, root) -> dict:
-    """The tiny FLUX.1 as the single files users have, or as a diffusers folder: the config keys naming it."""
+def _file_model(kind: str, parts, root) -> dict:
+    """The tiny model as the single files users have, or as a diffusers folder: the config keys naming it."""
     from flux_helpers import write_single_files
 
     from lora_trainer.models.flux_tiny import save_tiny_flux
 
-    if kind == "folder":
-        return {"base_model": save_tiny_flux(str(root / "m"))}
-    paths = write_single_files(tiny_flux, str(root / "m"))
-    return {"base_model": paths["transformer"], "vae_path": paths["vae"], "clip_l_path": paths["clip_l"],
-            "t5xxl_path": paths["t5"]}
+    if kind.endswith("folder"):
+        return {"base_model": save_tiny_flux(str(root / "m"), parts["kind"].split("-")[0])}
+    paths = write_single_files(parts, str(root / "m"))
+    return {"base_model": paths["transformer"], "vae_path": paths["vae"], "t5xxl_path": paths["t5"],
+            **({"clip_l_path": paths["clip_l"]} if "clip_l" in paths else {})}
 
 
-@pytest.mark.parametrize("kind", ["single_files", "folder"])
-def test_a_fully_cached_run_never_loads_the_text_encoders(kind, data_dir, tiny_flux, tmp_path, monkeypatch):
-    """Captions and sample prompts all on disk: T5 and CLIP-L are not even built, and the LoRA is the same."""
-    model = _file_model(kind, tiny_flux, tmp_path)
+@pytest.mark.parametrize("kind", ["single_files", "folder", "chroma_single_files", "chroma_folder"])
+def test_a_fully_cached_run_never_loads_the_text_encoders(kind, data_dir, tmp_path, monkeypatch, request):
+    """Captions, validation captions and sample prompts all on disk: T5 and CLIP-L are not even built, and the
+    LoRA is the same."""
+    from lora_trainer import synthetic
+
+    chroma = kind.startswith("chroma")
+    model = _file_model(kind, request.getfixturevalue("tiny_chroma" if chroma else "tiny_flux"), tmp_path)
+    held_out = tmp_path / "held_out"
+    synthetic.write_dataset(str(held_out), synthetic.concept_set(synthetic.CONTROL_CONCEPT, 1, seed=1), repeats=1,
+                            name="vyk")
     made = _count_text_encoders(monkeypatch)
     extra = {**model, "max_train_steps": 2, "save_steps": 0, "sample_prompts": ["zqx red circle"],
-             "sample_every_n_steps": 2, "sample_steps": 2}
+             "sample_every_n_steps": 2, "sample_steps": 2, "validation_data_dir": str(held_out),
+             "validation_every_n_steps": 1}
     first = train(load_config(_raw(data_dir, str(tmp_path / "a"), **extra)))
-    assert made == {"t5": 1, "clip": 1}
-    assert len(os.listdir(default_text_cache_dir(data_dir))) == 4  # 2 captions, the prompt, its empty negative
+    built = {"t5": 1, "clip": 0 if chroma else 1}
+    assert made == built
+    # 2 captions, the validation caption, the prompt and its empty negative
+    assert len(os.listdir(default_text_cache_dir(data_dir))) == 5
     second = train(load_config(_raw(data_dir, str(tmp_path / "b"), **extra)))
-    assert made == {"t5": 1, "clip": 1}  # nothing more was built
+    assert made == built  # nothing more was built
     assert _same(first.output_path, second.output_path)
     assert second.samples and os.path.isfile(second.samples[0])  # the sample prompt came from the cache
 
