@@ -3,7 +3,7 @@
 Why: a user with a 12 GB card must learn before loading 24 GB of weights which settings fit. The
 weight sizes here are exact (parameter counts of the shipped real configs, built on the meta
 device, times the storage dtype), and so are the full-size deltas LoHa / LoKr / DoRA build per wrapped
-weight (`DELTA_COPIES`); activations are not estimated (they depend on resolution, batch and
+weight (`lora.estimate.DELTA_COPIES`); activations are not estimated (they depend on resolution, batch and
 checkpointing, and are measured on a GPU). The suggestions are kohya sd-scripts' documented ones
 (docs/flux_train_network.md, "with --fp8_base"): 24 GB basic (batch 2), 16 GB batch 1 + block swap,
 12 GB 16 blocks swapped + 8-bit AdamW, 10 GB 22 blocks + fp8 T5, 8 GB 28 blocks + fp8 T5.
@@ -111,30 +111,22 @@ def weight_memory(kind: str, *, fp8_base: bool = False, blocks_to_swap: int = 0,
             "training_weights_gb": (resident + train + deltas) / GB}
 
 
-# Full-size fp32 tensors per wrapped weight that autograd keeps for the backward pass, by (type, DoRA
-# magnitude), measured on the tiny model (tests/flux/test_flux_memory.py): LoRA none (it keeps rank-wide
-# activations only), LoKr its kron product, LoHa its factor products and their product; a DoRA magnitude
-# adds the merged weight, its transposed copy for the norm and the rescaled result.
-DELTA_COPIES = {("loha", False): 3, ("lokr", False): 1, ("dora", True): 3, ("loha", True): 6, ("lokr", True): 3}
-
-
-def delta_copies(network_type: str, dora_wd: bool) -> int:
-    decompose = network_type == "dora" or (dora_wd and network_type in ("loha", "lokr"))
-    return DELTA_COPIES.get((network_type, decompose), 0)
-
-
 def delta_values(cfg: Any, kind: str, network_type: str, dora_wd: bool, *, tiny: bool = False) -> int:
-    """fp32 values of the full-size deltas alive at once: every wrapped weight's, or with gradient
-    checkpointing (the transformer recomputes one block at a time) the largest block's plus CLIP-L's."""
-    copies = delta_copies(network_type, dora_wd)
+    """fp32 values of the full-size deltas a LoHa / LoKr / DoRA keeps at once (`lora.estimate.delta_copies`):
+    every wrapped weight's, or with gradient checkpointing (the transformer recomputes one block at a time)
+    the largest block's plus CLIP-L's."""
+    from lora_trainer.lora.estimate import delta_copies, layer_weights
+    from lora_trainer.lora.spec import NetworkSpec
+
+    copies = delta_copies(NetworkSpec(network_type, dora_wd=dora_wd))
     if not copies:
         return 0
     layers = run_layers(cfg, kind, network_type, dora_wd, tiny=tiny)
-    size = {part: sum(i * o * n for i, o, _, n in ls) for part, ls in layers.items()}
+    size = {part: layer_weights(ls) for part, ls in layers.items()}
     if cfg.gradient_checkpointing and "transformer" in layers:
         w = run_widths(cfg, network_type, dora_wd)
         one = [target_layers(kind, Widths(w.layers, d, s, w.fused), tiny) for d, s in (("0", "none"), ("none", "0"))]
-        size["transformer"] = max(sum(i * o * n for i, o, _, n in ls) for ls in one)
+        size["transformer"] = max(layer_weights(ls) for ls in one)
     return copies * sum(size.values())
 
 

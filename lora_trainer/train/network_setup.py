@@ -119,7 +119,7 @@ def add_to_plan(plan: Plan, cfg: TrainConfig) -> NetworkSpec:
                 modules["text_encoder"] += count
         plan.trainable_params, plan.lora_modules = total, modules
         plan.lora_file_mb = round(total * (4 if cfg.save_precision == "fp32" else 2) / 1e6, 1)
-        plan.memory_gib = memory_gib(cfg, plan.arch, total)
+        plan.memory_gib = round(memory_gib(cfg, plan.arch, total) + _delta_gib(cfg, spec, plan.arch, conv), 1)
     flux = _flux_layers(cfg, plan.arch, spec)
     if flux is not None:  # the transformer's modules (and CLIP-L's, FLUX.1) at this type's widths
         counts = {part: adapter_params(spec, layers) for part, layers in flux.items()}
@@ -130,6 +130,22 @@ def add_to_plan(plan: Plan, cfg: TrainConfig) -> NetworkSpec:
         plan.notes.append("the parameter estimate counts every module at lora_rank / conv_dim (block-wise "
                           "settings are resolved when the model loads; the log lists them)")
     return spec
+
+
+def _delta_gib(cfg: TrainConfig, spec: NetworkSpec, arch: str, conv: bool) -> float:
+    """GiB of the full-size deltas a LoHa / LoKr / DoRA keeps during an SD step (`estimate.delta_copies`):
+    every wrapped weight's; with gradient checkpointing about one of the kohya blocks' share of the UNet's."""
+    from lora_trainer.data.arch_tables import TEXT_ENCODERS, UNET_ATTN, UNET_CONV
+    from lora_trainer.lora.estimate import delta_copies, layer_weights
+
+    copies = delta_copies(spec)
+    if not copies:
+        return 0.0
+    unet = layer_weights(UNET_ATTN[arch] + (UNET_CONV[arch] if conv else [])) if cfg.train_unet else 0
+    if cfg.gradient_checkpointing:
+        unet //= _block_count(arch) or 1
+    te = sum(layer_weights(layers) for layers in TEXT_ENCODERS[arch]) if cfg.train_text_encoder else 0
+    return round(copies * (unet + te) * 4 / 2**30, 1)
 
 
 def _block_wise(spec: NetworkSpec) -> bool:

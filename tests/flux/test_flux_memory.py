@@ -174,3 +174,25 @@ def test_a_lokr_factor_that_does_not_divide_flux_is_refused_by_the_dry_run(data_
     assert plan(_cfg(data_dir, base, network_type="lokr", lokr_factor=16))[0].trainable_params > 0
     with pytest.raises(ConfigError, match=r"lokr_factor.*3 does not divide.*64"):  # the tiny model's widths
         plan(_cfg(data_dir, network_type="lokr", lokr_factor=3))
+
+
+def test_sd_plans_count_the_deltas_with_the_same_copies(data_dir, tmp_path):
+    """SD's rough memory line adds the same full-size delta copies (the module code is shared)."""
+    from safetensors.torch import save_file
+
+    from lora_trainer.data.arch_tables import UNET_ATTN
+    from lora_trainer.lora.estimate import layer_weights
+    from lora_trainer.train.image import prepare_plan
+
+    base = str(tmp_path / "v1-5-pruned.safetensors")  # the dry run reads no weight: model_type says SD1
+    save_file({"x": torch.zeros(1)}, base)
+
+    def gib(**extra) -> float:
+        cfg = _cfg(data_dir, base, model_type="sd1", train_text_encoder=False, **extra)
+        return prepare_plan(cfg)[2].memory_gib
+
+    unet = 4 * layer_weights(UNET_ATTN["sd1"]) / 2**30
+    lora, loha = gib(network_type="lora"), gib(network_type="loha")
+    assert loha - lora == pytest.approx(3 * unet, abs=0.3)
+    assert gib(network_type="lokr") - lora == pytest.approx(unet, abs=0.3)
+    assert gib(network_type="loha", gradient_checkpointing=True) < gib(network_type="lora") + unet
