@@ -15,6 +15,15 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+from lora_trainer.models.flux_widths import (
+    Widths,
+    run_layers,
+    run_transformer,
+    run_widths,
+    shipped_transformer,
+    target_layers,
+)
+
 GB = 1024 ** 3
 SUGGESTIONS = (  # (card GB, settings) from kohya's table
     (24, {"fp8_base": True, "blocks_to_swap": 0, "batch_size": 2, "optimizer": "adamw"}),
@@ -111,21 +120,21 @@ def weight_memory(kind: str, *, fp8_base: bool = False, blocks_to_swap: int = 0,
             "training_weights_gb": (resident + train + deltas) / GB}
 
 
-def delta_values(cfg: Any, kind: str, network_type: str, dora_wd: bool, *, tiny: bool = False) -> int:
+def delta_values(cfg: Any, kind: str, network_type: str, dora_wd: bool, *, real: bool = False) -> int:
     """fp32 values of the full-size deltas a LoHa / LoKr / DoRA keeps at once (`lora.estimate.delta_copies`):
     every wrapped weight's, or with gradient checkpointing (the transformer recomputes one block at a time)
-    the largest block's plus CLIP-L's."""
+    the largest block's plus CLIP-L's; on the run's model, or the real `kind` model (`real`)."""
     from lora_trainer.lora.estimate import delta_copies, layer_weights
     from lora_trainer.lora.spec import NetworkSpec
 
     copies = delta_copies(NetworkSpec(network_type, dora_wd=dora_wd))
     if not copies:
         return 0
-    layers = run_layers(cfg, kind, network_type, dora_wd, tiny=tiny)
+    layers = run_layers(cfg, kind, network_type, dora_wd, real=real)
     size = {part: layer_weights(ls) for part, ls in layers.items()}
     if cfg.gradient_checkpointing and "transformer" in layers:
-        w = run_widths(cfg, network_type, dora_wd)
-        one = [target_layers(kind, Widths(w.layers, d, s, w.fused), tiny) for d, s in (("0", "none"), ("none", "0"))]
+        w, config = run_widths(cfg, network_type, dora_wd), shipped_transformer(kind) if real else run_transformer(cfg, kind)
+        one = [target_layers(kind, Widths(w.layers, d, s, w.fused), config) for d, s in (("0", "none"), ("none", "0"))]
         size["transformer"] = max(layer_weights(ls) for ls in one)
     return copies * sum(size.values())
 
@@ -135,97 +144,9 @@ def lora_params(kind: str, rank: int) -> int:
     from lora_trainer.lora.estimate import adapter_params
     from lora_trainer.lora.spec import NetworkSpec
 
-    return adapter_params(NetworkSpec("lora", rank=rank), target_layers(kind))[0]
+    return adapter_params(NetworkSpec("lora", rank=rank), target_layers(kind, Widths(), shipped_transformer(kind)))[0]
 
 
-@dataclass(frozen=True)
-class Widths:
-    """What decides the modules a FLUX.1 / Chroma network wraps (the run's `flux_*` settings and type)."""
-
-    layers: tuple[str, ...] = ("attn", "mlp", "mod")
-    double_blocks: str = "all"
-    single_blocks: str = "all"
-    fused: bool = False          # LoHa / LoKr / DoRA train BFL's fused qkv / linear1 whole
-
-
-@lru_cache(maxsize=16)
-def target_layers(kind: str, widths: Widths = Widths(), tiny: bool = False) -> list[tuple[int, int, int, int]]:
-    """(in, out, 1, count) of every transformer module the network wraps on the real `kind` model (the
-    shipped configs) or the built-in tiny one: the targets a run gets (`flux_transformer_targets` on the
-    model built on the meta device), in `lora.estimate`'s layer format."""
-    from accelerate import init_empty_weights
-
-    from lora_trainer.lora.discovery_flux import flux_transformer_targets
-    from lora_trainer.models import flux_tiny
-    from lora_trainer.models.flux_loading import shipped_config
-
-    chroma = kind == "chroma"
-    family = "chroma" if chroma else "flux"
-    cfg = flux_tiny.transformer_config(family) if tiny else _clean(shipped_config(f"transformer-{kind}"))
-    with init_empty_weights():
-        tr = flux_tiny.transformer_class(family)(**cfg)
-        return _layers(flux_transformer_targets(tr, chroma=chroma, layers=widths.layers, fused=widths.fused,
-                                                double_blocks=widths.double_blocks, single_blocks=widths.single_blocks))
-
-
-@lru_cache(maxsize=4)
-def clip_layers(kind: str, tiny: bool = False) -> list[tuple[int, int, int, int]]:
-    """The CLIP-L LoRA's modules of FLUX.1 (real or tiny) as `target_layers`; none for Chroma."""
-    if kind == "chroma":
-        return []
-    from accelerate import init_empty_weights
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    from lora_trainer.lora.discovery_flux import flux_clip_targets
-    from lora_trainer.models import flux_tiny
-    from lora_trainer.models.flux_loading import shipped_config
-
-    cfg = flux_tiny.clip_config(100, 98, 99) if tiny else _clean(shipped_config("clip_l"))
-    with init_empty_weights():
-        return _layers(flux_clip_targets(CLIPTextModel(CLIPTextConfig(**cfg))))
-
-
-def _clean(c: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in c.items() if not k.startswith("_") and k != "architectures"}
-
-
-def _layers(targets: list[Any]) -> list[tuple[int, int, int, int]]:
-    """Targets grouped by (in, out) width; a "rows" target (a fused BFL module) is its stacked parts."""
-    from collections import Counter
-
-    shapes: Counter[tuple[int, int]] = Counter()
-    for t in targets:
-        mods = t.module if t.kind == "rows" else (t.module,)
-        shapes[(mods[0].in_features, sum(m.out_features for m in mods))] += 1
-    return [(i, o, 1, n) for (i, o), n in sorted(shapes.items())]
-
-
-def run_widths(cfg: Any, network_type: str | None = None, dora_wd: bool | None = None) -> Widths:
-    """The run's `Widths` (its network type, unless a file's is given)."""
-    from lora_trainer.models.flux_adapter import needs_fused_targets
-
-    fused = needs_fused_targets(network_type or cfg.network_type, cfg.dora_wd if dora_wd is None else dora_wd)
-    return Widths(tuple(cfg.flux_layers), str(cfg.flux_double_blocks), str(cfg.flux_single_blocks), fused)
-
-
-def is_builtin(cfg: Any) -> bool:
-    """The run trains a built-in tiny model (its widths, not the real model's)."""
-    from lora_trainer.models.flux_loading import BUILTIN
-
-    return (cfg.base_model or "").strip() in BUILTIN
-
-
-def run_layers(cfg: Any, kind: str, network_type: str, dora_wd: bool, *, tiny: bool | None = None
-               ) -> dict[str, list[tuple[int, int, int, int]]]:
-    """{"transformer": layers, "text_encoder": layers} the run trains (each only when the run trains it; the
-    text encoder only on FLUX.1), at the built-in model's widths for a built-in base unless `tiny` says."""
-    tiny = is_builtin(cfg) if tiny is None else tiny
-    out = {}
-    if cfg.train_unet:
-        out["transformer"] = target_layers(kind, run_widths(cfg, network_type, dora_wd), tiny)
-    if cfg.train_text_encoder and kind != "chroma":
-        out["text_encoder"] = clip_layers(kind, tiny)
-    return out
 
 
 def suggest(vram_gb: float) -> dict[str, Any]:
@@ -244,11 +165,11 @@ def flux_plan_memory(cfg: Any, kind: str, spec: Any = None) -> tuple[dict[str, f
     from lora_trainer.lora.spec import NetworkSpec
 
     spec = spec or NetworkSpec("lora", rank=cfg.lora_rank)
-    layers = run_layers(cfg, kind, spec.network_type, spec.dora_wd, tiny=False)
+    layers = run_layers(cfg, kind, spec.network_type, spec.dora_wd, real=True)
     mem = weight_memory(kind, fp8_base=cfg.fp8_base, blocks_to_swap=cfg.blocks_to_swap, optimizer=cfg.optimizer,
                         compute_bytes=2 if cfg.mixed_precision in ("fp16", "bf16") else 4,
                         adapter_params=sum(adapter_params(spec, ls)[0] for ls in layers.values()),
-                        delta_params=delta_values(cfg, kind, spec.network_type, spec.dora_wd))
+                        delta_params=delta_values(cfg, kind, spec.network_type, spec.dora_wd, real=True))
     parts = {k: round(v, 2) for k, v in mem.items()}
     suggestions = {}
     for gb in (8, 12, 16, 24):

@@ -46,7 +46,7 @@ def _flux_layers(cfg: TrainConfig, arch: str | None, spec: NetworkSpec) -> dict[
     shipped configs give them), or None for another architecture."""
     if arch not in ("flux-dev", "flux-schnell", "chroma"):
         return None
-    from lora_trainer.models.flux_memory import run_layers
+    from lora_trainer.models.flux_widths import run_layers
 
     return run_layers(cfg, arch, spec.network_type, spec.dora_wd)
 

@@ -82,6 +82,34 @@ def test_the_plan_counts_the_parameters_the_run_trains(base, network_type, extra
     assert plan.lora_modules == want
 
 
+@pytest.mark.parametrize("form", ["single_files", "all_in_one", "folder"])
+def test_a_file_model_is_planned_at_its_own_widths(form, data_dir, tiny_flux, tmp_path):
+    """The tiny FLUX.1 as files: the dry run reads its widths from the header / config.json (no weights),
+    so the count is the trained network's and a LoKr factor is checked against those widths."""
+    from flux_helpers import write_single_files
+
+    from lora_trainer.errors import ConfigError
+    from lora_trainer.models.flux_adapter import load_flux_adapter
+    from lora_trainer.models.flux_tiny import save_tiny_flux
+    from lora_trainer.train.image import prepare_plan
+    from lora_trainer.train.network_setup import build_network
+
+    if form == "folder":
+        model = {"base_model": save_tiny_flux(str(tmp_path / "m"))}
+    else:
+        paths = write_single_files(tiny_flux, str(tmp_path / "m"),
+                                   prefix="model.diffusion_model." if form == "all_in_one" else "")
+        model = {"base_model": paths["transformer"], "vae_path": paths["vae"], "clip_l_path": paths["clip_l"],
+                 "t5xxl_path": paths["t5"]}
+    cfg = _cfg(data_dir, network_type="loha", flux_single_blocks="1", **model)
+    plan = prepare_plan(cfg)[2]
+    net, _ = build_network(load_flux_adapter(cfg), cfg, True, lambda *a: None)
+    assert plan.trainable_params == sum(p.numel() for p in net.parameters())
+    with pytest.raises(ConfigError, match=r"lokr_factor.*3 does not divide.*64"):
+        prepare_plan(_cfg(data_dir, network_type="lokr", lokr_factor=3, **model))
+    assert prepare_plan(_cfg(data_dir, network_type="lokr", lokr_factor=32, **model))[2].trainable_params > 0
+
+
 def _saved_bytes(parts, spec) -> int:
     """Bytes autograd keeps for one forward + backward of the tiny transformer with `spec`'s network on it."""
     from flux_helpers import transformer_inputs
@@ -127,11 +155,11 @@ def test_the_full_size_deltas_are_what_autograd_keeps(network_type, dora_wd, tin
     lora = _saved_bytes(tiny_flux, NetworkSpec("lora", rank=4)) - base
     measured = _saved_bytes(tiny_flux, NetworkSpec(network_type, rank=4, dora_wd=dora_wd)) - base
     cfg = _cfg(data_dir, train_text_encoder=False)
-    estimate = 4 * delta_values(cfg, "flux-dev", network_type, dora_wd, tiny=True)
+    estimate = 4 * delta_values(cfg, "flux-dev", network_type, dora_wd)
     assert abs(measured - estimate) <= 0.1 * estimate + 1.5 * lora
-    assert delta_values(cfg, "flux-dev", "lora", False, tiny=True) == 0
+    assert delta_values(cfg, "flux-dev", "lora", False) == 0
     checkpointed = _cfg(data_dir, train_text_encoder=False, gradient_checkpointing=True)
-    assert 0 < delta_values(checkpointed, "flux-dev", network_type, dora_wd, tiny=True) < estimate / 4 / 2
+    assert 0 < delta_values(checkpointed, "flux-dev", network_type, dora_wd) < estimate / 4 / 2
 
 
 def _real_dev_folder(root) -> str:
