@@ -42,8 +42,8 @@ def _block_count(arch: str | None) -> int | None:
 
 
 def _flux_layers(cfg: TrainConfig, arch: str | None, spec: NetworkSpec) -> dict[str, list[Any]] | None:
-    """{part: layers} a FLUX.1 / Chroma run wraps (the built-in tiny model's widths, or the real model's as the
-    shipped configs give them), or None for another architecture."""
+    """{part: layers} a FLUX.1 / Chroma run wraps, at its model's widths read without loading it
+    (`models.flux_widths`), or None for another architecture."""
     if arch not in ("flux-dev", "flux-schnell", "chroma"):
         return None
     from lora_trainer.models.flux_widths import run_layers
