@@ -48,8 +48,10 @@ def plan(cfg: TrainConfig) -> tuple[Plan | dict[str, Any], list[tuple[str, str]]
     index, _, image_plan = prepare_plan(cfg)
     if image_plan.arch in ("flux-dev", "flux-schnell", "chroma"):
         from lora_trainer.models.flux_memory import flux_plan_memory
+        from lora_trainer.train.network_setup import network_spec
 
-        image_plan.memory_parts_gb, image_plan.suggestions = flux_plan_memory(cfg, image_plan.arch)
+        image_plan.memory_parts_gb, image_plan.suggestions = flux_plan_memory(cfg, image_plan.arch,
+                                                                              network_spec(cfg))
     return image_plan, [(str(p), str(r)) for p, r in index.skipped]
 
 

@@ -111,7 +111,8 @@ class TrainConfig:
     cache_text_encoder_outputs_to_disk: bool = _f(
         "data", False, "Also keep each caption's text-encoder outputs (FLUX.1: T5 + CLIP-L) in safetensors files "
         "(`.lora_trainer_cache/text` in the data folder), so a later run with the same captions and text encoders "
-        "does not encode them again (needs cache_text_encoder_outputs).")
+        "does not encode them again; FLUX.1 / Chroma: sample prompts too, and a run that finds all of them there "
+        "does not load T5 or CLIP-L at all (needs cache_text_encoder_outputs).")
     max_token_length: int = _f("data", 75, "Caption tokens per image: 75, or 150/225 to use several 77-token chunks.",
                                choices=(75, 150, 225))
     masked_loss: bool = _f("data", True, "Weight the loss by a mask beside each image (`<stem>-masklabel.png`, "

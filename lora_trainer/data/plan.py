@@ -182,7 +182,8 @@ def format_plan(plan: Plan) -> str:
         modules = ", ".join(f"{k} {v}" for k, v in plan.lora_modules.items())
         lines.append(f"model: {plan.arch} ({plan.arch_source}); LoRA: {plan.trainable_params:,} trainable parameters "
                      f"in {modules} modules, file ≈ {plan.lora_file_mb} MB")
-        lines.append(f"memory (rough, ±50%): ≈ {plan.memory_gib} GiB on the training device")
+        if plan.memory_gib is not None:  # FLUX.1 / Chroma: per component, below
+            lines.append(f"memory (rough, ±50%): ≈ {plan.memory_gib} GiB on the training device")
     else:
         lines.append(f"model: {plan.arch or 'unknown'} ({plan.arch_source})")
     lines += plan.network

@@ -31,6 +31,24 @@ def _one(spec: NetworkSpec, fan_in: int, fan_out: int, k: int, r: int) -> int:
     return n + (fan_in if spec.weight_decompose else 0)
 
 
+# Full-size fp32 tensors per wrapped weight that autograd keeps for the backward pass, by (type, DoRA
+# magnitude), measured on the tiny FLUX.1 (tests/flux/test_flux_memory.py; the module code is the same for
+# every model): LoRA none (it keeps rank-wide activations only), LoKr its kron product, LoHa its factor
+# products and their product; a DoRA magnitude adds the merged weight, its transposed copy for the norm and
+# the rescaled result.
+DELTA_COPIES = {("loha", False): 3, ("lokr", False): 1, ("dora", True): 3, ("loha", True): 6, ("lokr", True): 3}
+
+
+def delta_copies(spec: NetworkSpec) -> int:
+    """How many full-size copies of each wrapped weight `spec`'s modules keep during a step (LoRA: 0)."""
+    return DELTA_COPIES.get((spec.network_type, spec.weight_decompose), 0)
+
+
+def layer_weights(layers: list[Layer]) -> int:
+    """Values of the wrapped weights themselves (what one full-size delta copy holds)."""
+    return sum(fan_in * fan_out * k * k * count for fan_in, fan_out, k, count in layers)
+
+
 def adapter_params(spec: NetworkSpec, layers: list[Layer]) -> tuple[int, int]:
     """(trainable parameters, modules) of `spec`'s kind on `layers` (block-wise ranks not counted)."""
     params = modules = 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -104,10 +105,12 @@ class ModelAdapter(abc.ABC):
                  width: int = 512, height: int = 512, guidance_scale: float = 7.0) -> Image.Image:
         """A sample image with the currently attached LoRA (for previews and sample grids)."""
 
-    def release_text_encoders(self, prompts: list[str]) -> None:  # noqa: B027 - optional
+    def release_text_encoders(self, prompts: list[str],  # noqa: B027 - optional
+                              encoded: Callable[[str], dict[str, torch.Tensor]] | None = None) -> None:
         """Called once every caption's conditioning is cached (text encoders frozen): a family with large
-        text encoders may encode the sample `prompts` now and move the encoders off the GPU until
-        `restore()`. SD keeps them (they are small and the WebUI owns them)."""
+        text encoders may take the sample `prompts`' conditioning now (`encoded(prompt)`: from the run's
+        text-encoder cache, without batch dimension) and move the encoders off the GPU until `restore()`.
+        SD keeps them (they are small and the WebUI owns them)."""
 
     def prepare_for_training(self) -> None:  # noqa: B027
         """Freeze the base, move parts where training needs them, undo host hooks that cannot

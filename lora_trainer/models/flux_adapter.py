@@ -11,6 +11,7 @@ the `ModelAdapter` seam and the run's settings.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -117,6 +118,8 @@ class FluxAdapter(ModelAdapter):
         self._target: torch.device | None = None  # the training device (`place`)
         self._prompt_cache: dict[str, dict[str, torch.Tensor]] = {}
         self._t5_released = False
+        self._text_files: Any = parts.get("text_files")  # flux_loading.TextEncoderFiles: encoders not loaded yet
+        self._released = False  # release_text_encoders was called: T5 belongs in CPU memory
 
     # ---- facts -------------------------------------------------------------------------------
     @property
@@ -148,8 +151,27 @@ class FluxAdapter(ModelAdapter):
         return int(min(T5_MAX_LENGTH[self.kind], limit))
 
     def modules(self) -> dict[str, torch.nn.Module]:
+        """The loaded parts (text encoders loaded on first use are not among them until then)."""
         names = ("transformer", "vae", "text_encoder", "text_encoder_2")
         return {n: self.parts[n] for n in names if self.parts.get(n) is not None}
+
+    def text_encoders_loaded(self) -> bool:
+        return self.parts.get("text_encoder_2") is not None
+
+    def _load_text_encoders(self) -> None:
+        """Load T5 (and CLIP-L) from their files the first time a caption or prompt must be encoded (a run
+        whose captions are all in the text-encoder disk cache never does), frozen, in the compute dtype and
+        on the training device, as `place` would have put them (T5 in CPU memory once released)."""
+        if self._text_files is None or self.text_encoders_loaded():
+            return
+        for name in ("text_encoder", "text_encoder_2"):
+            mod = self._text_files.load(name)
+            if mod is not None:
+                mod.requires_grad_(False)
+                on_cpu = name == "text_encoder_2" and self._released and self.device.type != "cpu"
+                move_parts({name: mod}, "cpu" if on_cpu else self.device, self._compute_dtype)
+                self._t5_released = self._t5_released or on_cpu
+            self.parts[name] = mod
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None,
            *, vae_dtype: torch.dtype | None = None) -> FluxAdapter:
@@ -171,7 +193,10 @@ class FluxAdapter(ModelAdapter):
     # ---- LoRA targets ----------------------------------------------------------------------------
     def trainable_text_encoder(self) -> bool:
         """CLIP-L of FLUX.1 can carry a LoRA; T5 never does, and Chroma has no CLIP."""
-        return self.kind != "chroma" and self.parts.get("text_encoder") is not None
+        if self.kind == "chroma":
+            return False
+        return self.parts.get("text_encoder") is not None or (
+            self._text_files is not None and self._text_files.clip is not None)
 
     def lora_targets(self, *, unet: bool, text_encoder: bool, conv: bool,
                      fused: bool | None = None) -> list[LoraTarget]:
@@ -191,6 +216,7 @@ class FluxAdapter(ModelAdapter):
                          "flux_double_blocks" if "double" in str(e) else "flux_single_blocks")
                 raise ConfigError(field, str(e)) from e
         if text_encoder and self.trainable_text_encoder():
+            self._load_text_encoders()
             out += flux_clip_targets(self.parts["text_encoder"])
         return out
 
@@ -204,6 +230,7 @@ class FluxAdapter(ModelAdapter):
 
     def encode_text(self, captions: list[str]) -> dict[str, torch.Tensor]:
         """{"t5", "pooled"} (FLUX.1) or {"t5", "t5_mask"} (Chroma): T5 frozen, CLIP-L in the caller's grad mode."""
+        self._load_text_encoders()
         return flux_sampler.encode_prompts(self.parts, captions, self.max_sequence_length)
 
     # ---- the transformer ---------------------------------------------------------------------------
@@ -278,9 +305,10 @@ class FluxAdapter(ModelAdapter):
         if self._swap is not None:
             self._swap.detach()
             self._swap = None
-        if self._t5_released:
+        if self._t5_released and self.text_encoders_loaded():
             self.parts["text_encoder_2"].to(self.device)
             self._t5_released = False
+        self._released = False
         self._prompt_cache.clear()
 
     # ---- samples and files -------------------------------------------------------------------------
@@ -303,20 +331,28 @@ class FluxAdapter(ModelAdapter):
     def _prompt_cond(self, prompt: str) -> dict[str, torch.Tensor]:
         cached = self._prompt_cache.get(prompt)
         if cached is None:
+            self._load_text_encoders()
             with torch.no_grad():
                 cached = flux_sampler.encode_prompts(self.parts, [prompt], self.max_sequence_length)
         return {k: v.to(self.device) for k, v in cached.items()}
 
-    def release_text_encoders(self, prompts: list[str]) -> None:
-        """After the caption cache pre-pass: encode the sample `prompts` (and the empty negative) once, then
-        move T5 to CPU memory (FLUX.1-dev's T5-XXL is 9 GB in bf16, most of a 12 GB card). A caption met
-        later still encodes, on the CPU. `restore` brings T5 back."""
-        if self.device.type == "cpu":
+    def release_text_encoders(self, prompts: list[str],
+                              encoded: Callable[[str], dict[str, torch.Tensor]] | None = None) -> None:
+        """After the caption cache pre-pass: keep the sample `prompts`' conditioning (`encoded(prompt)`: the
+        run's text-encoder cache, so a prompt on disk costs no T5; else encoded here), then move T5, if it
+        was loaded at all, to CPU memory (FLUX.1-dev's T5-XXL is 9 GB in bf16, most of a 12 GB card). A
+        caption met later still encodes, on the CPU. `restore` brings T5 back."""
+        for p in dict.fromkeys(prompts):
+            if encoded is not None:
+                cond = {k: v[None] for k, v in encoded(p).items()}
+            else:
+                self._load_text_encoders()
+                with torch.no_grad():
+                    cond = flux_sampler.encode_prompts(self.parts, [p], self.max_sequence_length)
+            self._prompt_cache[p] = {k: v.cpu() for k, v in cond.items()}
+        self._released = True
+        if self.device.type == "cpu" or not self.text_encoders_loaded():
             return
-        with torch.no_grad():
-            for p in {*prompts, ""}:
-                self._prompt_cache[p] = {k: v.cpu() for k, v in
-                                         flux_sampler.encode_prompts(self.parts, [p], self.max_sequence_length).items()}
         self.parts["text_encoder_2"].to("cpu")
         self._t5_released = True
         if torch.cuda.is_available():
@@ -324,11 +360,14 @@ class FluxAdapter(ModelAdapter):
 
     def text_cache_id(self) -> str:
         """T5 (and CLIP-L) weights, tokenizers' sizes and the T5 length: a changed text encoder, or a
-        `t5_max_token_length` change, gives other file names in the text-encoder disk cache."""
+        `t5_max_token_length` change, gives other file names in the text-encoder disk cache. A model read
+        from files is named by its files (`TextEncoderFiles.fingerprint`: no encoder is loaded for it);
+        the built-in ones by their loaded weights."""
         p = self.parts
         tok = [len(t) if t is not None else 0 for t in (p.get("tokenizer"), p.get("tokenizer_2"))]
-        return (f"{self.kind}:t5 {self.max_sequence_length}:tok {tok}:"
-                f"{weights_fingerprint(p.get('text_encoder'), p.get('text_encoder_2'))}")
+        weights = (self._text_files.fingerprint() if self._text_files is not None else
+                   weights_fingerprint(p.get("text_encoder"), p.get("text_encoder_2")))
+        return f"{self.kind}:t5 {self.max_sequence_length}:tok {tok}:{weights}"
 
     def metadata(self) -> dict[str, str]:
         o = self.options
@@ -368,7 +407,8 @@ def load_flux_adapter(cfg: Any, dtype: torch.dtype | None = None) -> FluxAdapter
     base = cfg.base_model.strip()
     name = base if base in BUILTIN else os.path.basename(os.path.normpath(os.path.expanduser(base)))
     parts = load_flux_parts(base, vae_path=cfg.vae_path, clip_l_path=cfg.clip_l_path, t5xxl_path=cfg.t5xxl_path,
-                            tokenizer_path=cfg.tokenizer_path, model_cache_dir=cfg.model_cache_dir, dtype=dtype)
+                            tokenizer_path=cfg.tokenizer_path, model_cache_dir=cfg.model_cache_dir, dtype=dtype,
+                            defer_text_encoders=True)
     wanted = cfg.model_type
     family = "chroma" if parts["kind"] == "chroma" else "flux"
     if wanted != "auto" and wanted != family:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from dataclasses import dataclass
 from typing import Any
 
 from lora_trainer.errors import ModelLoadError
@@ -36,13 +37,52 @@ def shipped_config(name: str) -> dict[str, Any]:
         return json.load(f)
 
 
+@dataclass(frozen=True)
+class TextEncoderFiles:
+    """Where a FLUX.1 / Chroma model's text encoders are read from, so they are loaded only when a caption
+    or prompt is not in the text-encoder cache (T5-XXL is 9 GB), and named without loading them.
+
+    `t5` / `clip`: (file, key prefix) of single files, or (component folder, "") of a diffusers folder."""
+
+    kind: str
+    t5: tuple[str, str]
+    clip: tuple[str, str] | None
+    folder: bool
+    dtype: Any
+
+    def fingerprint(self) -> str:
+        """Changes when either encoder's weights change (`file_fingerprint`); reads headers and a few bytes."""
+        from lora_trainer.models.file_fingerprint import folder_fingerprint, safetensors_fingerprint
+
+        ids = [folder_fingerprint(src[0]) if self.folder else safetensors_fingerprint(*src)
+               for src in (self.t5, self.clip) if src is not None]
+        return "files:" + ":".join(ids)
+
+    def load(self, part: str) -> Any:
+        """`text_encoder_2` (T5) or `text_encoder` (CLIP-L; None for Chroma), in eval mode."""
+        src = self.t5 if part == "text_encoder_2" else self.clip
+        if src is None:
+            return None
+        path, prefix = src
+        if not self.folder:
+            return (_load_t5 if part == "text_encoder_2" else _load_clip)(path, prefix, self.dtype)
+        from transformers import CLIPTextModel, T5EncoderModel
+
+        cls = T5EncoderModel if part == "text_encoder_2" else CLIPTextModel
+        kw = {"local_files_only": True, **({"torch_dtype": self.dtype} if self.dtype is not None else {})}
+        return cls.from_pretrained(path, **kw).eval()
+
+
 def load_flux_parts(base_model: str, *, vae_path: str | None = None, clip_l_path: str | None = None,
                     t5xxl_path: str | None = None, tokenizer_path: str | None = None,
-                    model_cache_dir: str | None = None, dtype: Any = None) -> dict[str, Any]:
+                    model_cache_dir: str | None = None, dtype: Any = None,
+                    defer_text_encoders: bool = False) -> dict[str, Any]:
     """The parts of `base_model` (see module doc). `vae_path` / `clip_l_path` / `t5xxl_path` name the
     separate files of a single-file transformer (they override parts inside an all-in-one file);
     `tokenizer_path` is a folder with `tokenizer/` (CLIP) and `tokenizer_2/` (T5) for single files.
-    fp8 weights are upcast to `dtype` (default float32)."""
+    fp8 weights are upcast to `dtype` (default float32). `defer_text_encoders`: a file-based model's
+    text encoders are not loaded; the parts hold None for them and `"text_files"` (`TextEncoderFiles`)
+    says where they are (the built-in models load whole)."""
     import torch
 
     dtype = dtype or torch.float32
@@ -53,7 +93,7 @@ def load_flux_parts(base_model: str, *, vae_path: str | None = None, clip_l_path
         return build_tiny_flux_parts(BUILTIN[base])
     path = os.path.expanduser(base)
     if os.path.isdir(path):
-        return load_flux_folder(path, dtype)
+        return load_flux_folder(path, dtype, defer_text_encoders=defer_text_encoders)
     if not os.path.isfile(path):
         raise ModelLoadError(f"base_model not found: {base} (give a FLUX.1/Chroma diffusers folder, the transformer "
                              ".safetensors file, or builtin:tiny-flux)")
@@ -62,7 +102,7 @@ def load_flux_parts(base_model: str, *, vae_path: str | None = None, clip_l_path
     if msg:
         raise ModelLoadError(msg)
     sources = _check_part_files(f, vae_path, clip_l_path, t5xxl_path)
-    return _load_single_files(f, sources, tokenizer_path, model_cache_dir, dtype)
+    return _load_single_files(f, sources, tokenizer_path, model_cache_dir, dtype, defer_text_encoders)
 
 
 # ---- header checks of the separate files ---------------------------------------------------------
@@ -236,7 +276,7 @@ def _load_t5(path: str, prefix: str, dtype: Any) -> Any:
 
 
 def _load_single_files(f: FluxFile, sources: dict[str, tuple[str, str]], tokenizer_path: str | None,
-                       cache_dir: str | None, dtype: Any) -> dict[str, Any]:
+                       cache_dir: str | None, dtype: Any, defer_text_encoders: bool = False) -> dict[str, Any]:
     from diffusers import FlowMatchEulerDiscreteScheduler
 
     from lora_trainer.models.flux_tiny import TEXT_WIDTH
@@ -246,12 +286,18 @@ def _load_single_files(f: FluxFile, sources: dict[str, tuple[str, str]], tokeniz
     tokenizers = _tokenizers(f, tiny, tokenizer_path, cache_dir)  # before the heavy reads
     transformer = _load_transformer(f, dtype)
     vae = _load_vae(*sources["vae"], dtype)
-    t5 = _load_t5(*sources["t5"], dtype)
-    clip = _load_clip(*sources["clip_l"], dtype) if f.kind != "chroma" else None
+    files = TextEncoderFiles(f.kind, sources["t5"], sources["clip_l"] if f.kind != "chroma" else None, False, dtype)
     sched_cfg = shipped_config(f"scheduler-{f.kind}")
     sched = FlowMatchEulerDiscreteScheduler(**{k: v for k, v in sched_cfg.items() if not k.startswith("_")})
-    return {"kind": f.kind, "transformer": transformer, "vae": vae, "text_encoder": clip, "tokenizer": tokenizers[0],
-            "text_encoder_2": t5, "tokenizer_2": tokenizers[1], "scheduler": sched}
+    return {"kind": f.kind, "transformer": transformer, "vae": vae, "tokenizer": tokenizers[0],
+            "tokenizer_2": tokenizers[1], "scheduler": sched, **_text_parts(files, defer_text_encoders)}
+
+
+def _text_parts(files: TextEncoderFiles, defer: bool) -> dict[str, Any]:
+    """The parts' text encoders: loaded now, or None plus where to load them from."""
+    if defer:
+        return {"text_encoder": None, "text_encoder_2": None, "text_files": files}
+    return {"text_encoder": files.load("text_encoder"), "text_encoder_2": files.load("text_encoder_2")}
 
 
 def _tokenizers(f: FluxFile, tiny: bool, tokenizer_path: str | None, cache_dir: str | None) -> tuple[Any, Any]:
@@ -305,10 +351,10 @@ def find_t5_tokenizer(checkpoint: str, tokenizer_path: str | None, cache_dir: st
 
 
 # ---- diffusers folders ---------------------------------------------------------------------------
-def load_flux_folder(path: str, dtype: Any = None) -> dict[str, Any]:
+def load_flux_folder(path: str, dtype: Any = None, *, defer_text_encoders: bool = False) -> dict[str, Any]:
     """A FluxPipeline / ChromaPipeline folder (model_index.json, transformer/, vae/, text encoders)."""
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler
-    from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel
+    from transformers import CLIPTokenizer
 
     idx_path = os.path.join(path, "model_index.json")
     if not os.path.isfile(idx_path):
@@ -335,15 +381,14 @@ def load_flux_folder(path: str, dtype: Any = None) -> dict[str, Any]:
     kind = "chroma" if chroma else ("flux-dev" if transformer.config.guidance_embeds else "flux-schnell")
     vae = AutoencoderKL.from_pretrained(path, subfolder="vae", **kw)
     t5_sub = "text_encoder" if chroma else "text_encoder_2"
-    t5 = T5EncoderModel.from_pretrained(os.path.join(path, t5_sub), **kw)
+    files = TextEncoderFiles(kind, (os.path.join(path, t5_sub), ""),
+                             None if chroma else (os.path.join(path, "text_encoder"), ""), True, dtype)
     t5_tok = _t5_tokenizer_from(os.path.join(path, "tokenizer" if chroma else "tokenizer_2"))
-    clip = clip_tok = None
+    clip_tok = None
     if not chroma:
-        clip = CLIPTextModel.from_pretrained(os.path.join(path, "text_encoder"), **kw)
         clip_tok = CLIPTokenizer.from_pretrained(os.path.join(path, "tokenizer"), local_files_only=True)
     sched = FlowMatchEulerDiscreteScheduler.from_pretrained(path, subfolder="scheduler", local_files_only=True)
-    for m in (transformer, vae, t5, clip):
-        if m is not None:
-            m.eval()
-    return {"kind": kind, "transformer": transformer, "vae": vae, "text_encoder": clip, "tokenizer": clip_tok,
-            "text_encoder_2": t5, "tokenizer_2": t5_tok, "scheduler": sched}
+    transformer.eval()
+    vae.eval()
+    return {"kind": kind, "transformer": transformer, "vae": vae, "tokenizer": clip_tok, "tokenizer_2": t5_tok,
+            "scheduler": sched, **_text_parts(files, defer_text_encoders)}

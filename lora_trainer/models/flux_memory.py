@@ -2,7 +2,8 @@
 
 Why: a user with a 12 GB card must learn before loading 24 GB of weights which settings fit. The
 weight sizes here are exact (parameter counts of the shipped real configs, built on the meta
-device, times the storage dtype); activations are not estimated (they depend on resolution, batch and
+device, times the storage dtype), and so are the full-size deltas LoHa / LoKr / DoRA build per wrapped
+weight (`lora.estimate.DELTA_COPIES`); activations are not estimated (they depend on resolution, batch and
 checkpointing, and are measured on a GPU). The suggestions are kohya sd-scripts' documented ones
 (docs/flux_train_network.md, "with --fp8_base"): 24 GB basic (batch 2), 16 GB batch 1 + block swap,
 12 GB 16 blocks swapped + 8-bit AdamW, 10 GB 22 blocks + fp8 T5, 8 GB 28 blocks + fp8 T5.
@@ -13,6 +14,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
+
+from lora_trainer.models.flux_widths import (
+    Widths,
+    run_layers,
+    run_transformer,
+    run_widths,
+    shipped_transformer,
+    target_layers,
+)
 
 GB = 1024 ** 3
 SUGGESTIONS = (  # (card GB, settings) from kohya's table
@@ -88,34 +98,55 @@ def swapped_params(sizes: FluxSizes, blocks_to_swap: int) -> int:
 
 
 def weight_memory(kind: str, *, fp8_base: bool = False, blocks_to_swap: int = 0, rank: int = 16,
-                  optimizer: str = "adamw", t5_fp8: bool = False, compute_bytes: int = 2) -> dict[str, float]:
+                  optimizer: str = "adamw", t5_fp8: bool = False, compute_bytes: int = 2,
+                  adapter_params: int | None = None, delta_params: int = 0) -> dict[str, float]:
     """GB of GPU memory for weights and optimizer state during training (text encoders are needed only
     while caching their outputs, so they are reported apart, not added): transformer (resident part),
-    LoRA parameters + gradients + optimizer state, and the peak while encoding text."""
+    adapter parameters + gradients + optimizer state (`adapter_params`; default a rank-`rank` LoRA), the
+    full-size fp32 deltas a LoHa / LoKr / DoRA keeps for the backward pass (`delta_params` values, see
+    `delta_values`), and the peak while encoding text."""
     sizes = real_sizes(kind)
     base_bytes = 1 if fp8_base else compute_bytes
     resident = (sizes.transformer - swapped_params(sizes, blocks_to_swap)) * base_bytes
-    lora = lora_params(kind, rank)
+    lora = lora_params(kind, rank) if adapter_params is None else adapter_params
     state_per_param = {"adamw": 8, "adamw8bit": 2, "lion": 4, "prodigy": 16, "sgd": 0}.get(optimizer, 8)
     train = lora * (4 + 4 + state_per_param)  # fp32 weights + grads + state
+    deltas = delta_params * 4
     text = sizes.t5 * (1 if t5_fp8 else compute_bytes) + sizes.clip_l * compute_bytes
-    return {"transformer_gb": resident / GB, "lora_and_optimizer_gb": train / GB, "text_encoders_gb": text / GB,
-            "vae_gb": sizes.vae * compute_bytes / GB, "training_weights_gb": (resident + train) / GB}
+    out = {"transformer_gb": resident / GB, "lora_and_optimizer_gb": train / GB}
+    if deltas:
+        out["adapter_deltas_gb"] = deltas / GB
+    return {**out, "text_encoders_gb": text / GB, "vae_gb": sizes.vae * compute_bytes / GB,
+            "training_weights_gb": (resident + train + deltas) / GB}
+
+
+def delta_values(cfg: Any, kind: str, network_type: str, dora_wd: bool, *, real: bool = False) -> int:
+    """fp32 values of the full-size deltas a LoHa / LoKr / DoRA keeps at once (`lora.estimate.delta_copies`):
+    every wrapped weight's, or with gradient checkpointing (the transformer recomputes one block at a time)
+    the largest block's plus CLIP-L's; on the run's model, or the real `kind` model (`real`)."""
+    from lora_trainer.lora.estimate import delta_copies, layer_weights
+    from lora_trainer.lora.spec import NetworkSpec
+
+    copies = delta_copies(NetworkSpec(network_type, dora_wd=dora_wd))
+    if not copies:
+        return 0
+    layers = run_layers(cfg, kind, network_type, dora_wd, real=real)
+    size = {part: layer_weights(ls) for part, ls in layers.items()}
+    if cfg.gradient_checkpointing and "transformer" in layers:
+        w, config = run_widths(cfg, network_type, dora_wd), shipped_transformer(kind) if real else run_transformer(cfg, kind)
+        one = [target_layers(kind, Widths(w.layers, d, s, w.fused), config) for d, s in (("0", "none"), ("none", "0"))]
+        size["transformer"] = max(layer_weights(ls) for ls in one)
+    return copies * sum(size.values())
 
 
 def lora_params(kind: str, rank: int) -> int:
     """LoRA parameters on every block Linear (attention, MLP, modulation where the model has it)."""
-    from accelerate import init_empty_weights
+    from lora_trainer.lora.estimate import adapter_params
+    from lora_trainer.lora.spec import NetworkSpec
 
-    from lora_trainer.lora.discovery_flux import flux_transformer_targets
-    from lora_trainer.models.flux_loading import shipped_config
-    from lora_trainer.models.flux_tiny import transformer_class
+    return adapter_params(NetworkSpec("lora", rank=rank), target_layers(kind, Widths(), shipped_transformer(kind)))[0]
 
-    cfg = {k: v for k, v in shipped_config(f"transformer-{kind}").items() if not k.startswith("_")}
-    with init_empty_weights():
-        tr = transformer_class(kind)(**cfg)
-    return sum(rank * (t.module.in_features + t.module.out_features)
-               for t in flux_transformer_targets(tr, chroma=kind == "chroma"))
+
 
 
 def suggest(vram_gb: float) -> dict[str, Any]:
@@ -126,11 +157,19 @@ def suggest(vram_gb: float) -> dict[str, Any]:
     return {"card_gb": SUGGESTIONS[-1][0], **SUGGESTIONS[-1][1]}
 
 
-def flux_plan_memory(cfg: Any, kind: str) -> tuple[dict[str, float], dict[str, dict[str, Any]]]:
+def flux_plan_memory(cfg: Any, kind: str, spec: Any = None) -> tuple[dict[str, float], dict[str, dict[str, Any]]]:
     """For the dry-run plan: GB per component of the real `kind` model at the run's settings (fp8_base,
-    blocks_to_swap, rank, optimizer, precision), and kohya's settings for 8 / 12 / 16 / 24 GB cards."""
-    mem = weight_memory(kind, fp8_base=cfg.fp8_base, blocks_to_swap=cfg.blocks_to_swap, rank=cfg.lora_rank,
-                        optimizer=cfg.optimizer, compute_bytes=2 if cfg.mixed_precision in ("fp16", "bf16") else 4)
+    blocks_to_swap, the network `spec`'s type and ranks (default: a LoRA of lora_rank), the trained parts,
+    optimizer, precision), and kohya's settings for 8 / 12 / 16 / 24 GB cards."""
+    from lora_trainer.lora.estimate import adapter_params
+    from lora_trainer.lora.spec import NetworkSpec
+
+    spec = spec or NetworkSpec("lora", rank=cfg.lora_rank)
+    layers = run_layers(cfg, kind, spec.network_type, spec.dora_wd, real=True)
+    mem = weight_memory(kind, fp8_base=cfg.fp8_base, blocks_to_swap=cfg.blocks_to_swap, optimizer=cfg.optimizer,
+                        compute_bytes=2 if cfg.mixed_precision in ("fp16", "bf16") else 4,
+                        adapter_params=sum(adapter_params(spec, ls)[0] for ls in layers.values()),
+                        delta_params=delta_values(cfg, kind, spec.network_type, spec.dora_wd, real=True))
     parts = {k: round(v, 2) for k, v in mem.items()}
     suggestions = {}
     for gb in (8, 12, 16, 24):

@@ -147,6 +147,11 @@ class ImageLoRATask(Task):
         self._setup_caches(ad)
         self.objective = ad.objective(noise_offset=cfg.noise_offset, min_snr_gamma=cfg.min_snr_gamma)
         self.held_out = self._held_out_inputs()
+        if self.te_cache is not None:  # frozen and cached: the family may move its text encoders off the GPU
+            for item in self.held_out:  # validation captions: cached now, like the training captions
+                self._cond(item.captions)
+            ad.release_text_encoders([p.prompt for p in self.prompts] + [p.negative for p in self.prompts],
+                                     self._cond_one)
         return groups
 
     def _build_network(self, ad: ModelAdapter) -> list[dict[str, Any]]:
@@ -207,8 +212,6 @@ class ImageLoRATask(Task):
                 te_id = f"{ad.text_cache_id()}:{cfg.mixed_precision}:{cfg.max_token_length}:{cfg.clip_skip}"
             self.te_cache = TextEncoderCache(disk, te_id, self.device)
         self._precompute()
-        if self.te_cache is not None:  # frozen and cached: the family may move its text encoders off the GPU
-            ad.release_text_encoders([p.prompt for p in self.prompts] + [p.negative for p in self.prompts])
 
     def _precompute(self) -> None:
         """The cache pre-pass, before the first step: every latent and every caption's conditioning.
@@ -348,6 +351,11 @@ class ImageLoRATask(Task):
         ctx = nullcontext() if self.train_te else torch.no_grad()
         with ctx, self.autocast():
             return self.adapter.encode_text(captions)
+
+    def _cond_one(self, text: str) -> dict[str, torch.Tensor]:
+        """One prompt's conditioning (no batch dimension) through the run's text-encoder cache: sample
+        prompts are cached, on disk too, like captions."""
+        return {k: v[0] for k, v in self._cond([text]).items()}
 
     # ---- files ---------------------------------------------------------------------------------
     def save_weights(self, step: int, epoch: int, final: bool) -> str:

@@ -41,13 +41,27 @@ def _block_count(arch: str | None) -> int | None:
     return {"sd1": 25, "sd2": 25, "sdxl": 23}.get(arch or "")
 
 
+def _flux_layers(cfg: TrainConfig, arch: str | None, spec: NetworkSpec) -> dict[str, list[Any]] | None:
+    """{part: layers} a FLUX.1 / Chroma run wraps, at its model's widths read without loading it
+    (`models.flux_widths`), or None for another architecture."""
+    if arch not in ("flux-dev", "flux-schnell", "chroma"):
+        return None
+    from lora_trainer.models.flux_widths import run_layers
+
+    return run_layers(cfg, arch, spec.network_type, spec.dora_wd)
+
+
 def check_network(cfg: TrainConfig, arch: str | None) -> NetworkSpec:
     """The spec, validated against `arch`'s widths and block layout when the architecture is known."""
     from lora_trainer.lora.estimate import arch_dims
 
     spec = network_spec(cfg)
     _check_weights_file(cfg.network_weights)
-    spec.validate(arch_dims(arch) if _block_count(arch) else ())
+    flux = _flux_layers(cfg, arch, spec) if spec.network_type == "lokr" and spec.lokr_factor > 0 else None
+    if flux is not None:  # FLUX.1 / Chroma: refused here, not after a 24 GB load
+        spec.validate({d for layers in flux.values() for fan_in, fan_out, _, _ in layers for d in (fan_in, fan_out)})
+    else:
+        spec.validate(arch_dims(arch) if _block_count(arch) else ())
     count = _block_count(arch)
     for name in ("block_dims", "block_alphas", "conv_block_dims", "conv_block_alphas", "block_lr_weight"):
         values = getattr(spec, name)
@@ -105,11 +119,33 @@ def add_to_plan(plan: Plan, cfg: TrainConfig) -> NetworkSpec:
                 modules["text_encoder"] += count
         plan.trainable_params, plan.lora_modules = total, modules
         plan.lora_file_mb = round(total * (4 if cfg.save_precision == "fp32" else 2) / 1e6, 1)
-        plan.memory_gib = memory_gib(cfg, plan.arch, total)
+        plan.memory_gib = round(memory_gib(cfg, plan.arch, total) + _delta_gib(cfg, spec, plan.arch, conv), 1)
+    flux = _flux_layers(cfg, plan.arch, spec)
+    if flux is not None:  # the transformer's modules (and CLIP-L's, FLUX.1) at this type's widths
+        counts = {part: adapter_params(spec, layers) for part, layers in flux.items()}
+        plan.trainable_params = sum(n for n, _ in counts.values())
+        plan.lora_modules = {part: m for part, (_, m) in counts.items()}
+        plan.lora_file_mb = round(plan.trainable_params * (4 if cfg.save_precision == "fp32" else 2) / 1e6, 1)
     if _block_wise(spec):
         plan.notes.append("the parameter estimate counts every module at lora_rank / conv_dim (block-wise "
                           "settings are resolved when the model loads; the log lists them)")
     return spec
+
+
+def _delta_gib(cfg: TrainConfig, spec: NetworkSpec, arch: str, conv: bool) -> float:
+    """GiB of the full-size deltas a LoHa / LoKr / DoRA keeps during an SD step (`estimate.delta_copies`):
+    every wrapped weight's; with gradient checkpointing about one of the kohya blocks' share of the UNet's."""
+    from lora_trainer.data.arch_tables import TEXT_ENCODERS, UNET_ATTN, UNET_CONV
+    from lora_trainer.lora.estimate import delta_copies, layer_weights
+
+    copies = delta_copies(spec)
+    if not copies:
+        return 0.0
+    unet = layer_weights(UNET_ATTN[arch] + (UNET_CONV[arch] if conv else [])) if cfg.train_unet else 0
+    if cfg.gradient_checkpointing:
+        unet //= _block_count(arch) or 1
+    te = sum(layer_weights(layers) for layers in TEXT_ENCODERS[arch]) if cfg.train_text_encoder else 0
+    return round(copies * (unet + te) * 4 / 2**30, 1)
 
 
 def _block_wise(spec: NetworkSpec) -> bool:

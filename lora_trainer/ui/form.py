@@ -20,8 +20,11 @@ BASIC = ("output_name", "trigger_word", "train_data_dir", "base_model", "resolut
          "lora_alpha", "epochs", "batch_size", "learning_rate", "save_every_n_epochs", "sample_prompts")
 # decided by the host, not the user
 HOST_FIELDS = ("output_dir", "logging_dir", "task_type")
-# meaningless inside the WebUI, which trains the checkpoint it has loaded
-WEBUI_HIDDEN = ("base_model", "model_type", "tokenizer_path", "vae_path", "model_cache_dir", "device")
+# meaningless inside the WebUI, which trains the checkpoint it has loaded: its files, and (Forge, FLUX.1 /
+# Chroma) the base's storage and block swap, which Forge's own "Diffusion in Low Bits" and GPU-weights
+# settings decide
+WEBUI_HIDDEN = ("base_model", "model_type", "tokenizer_path", "vae_path", "model_cache_dir", "device",
+                "clip_l_path", "t5xxl_path", "fp8_base", "blocks_to_swap")
 NAME_RE = re.compile(r"^[\w\-. ]{1,100}$")
 # an optional yes/no: "not set" is a third answer (e.g. v-prediction: detect from the model)
 AUTO, YES, NO = "auto", "yes", "no"
@@ -43,7 +46,8 @@ LABELS = {
     "caption_extension": "Caption file extension", "caption_dropout_rate": "Caption dropout rate",
     "flip_aug": "Mirror images (flip)", "num_repeats": "Repeats per image",
     "cache_latents": "Cache latents", "cache_latents_to_disk": "Cache latents on disk",
-    "cache_text_encoder_outputs": "Cache text-encoder outputs", "max_token_length": "Caption tokens",
+    "cache_text_encoder_outputs": "Cache text-encoder outputs",
+    "cache_text_encoder_outputs_to_disk": "Cache text-encoder outputs on disk", "max_token_length": "Caption tokens",
     "lora_dropout": "LoRA dropout", "conv_dim": "Conv rank (LoCon)", "conv_alpha": "Conv alpha",
     "train_unet": "Train the UNet", "train_text_encoder": "Train the text encoder",
     "network_weights": "Start from a LoRA file", "max_train_steps": "Stop after N steps",

@@ -131,3 +131,73 @@ def test_sd_models_key_their_files_by_their_text_encoders_too():
     with torch.no_grad():
         w.add_(1e-3)
     assert adapter.text_cache_id() != base
+
+
+def _count_text_encoders(monkeypatch) -> dict[str, int]:
+    """How many T5 / CLIP-L models are constructed (both loaders, single files and folders, make one)."""
+    from transformers import CLIPTextModel, T5EncoderModel
+
+    made = {"t5": 0, "clip": 0}
+    for name, cls in (("t5", T5EncoderModel), ("clip", CLIPTextModel)):
+        real = cls.__init__
+
+        def counted(self, *a, _real=real, _name=name, **kw):
+            made[_name] += 1
+            _real(self, *a, **kw)
+
+        monkeypatch.setattr(cls, "__init__", counted)
+    return made
+
+
+def _file_model(kind: str, parts, root) -> dict:
+    """The tiny model as the single files users have, or as a diffusers folder: the config keys naming it."""
+    from flux_helpers import write_single_files
+
+    from lora_trainer.models.flux_tiny import save_tiny_flux
+
+    if kind.endswith("folder"):
+        return {"base_model": save_tiny_flux(str(root / "m"), parts["kind"].split("-")[0])}
+    paths = write_single_files(parts, str(root / "m"))
+    return {"base_model": paths["transformer"], "vae_path": paths["vae"], "t5xxl_path": paths["t5"],
+            **({"clip_l_path": paths["clip_l"]} if "clip_l" in paths else {})}
+
+
+@pytest.mark.parametrize("kind", ["single_files", "folder", "chroma_single_files", "chroma_folder"])
+def test_a_fully_cached_run_never_loads_the_text_encoders(kind, data_dir, tmp_path, monkeypatch, request):
+    """Captions, validation captions and sample prompts all on disk: T5 and CLIP-L are not even built, and the
+    LoRA is the same."""
+    from lora_trainer import synthetic
+
+    chroma = kind.startswith("chroma")
+    model = _file_model(kind, request.getfixturevalue("tiny_chroma" if chroma else "tiny_flux"), tmp_path)
+    held_out = tmp_path / "held_out"
+    synthetic.write_dataset(str(held_out), synthetic.concept_set(synthetic.CONTROL_CONCEPT, 1, seed=1), repeats=1,
+                            name="vyk")
+    made = _count_text_encoders(monkeypatch)
+    extra = {**model, "max_train_steps": 2, "save_steps": 0, "sample_prompts": ["zqx red circle"],
+             "sample_every_n_steps": 2, "sample_steps": 2, "validation_data_dir": str(held_out),
+             "validation_every_n_steps": 1}
+    first = train(load_config(_raw(data_dir, str(tmp_path / "a"), **extra)))
+    built = {"t5": 1, "clip": 0 if chroma else 1}
+    assert made == built
+    # 2 captions, the validation caption, the prompt and its empty negative
+    assert len(os.listdir(default_text_cache_dir(data_dir))) == 5
+    second = train(load_config(_raw(data_dir, str(tmp_path / "b"), **extra)))
+    assert made == built  # nothing more was built
+    assert _same(first.output_path, second.output_path)
+    assert second.samples and os.path.isfile(second.samples[0])  # the sample prompt came from the cache
+
+
+def test_a_changed_t5_file_gets_other_cache_names(tiny_flux, tmp_path, monkeypatch):
+    from safetensors.torch import save_file
+
+    model = _file_model("single_files", tiny_flux, tmp_path)
+    made = _count_text_encoders(monkeypatch)
+    cfg = load_config({**model, "train_data_dir": str(tmp_path), "output_dir": str(tmp_path / "o")})
+    base = load_flux_adapter(cfg).text_cache_id()
+    assert load_flux_adapter(cfg).text_cache_id() == base and made == {"t5": 0, "clip": 0}  # named unloaded
+    t5 = load_file(model["t5xxl_path"])
+    name = next(k for k in t5 if k.endswith("wo.weight"))
+    t5[name] = t5[name] * 1.001  # one slightly fine-tuned tensor of many
+    save_file(t5, model["t5xxl_path"])
+    assert load_flux_adapter(cfg).text_cache_id() != base

@@ -139,3 +139,12 @@ def test_name_lists_round_trip_one_per_line():
     assert _parse("lora_unet_up_*\n*attn2*", "yaml", "network_include") == ["lora_unet_up_*", "*attn2*"]
     assert _parse("attn, mlp", "yaml", "flux_layers") == ["attn", "mlp"]
     assert _parse("[attn]", "yaml", "flux_layers") == ["attn"]
+
+
+def test_the_webui_does_not_offer_what_forge_decides_for_flux(fields):
+    """fp8 storage and block swap of a FLUX.1 base are Forge's own settings there; the app offers them."""
+    flux_memory = ("fp8_base", "blocks_to_swap")
+    assert all(f.component.visible for f in fields if f.info.name in flux_memory)
+    with gr.Blocks():
+        webui = F.build_fields(gr, make, list(flux_memory), hidden=F.WEBUI_HIDDEN)
+    assert [f.component.visible for f in webui] == [False, False]

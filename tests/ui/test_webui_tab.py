@@ -22,6 +22,8 @@ def test_webui_tab_hides_options_of_the_engine_loaded_model(tmp_path):
     shown = {f.info.name: f.component.visible for f in fields}
     assert all(shown[name] is False for name in F.WEBUI_HIDDEN), shown
     assert shown["train_data_dir"] and shown["v_parameterization"]
+    # FLUX.1 in Forge: the loaded checkpoint's storage and Forge's memory settings apply, not these
+    assert not any(shown[name] for name in ("fp8_base", "blocks_to_swap", "clip_l_path", "t5xxl_path"))
     values = [f.component.value for f in fields]
     values[[f.info.name for f in fields].index("output_name")] = "mine"
     values[[f.info.name for f in fields].index("base_model")] = "/somewhere/else.safetensors"
