@@ -23,18 +23,14 @@ from typing import Any
 
 from lora_trainer.errors import ModelLoadError
 from lora_trainer.models import flux_detect
+from lora_trainer.models.flux_configs import shipped_config
 from lora_trainer.models.flux_detect import AIO_CLIP, AIO_T5, AIO_VAE, FluxFile
+from lora_trainer.models.tiny import own_key
 
-CONFIG_DIR = os.path.join(os.path.dirname(__file__), "configs", "flux")
 BUILTIN = {"builtin:tiny-flux": "flux", "builtin:tiny-chroma": "chroma"}
 ROPE_AXES = {128: (16, 56, 56), 32: (8, 12, 12)}  # head dim -> rope axes (real FLUX.1/Chroma, tiny)
 T5_TOKENIZER_REPOS = [("black-forest-labs/FLUX.1-dev", "tokenizer_2"),
                       ("black-forest-labs/FLUX.1-schnell", "tokenizer_2"), ("google/t5-v1_1-xxl", "")]
-
-
-def shipped_config(name: str) -> dict[str, Any]:
-    with open(os.path.join(CONFIG_DIR, name + ".json"), encoding="utf-8") as f:
-        return json.load(f)
 
 
 @dataclass(frozen=True)
@@ -208,7 +204,7 @@ def _build(cls: Any, cfg: Any, sd: dict[str, Any], where: str) -> Any:
     with init_empty_weights(include_buffers=False):
         model = cls(cfg) if not isinstance(cfg, dict) else cls(**cfg)
     own = model.state_dict()
-    sd = {_own_key(k, own): v for k, v in sd.items()}
+    sd = {own_key(k, own): v for k, v in sd.items()}
     missing, unexpected = model.load_state_dict(sd, strict=False, assign=True)
     missing = [k for k in missing if not k.endswith("position_ids")]
     if missing or unexpected:
@@ -216,16 +212,6 @@ def _build(cls: Any, cfg: Any, sd: dict[str, Any], where: str) -> Any:
                              f"{unexpected[:2]}; is it complete and unmodified?")
     return model.eval()
 
-
-def _own_key(key: str, own: dict[str, Any]) -> str:
-    """transformers 5 dropped CLIPTextModel's `text_model.` level; files keep it."""
-    if key in own:
-        return key
-    if key.startswith("text_model.") and key[len("text_model."):] in own:
-        return key[len("text_model."):]
-    if "text_model." + key in own:
-        return "text_model." + key
-    return key
 
 
 def _load_vae(path: str, prefix: str, dtype: Any) -> Any:
@@ -312,7 +298,7 @@ def _tokenizers(f: FluxFile, tiny: bool, tokenizer_path: str | None, cache_dir: 
                                                                                                TINY_T5_MAX_LENGTH)
     clip = None
     if f.kind != "chroma":
-        from lora_trainer.models.loading import find_tokenizers
+        from lora_trainer.models.tokenizers import find_tokenizers
 
         clip = find_tokenizers("sd1", f.path, tokenizer_path, cache_dir)[0]
     return clip, find_t5_tokenizer(f.path, tokenizer_path, cache_dir)

@@ -59,7 +59,7 @@ def real_sizes(kind: str) -> FluxSizes:
     from diffusers import AutoencoderKL
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
-    from lora_trainer.models.flux_loading import shipped_config
+    from lora_trainer.models.flux_configs import shipped_config
     from lora_trainer.models.flux_tiny import transformer_class
 
     def clean(c: dict[str, Any]) -> dict[str, Any]:

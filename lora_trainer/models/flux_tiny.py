@@ -69,7 +69,7 @@ def t5_config(vocab_size: int) -> dict[str, Any]:
 def scheduler_config(kind: str) -> dict[str, Any]:
     """The real model's FlowMatchEulerDiscreteScheduler settings (shipped in configs/flux/): dev shifts the
     sigmas by image size, schnell and Chroma (Forge's copy of its config) use a fixed shift of 1."""
-    from lora_trainer.models.flux_loading import shipped_config
+    from lora_trainer.models.flux_configs import shipped_config
 
     return shipped_config(f"scheduler-{kind}")
 
@@ -89,18 +89,18 @@ def flat_flux_state_dict(parts: dict[str, Any]) -> dict[str, Any]:
 
 
 def _load_pretrained(parts: dict[str, Any], path: str) -> None:
-    """The shipped weights into the parts; CLIP keys fit transformers 4 and 5 (`tiny._own_key`)."""
+    """The shipped weights into the parts; CLIP keys fit transformers 4 and 5 (`tiny.own_key`)."""
     import torch
     from safetensors.torch import load_file
 
-    from lora_trainer.models.tiny import _own_key
+    from lora_trainer.models.tiny import own_key
 
     sd = load_file(path)
     for name in _PART_NAMES:
         if parts.get(name) is None:
             continue
         own = parts[name].state_dict()
-        sub = {_own_key(k[len(name) + 1:], own): v.to(torch.float32) if v.is_floating_point() else v
+        sub = {own_key(k[len(name) + 1:], own): v.to(torch.float32) if v.is_floating_point() else v
                for k, v in sd.items() if k.startswith(name + ".")}
         missing, unexpected = parts[name].load_state_dict(sub, strict=False)
         missing = [k for k in missing if not k.endswith("position_ids")]

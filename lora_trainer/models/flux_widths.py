@@ -35,7 +35,7 @@ def _clean(c: dict[str, Any]) -> dict[str, Any]:
 
 def shipped_transformer(kind: str) -> str:
     """The real `kind` model's transformer config (JSON, a cache key)."""
-    from lora_trainer.models.flux_loading import shipped_config
+    from lora_trainer.models.flux_configs import shipped_config
 
     return json.dumps(_clean(shipped_config(f"transformer-{kind}")), sort_keys=True)
 
@@ -45,7 +45,8 @@ def run_transformer(cfg: Any, kind: str) -> str:
     a BFL-layout file's from its header shapes; the shipped real one when none of these can be read."""
     from lora_trainer.errors import ModelLoadError
     from lora_trainer.models import flux_detect, flux_tiny
-    from lora_trainer.models.flux_loading import BUILTIN, shipped_config, transformer_config_from_bfl
+    from lora_trainer.models.flux_configs import shipped_config
+    from lora_trainer.models.flux_loading import BUILTIN, transformer_config_from_bfl
 
     base = (cfg.base_model or "").strip()
     if base in BUILTIN:
@@ -91,7 +92,7 @@ def clip_layers(kind: str, tiny: bool = False) -> list[Layer]:
 
     from lora_trainer.lora.discovery_flux import flux_clip_targets
     from lora_trainer.models import flux_tiny
-    from lora_trainer.models.flux_loading import shipped_config
+    from lora_trainer.models.flux_configs import shipped_config
 
     cfg = flux_tiny.clip_config(100, 98, 99) if tiny else _clean(shipped_config("clip_l"))
     with init_empty_weights():

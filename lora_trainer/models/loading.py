@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from lora_trainer.errors import ModelLoadError
 from lora_trainer.models.base import AdapterInfo
 from lora_trainer.models.detect import Detected, detect_checkpoint
+from lora_trainer.models.tokenizers import PAD_TOKENS, clip_tokenizer_from, find_tokenizers
 
 if TYPE_CHECKING:
     from lora_trainer.config import TrainConfig
@@ -31,18 +32,6 @@ from lora_trainer.config import BUILTIN_PREFIX  # noqa: E402 - one definition, i
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 
-# where a tokenizer can be found in the HF cache (repo id, folder inside it), per text encoder
-HUB_TOKENIZERS = {
-    "sd1": [[("openai/clip-vit-large-patch14", ""), ("runwayml/stable-diffusion-v1-5", "tokenizer"),
-             ("stable-diffusion-v1-5/stable-diffusion-v1-5", "tokenizer")]],
-    "sd2": [[("stabilityai/stable-diffusion-2-1", "tokenizer"), ("stabilityai/stable-diffusion-2-1-base", "tokenizer"),
-             ("openai/clip-vit-large-patch14", "")]],
-    "sdxl": [[("stabilityai/stable-diffusion-xl-base-1.0", "tokenizer"), ("openai/clip-vit-large-patch14", "")],
-             [("stabilityai/stable-diffusion-xl-base-1.0", "tokenizer_2"),
-              ("laion/CLIP-ViT-bigG-14-laion2B-39B-b160k", ""), ("openai/clip-vit-large-patch14", "")]],
-}
-# open_clip encoders pad with "!" (id 0), CLIP-L with <|endoftext|>
-PAD_TOKENS = {"sd1": ["<|endoftext|>"], "sd2": ["!"], "sdxl": ["<|endoftext|>", "!"]}
 
 
 def resolve_device(name: str | None) -> Any:
@@ -231,7 +220,7 @@ def load_diffusers_folder(cfg: TrainConfig, path: str, clip_skip: int = 1, max_t
     except (OSError, ValueError) as e:
         raise ModelLoadError(f"cannot load diffusers folder {path}: {e}") from e
     _check_model_type(cfg, arch, path)
-    tokenizers = [_tokenizer_from(os.path.join(path, sub), PAD_TOKENS[arch][i])
+    tokenizers = [clip_tokenizer_from(os.path.join(path, sub), PAD_TOKENS[arch][i])
                   for i, sub in enumerate(["tokenizer", "tokenizer_2"][:len(tes)])]
     if any(t is None for t in tokenizers):
         raise ModelLoadError(f"diffusers folder {path}: tokenizer folder lacks vocab.json + merges.txt")
@@ -376,67 +365,3 @@ def convert_single_file(sd: dict[str, Any], det: Detected) -> tuple[Any, Any, li
                                  "tensors); use a complete model file")
         mod.eval()
     return unet, vae, tes
-
-
-# ---- tokenizers ------------------------------------------------------------------------------------
-def _tokenizer_from(folder: str, pad_token: str):  # -> CLIPTokenizer | None
-    if not (os.path.isfile(os.path.join(folder, "vocab.json")) and os.path.isfile(os.path.join(folder, "merges.txt"))):
-        return None
-    from transformers import CLIPTokenizer
-
-    tok = CLIPTokenizer.from_pretrained(folder, local_files_only=True)
-    if pad_token in tok.get_vocab():
-        tok.pad_token = pad_token
-    return tok
-
-
-def _hub_file_dir(repo_id: str, sub: str, cache_dir: str | None) -> str | None:
-    try:
-        from huggingface_hub import try_to_load_from_cache
-
-        name = f"{sub}/vocab.json" if sub else "vocab.json"
-        found = try_to_load_from_cache(repo_id, name, cache_dir=cache_dir)
-        merges = try_to_load_from_cache(repo_id, name.replace("vocab.json", "merges.txt"), cache_dir=cache_dir)
-        if isinstance(found, str) and isinstance(merges, str) and os.path.dirname(found) == os.path.dirname(merges):
-            return os.path.dirname(found)
-    except Exception:  # noqa: BLE001 - cache not there
-        return None
-    return None
-
-
-def find_tokenizers(arch: str, checkpoint: str, tokenizer_path: str | None, cache_dir: str | None) -> list[Any]:
-    """One CLIP tokenizer per text encoder, from (in order) `tokenizer_path`, the checkpoint's folder
-    (`tokenizer/`, `tokenizer_2/`), then the local HF cache. Raises ModelLoadError saying where to put
-    which files when none is found."""
-    subs = ["tokenizer", "tokenizer_2"][:2 if arch == "sdxl" else 1]
-    out = []
-    for i, sub in enumerate(subs):
-        candidates = []
-        if tokenizer_path:
-            candidates += [os.path.join(tokenizer_path, sub), tokenizer_path]
-        here = os.path.dirname(os.path.abspath(checkpoint))
-        stem = os.path.splitext(os.path.basename(checkpoint))[0]
-        candidates += [os.path.join(here, stem, sub), os.path.join(here, sub)]
-        tok = None
-        for c in candidates:
-            tok = _tokenizer_from(c, PAD_TOKENS[arch][i])
-            if tok is not None:
-                break
-        if tok is None:
-            for repo, folder in HUB_TOKENIZERS[arch][i]:
-                found = _hub_file_dir(repo, folder, cache_dir)
-                if found and (tok := _tokenizer_from(found, PAD_TOKENS[arch][i])) is not None:
-                    break
-        if tok is None:
-            if tokenizer_path and not os.path.isdir(tokenizer_path):
-                raise ModelLoadError(f"config 'tokenizer_path': folder not found: {tokenizer_path}")
-            src = HUB_TOKENIZERS[arch][i][0]
-            origin = f"{src[0]}" + (f" ({src[1]}/)" if src[1] else "")
-            raise ModelLoadError(
-                f"no CLIP tokenizer found for {os.path.basename(checkpoint)} ({arch}, text encoder {i + 1}). "
-                f"Put {sub}/vocab.json + {sub}/merges.txt from {origin} next to the checkpoint "
-                f"({os.path.join(os.path.dirname(os.path.abspath(checkpoint)), sub)}/), or set tokenizer_path "
-                "to a folder holding vocab.json + merges.txt (any CLIP tokenizer works: SD1, SD2 and SDXL "
-                "share one vocabulary)")
-        out.append(tok)
-    return out

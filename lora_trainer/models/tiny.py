@@ -102,7 +102,7 @@ def flat_state_dict(parts: dict[str, Any]) -> dict[str, Any]:
     return {f"{name}.{k}": v for name, mod in _part_modules(parts).items() for k, v in mod.state_dict().items()}
 
 
-def _own_key(key: str, own: dict[str, Any]) -> str:
+def own_key(key: str, own: dict[str, Any]) -> str:
     """transformers 5 dropped the `text_model.` level of CLIPTextModel; one weights file fits both."""
     if key in own:
         return key
@@ -120,7 +120,7 @@ def load_flat_state_dict(parts: dict[str, Any], sd: dict[str, Any], *, strict: b
     for name, mod in _part_modules(parts).items():
         sub = {k[len(name) + 1:]: v for k, v in sd.items() if k.startswith(name + ".") and "__" not in k}
         own = mod.state_dict()
-        sub = {_own_key(k, own): v for k, v in sub.items()}
+        sub = {own_key(k, own): v for k, v in sub.items()}
         sub = {k: v.to(own[k].dtype) if k in own else v for k, v in sub.items()}
         missing, unexpected = mod.load_state_dict(sub, strict=False)
         missing = [k for k in missing if not k.endswith("position_ids")]

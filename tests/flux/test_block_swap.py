@@ -67,7 +67,7 @@ def test_block_swap_equals_the_plain_run(tiny_flux, checkpointing):
 def test_block_swap_refuses_trainable_weights_and_counts_like_kohya(tiny_flux):
     from accelerate import init_empty_weights
 
-    from lora_trainer.models.flux_loading import shipped_config
+    from lora_trainer.models.flux_configs import shipped_config
     from lora_trainer.models.flux_tiny import transformer_class
 
     trainable = copy.deepcopy(tiny_flux["transformer"].transformer_blocks[0]).requires_grad_(True)

@@ -260,7 +260,7 @@ def test_single_block_linear1_reads_back_in_diffusers_at_real_width(tmp_path):
     from accelerate import init_empty_weights
     from diffusers import FluxPipeline, FluxTransformer2DModel
 
-    from lora_trainer.models.flux_loading import shipped_config
+    from lora_trainer.models.flux_configs import shipped_config
 
     g = torch.Generator().manual_seed(4)
     rank, alpha = 2, 1.0

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from lora_trainer.models import flux_math
-from lora_trainer.models.flux_loading import shipped_config
+from lora_trainer.models.flux_configs import shipped_config
 
 SCHEDULER_DEV, SCHEDULER_SCHNELL = shipped_config("scheduler-flux-dev"), shipped_config("scheduler-flux-schnell")
 

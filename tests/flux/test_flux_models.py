@@ -117,8 +117,9 @@ def test_shipped_configs_are_what_the_real_shapes_give(kind, config):
     them back gives the shipped config."""
     from accelerate import init_empty_weights
 
+    from lora_trainer.models.flux_configs import shipped_config
     from lora_trainer.models.flux_convert import diffusers_to_bfl
-    from lora_trainer.models.flux_loading import shipped_config, transformer_config_from_bfl
+    from lora_trainer.models.flux_loading import transformer_config_from_bfl
     from lora_trainer.models.flux_tiny import transformer_class
 
     cfg = {k: v for k, v in shipped_config(config).items() if not k.startswith("_")}
