@@ -44,3 +44,11 @@ def tiny_chroma():
         pytest.skip("this diffusers has no ChromaTransformer2DModel (needs 0.35+)")
 
     return build_tiny_flux_parts("chroma")
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> str:
+    """Four images of the target concept, shared by a module's runs (they only read it)."""
+    from flux_helpers import write_zqx_dataset
+
+    return write_zqx_dataset(str(tmp_path_factory.mktemp("fluxdata")))

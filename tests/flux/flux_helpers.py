@@ -60,3 +60,20 @@ def write_single_files(parts: dict[str, Any], folder: str, *, prefix: str = "",
         paths["clip_l"] = os.path.join(folder, "clip_l.safetensors")
         save_file({k: v.contiguous() for k, v in clip.items()}, paths["clip_l"])
     return paths
+
+
+def write_zqx_dataset(root: str, images: int = 4) -> str:
+    """The synthetic target concept under the trigger "zqx" (kohya folder layout, 1 repeat)."""
+    from lora_trainer import synthetic
+
+    synthetic.write_dataset(root, synthetic.concept_set(synthetic.TARGET_CONCEPT, images, seed=0), repeats=1,
+                            name="zqx")
+    return root
+
+
+def tiny_run(data_dir: str, out: str, kind: str = "flux", **extra: Any) -> dict[str, Any]:
+    """A 2-step rank-4 run on the built-in tiny FLUX.1 / Chroma at 64 px (the tests override what they test)."""
+    return {"base_model": f"builtin:tiny-{kind}", "train_data_dir": data_dir, "output_dir": out, "resolution": 64,
+            "enable_bucket": False, "min_bucket_reso": 64, "max_bucket_reso": 64, "lora_rank": 4, "lora_alpha": 2,
+            "batch_size": 2, "max_train_steps": 2, "learning_rate": 1e-2, "save_precision": "fp32", "seed": 3,
+            "train_text_encoder": False, **extra}

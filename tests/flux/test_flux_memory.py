@@ -47,12 +47,9 @@ TYPES = [("lora", {}), ("loha", {}), ("lokr", {}), ("lokr", {"lokr_factor": 4, "
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> str:
-    from lora_trainer import synthetic
+    from flux_helpers import write_zqx_dataset
 
-    root = tmp_path_factory.mktemp("data")
-    synthetic.write_dataset(str(root), synthetic.concept_set(synthetic.TARGET_CONCEPT, 2, seed=0), repeats=1,
-                            name="zqx")
-    return str(root)
+    return write_zqx_dataset(str(tmp_path_factory.mktemp("data")), images=2)
 
 
 def _cfg(data_dir: str, base: str = "builtin:tiny-flux", **extra):

@@ -9,28 +9,13 @@ import shutil
 
 import pytest
 import torch
+from flux_helpers import tiny_run
 from safetensors.torch import load_file
 
 from lora_trainer.config import load_config
 from lora_trainer.errors import ConfigError
 from lora_trainer.events import Emitter, StopFlag
 from lora_trainer.train.image import train
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> str:
-    from lora_trainer import synthetic
-
-    root = tmp_path_factory.mktemp("fluxmethods")
-    synthetic.write_dataset(str(root), synthetic.concept_set(synthetic.TARGET_CONCEPT, 4, seed=0), repeats=1,
-                            name="zqx")
-    return str(root)
-
-
-def _raw(data_dir: str, out: str, kind: str = "flux", **extra) -> dict:
-    return {"base_model": f"builtin:tiny-{kind}", "train_data_dir": data_dir, "output_dir": out, "resolution": 64,
-            "enable_bucket": False, "lora_rank": 4, "lora_alpha": 2, "batch_size": 2, "max_train_steps": 2,
-            "learning_rate": 1e-2, "save_precision": "fp32", "seed": 3, "train_text_encoder": False, **extra}
 
 
 def _run(raw: dict, stop_at: int | None = None):
@@ -62,7 +47,7 @@ def test_each_type_trains_and_forge_takes_every_key(kind, network_type, data_dir
     from lora_trainer.lora.metadata_flux import load_flux_lora
     from lora_trainer.models.flux_tiny import build_tiny_flux_parts
 
-    result, _ = _run(_raw(data_dir, str(tmp_path / "a"), kind, network_type=network_type, output_name="m"))
+    result, _ = _run(tiny_run(data_dir, str(tmp_path / "a"), kind, network_type=network_type, output_name="m"))
     sd = load_file(result.output_path)
     assert all(k.startswith("lora_unet_") for k in sd)
     assert {"lora_unet_double_blocks_0_img_attn_qkv", "lora_unet_single_blocks_1_linear1"} <= \
@@ -75,7 +60,7 @@ def test_each_type_trains_and_forge_takes_every_key(kind, network_type, data_dir
     assert rest == {} and patches
     assert {p[0] for p in patches.values()} == {"lora" if network_type == "dora" else network_type}
     # continuing from the file (its type read from its tensors): every module found, nothing left over
-    again, events = _run(_raw(data_dir, str(tmp_path / "b"), kind, network_weights=result.output_path,
+    again, events = _run(tiny_run(data_dir, str(tmp_path / "b"), kind, network_weights=result.output_path,
                               max_train_steps=1))
     logs = " ".join(str(e.data.get("message", "")) for e in events)
     assert "0 missing" in logs and "0 ignored" in logs, logs
@@ -83,18 +68,18 @@ def test_each_type_trains_and_forge_takes_every_key(kind, network_type, data_dir
 
 def test_a_stopped_loha_run_resumes_to_the_same_file(data_dir, tmp_path):
     common = dict(network_type="loha", max_train_steps=4, batch_size=1, save_steps=2, output_name="r")
-    full, _ = _run(_raw(data_dir, str(tmp_path / "full"), **common))
-    part, _ = _run(_raw(data_dir, str(tmp_path / "part"), **common), stop_at=2)
+    full, _ = _run(tiny_run(data_dir, str(tmp_path / "full"), **common))
+    part, _ = _run(tiny_run(data_dir, str(tmp_path / "part"), **common), stop_at=2)
     assert part.stopped and part.steps == 2
     shutil.copytree(tmp_path / "part", tmp_path / "resumed")
-    resumed, _ = _run(_raw(data_dir, str(tmp_path / "resumed"), resume_from_checkpoint="latest", **common))
+    resumed, _ = _run(tiny_run(data_dir, str(tmp_path / "resumed"), resume_from_checkpoint="latest", **common))
     a, b = load_file(full.output_path), load_file(resumed.output_path)
     assert a.keys() == b.keys() and [k for k in a if not torch.equal(a[k], b[k])] == []
 
 
 def test_the_peft_layout_refuses_lycoris_types_in_one_line(data_dir, tmp_path):
     with pytest.raises(ConfigError, match="lora_layout.*plain LoRA only.*loha"):
-        load_config(_raw(data_dir, str(tmp_path), network_type="loha", lora_layout="peft"))
+        load_config(tiny_run(data_dir, str(tmp_path), network_type="loha", lora_layout="peft"))
 
 
 # ---- validation loss and EMA ------------------------------------------------------------------------
@@ -104,22 +89,22 @@ VAL = dict(validation_split=0.25, validation_every_n_steps=1, ema_decay=0.8, sav
 
 @pytest.mark.parametrize("kind", ["flux", "chroma"])
 def test_validation_loss_repeats_and_survives_a_resume_with_ema(kind, data_dir, tmp_path):
-    full, full_events = _run(_raw(data_dir, str(tmp_path / "full"), kind, **VAL))
-    again, again_events = _run(_raw(data_dir, str(tmp_path / "again"), kind, **VAL))
+    full, full_events = _run(tiny_run(data_dir, str(tmp_path / "full"), kind, **VAL))
+    again, again_events = _run(tiny_run(data_dir, str(tmp_path / "again"), kind, **VAL))
     series = _val_losses(full_events)
     assert sorted(series) == [1, 2, 3, 4] and all(v > 0 for v in series.values())
     assert series == _val_losses(again_events)  # fixed noise and timesteps: the same numbers
     assert len(set(series.values())) > 1  # it follows the weights
-    part, part_events = _run(_raw(data_dir, str(tmp_path / "part"), kind, **VAL), stop_at=2)
+    part, part_events = _run(tiny_run(data_dir, str(tmp_path / "part"), kind, **VAL), stop_at=2)
     shutil.copytree(tmp_path / "part", tmp_path / "resumed")
-    resumed, resumed_events = _run(_raw(data_dir, str(tmp_path / "resumed"), kind, resume_from_checkpoint="latest",
+    resumed, resumed_events = _run(tiny_run(data_dir, str(tmp_path / "resumed"), kind, resume_from_checkpoint="latest",
                                         **VAL))
     assert _val_losses(part_events) == {1: series[1], 2: series[2]}
     assert _val_losses(resumed_events) == {3: series[3], 4: series[4]}
     # the EMA weights are the output (save_ema), the same after the resume, and not the last weights
     a, b = load_file(full.output_path), load_file(resumed.output_path)
     assert a.keys() == b.keys() and [k for k in a if not torch.equal(a[k], b[k])] == []
-    plain, _ = _run(_raw(data_dir, str(tmp_path / "plain"), kind, **{**VAL, "save_ema": False}))
+    plain, _ = _run(tiny_run(data_dir, str(tmp_path / "plain"), kind, **{**VAL, "save_ema": False}))
     c = load_file(plain.output_path)
     assert any(not torch.equal(a[k], c[k]) for k in a if not k.endswith(".alpha"))
 
@@ -148,7 +133,7 @@ def test_a_handed_over_adapter_and_the_evaluator_follow_the_network_type(network
     from lora_trainer.train.evaluate import load_network
 
     adapter = FluxAdapter(build_tiny_flux_parts("flux"))
-    result = train(load_config(_raw(data_dir, str(tmp_path), network_type=network_type, output_name="h")),
+    result = train(load_config(tiny_run(data_dir, str(tmp_path), network_type=network_type, output_name="h")),
                    adapter=adapter)
     sd = load_file(result.output_path)
     assert ("lora_unet_double_blocks_0_img_attn_qkv.lokr_w1" in sd) == (network_type == "lokr")
@@ -160,7 +145,7 @@ def test_a_handed_over_adapter_and_the_evaluator_follow_the_network_type(network
 def test_fused_dora_with_block_swap_and_fp8_trains_like_the_plain_path(data_dir, tmp_path):
     """DoRA reads the fused base weight: through the swapped blocks' device copies, and upcast from fp8."""
     def losses(**extra) -> list[float]:
-        _, events = _run(_raw(data_dir, str(tmp_path / "_".join(map(str, extra.values()))), network_type="dora",
+        _, events = _run(tiny_run(data_dir, str(tmp_path / "_".join(map(str, extra.values()))), network_type="dora",
                               **extra))
         return [e.data["loss"] for e in events if e.type == "progress"]
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from flux_helpers import tiny_run, write_zqx_dataset
 from safetensors.torch import load_file
 
 from lora_trainer.config import load_config
@@ -22,20 +23,13 @@ from lora_trainer.train.image import train
 
 @pytest.fixture
 def data_dir(tmp_path) -> str:
-    from lora_trainer import synthetic
-
-    root = tmp_path / "data"
-    synthetic.write_dataset(str(root), synthetic.concept_set(synthetic.TARGET_CONCEPT, 4, seed=0), repeats=1,
-                            name="zqx")
-    return str(root)
+    return write_zqx_dataset(str(tmp_path / "data"))  # its own: the cache files are written beside it
 
 
 def _raw(data_dir: str, out: str, **extra) -> dict:
-    return {"base_model": "builtin:tiny-flux", "train_data_dir": data_dir, "output_dir": out, "resolution": 64,
-            "enable_bucket": False, "lora_rank": 4, "lora_alpha": 2, "batch_size": 1, "max_train_steps": 4,
-            "learning_rate": 1e-2, "save_precision": "fp32", "seed": 3, "train_text_encoder": False,
-            "cache_text_encoder_outputs": True, "cache_text_encoder_outputs_to_disk": True, "output_name": "t",
-            "save_steps": 2, **extra}
+    return tiny_run(data_dir, out, **{"batch_size": 1, "max_train_steps": 4, "cache_text_encoder_outputs": True,
+                                      "cache_text_encoder_outputs_to_disk": True, "output_name": "t",
+                                      "save_steps": 2, **extra})
 
 
 def _captions(data_dir: str) -> set[str]:

@@ -9,29 +9,13 @@ import shutil
 import pytest
 import torch
 import yaml
+from flux_helpers import tiny_run
 from safetensors.torch import load_file, save_file
 
 from lora_trainer.cli import main
 from lora_trainer.config import load_config
 from lora_trainer.events import Emitter, StopFlag
 from lora_trainer.train.image import train
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> str:
-    from lora_trainer import synthetic
-
-    root = tmp_path_factory.mktemp("fluxdata")
-    synthetic.write_dataset(str(root), synthetic.concept_set(synthetic.TARGET_CONCEPT, 4, seed=0), repeats=1,
-                            name="zqx")
-    return str(root)
-
-
-def _raw(data_dir: str, out: str, kind: str = "flux", **extra) -> dict:
-    return {"base_model": f"builtin:tiny-{kind}", "train_data_dir": data_dir, "output_dir": out, "resolution": 64,
-            "enable_bucket": False, "min_bucket_reso": 64, "max_bucket_reso": 64, "lora_rank": 4, "lora_alpha": 2,
-            "batch_size": 2, "max_train_steps": 2, "learning_rate": 1e-2, "save_precision": "fp32", "seed": 3,
-            "train_text_encoder": False, **extra}
 
 
 def _cli_train(tmp_path, raw: dict, *args: str) -> int:
@@ -58,7 +42,7 @@ def test_cli_trains_and_the_file_loads_in_diffusers_with_equal_deltas(kind, data
 
     chroma = kind == "chroma"
     out = tmp_path / "run"
-    raw = _raw(data_dir, str(out), kind, flux_single_blocks="none", train_text_encoder=not chroma,
+    raw = tiny_run(data_dir, str(out), kind, flux_single_blocks="none", train_text_encoder=not chroma,
                sample_prompts=["zqx"], sample_steps=2, sample_every_n_steps=2)
     assert _cli_train(tmp_path, raw) == 0
     assert "<lora:run:0.8>" in capsys.readouterr().err
@@ -95,7 +79,7 @@ def test_cli_trains_and_the_file_loads_in_diffusers_with_equal_deltas(kind, data
 
 def test_all_blocks_round_trip_through_the_fused_file(data_dir, tmp_path):
     """Every block (single-block linear1 = q, k, v and the MLP input, fused) reads back exactly."""
-    result = train(load_config(_raw(data_dir, str(tmp_path / "all"), output_name="all")))
+    result = train(load_config(tiny_run(data_dir, str(tmp_path / "all"), output_name="all")))
     from lora_trainer.lora.metadata_flux import load_flux_lora
 
     sd = load_file(result.output_path)
@@ -109,7 +93,7 @@ def test_all_blocks_round_trip_through_the_fused_file(data_dir, tmp_path):
 
 
 def test_dry_run_shows_the_family_and_memory_per_component(data_dir, tmp_path, capsys):
-    raw = _raw(data_dir, str(tmp_path / "dry"), fp8_base=True, blocks_to_swap=16, mixed_precision="bf16",
+    raw = tiny_run(data_dir, str(tmp_path / "dry"), fp8_base=True, blocks_to_swap=16, mixed_precision="bf16",
                lora_rank=16)
     assert _cli_train(tmp_path, raw, "--dry-run") == 0
     out = capsys.readouterr().out
@@ -129,7 +113,7 @@ def test_peft_layout_file_loads_in_diffusers_and_continues_exactly(data_dir, tmp
     from lora_trainer.lora.network import LoRANetwork
     from lora_trainer.models.flux_tiny import build_tiny_flux_parts, make_pipeline
 
-    result = train(load_config(_raw(data_dir, str(tmp_path / "p"), lora_layout="peft", output_name="p")))
+    result = train(load_config(tiny_run(data_dir, str(tmp_path / "p"), lora_layout="peft", output_name="p")))
     file_sd = load_file(result.output_path)
     assert file_sd and all(k.startswith("transformer.") for k in file_sd)
     state = load_file(str(tmp_path / "p" / "p-000002-state" / "lora.safetensors"))
@@ -144,7 +128,7 @@ def test_peft_layout_file_loads_in_diffusers_and_continues_exactly(data_dir, tmp
         torch.testing.assert_close(got[name], want[name], rtol=1e-6, atol=1e-9, msg=name)
     make_pipeline(parts).load_lora_weights(str(tmp_path / "p"), weight_name="p.safetensors", adapter_name="ours")
     assert sum(isinstance(m, BaseTunerLayer) for m in parts["transformer"].modules()) == len(targets)
-    again = train(load_config(_raw(data_dir, str(tmp_path / "c"), network_weights=result.output_path,
+    again = train(load_config(tiny_run(data_dir, str(tmp_path / "c"), network_weights=result.output_path,
                                    max_train_steps=1)))
     assert again.steps == 1
 
@@ -153,17 +137,17 @@ def test_peft_layout_file_loads_in_diffusers_and_continues_exactly(data_dir, tmp
 def test_a_stopped_flux_run_resumes_to_the_same_weights(data_dir, tmp_path):
     common = dict(max_train_steps=4, batch_size=1, train_text_encoder=True, text_encoder_lr=5e-3, save_steps=2,
                   lr_scheduler="cosine", output_name="r")
-    full = train(load_config(_raw(data_dir, str(tmp_path / "full"), **common)))
+    full = train(load_config(tiny_run(data_dir, str(tmp_path / "full"), **common)))
     stop = StopFlag()
 
     def stop_at_2(event):
         if event.type == "progress" and event.data["step"] == 2:
             stop.request("test stop")
 
-    part = train(load_config(_raw(data_dir, str(tmp_path / "part"), **common)), emit=Emitter([stop_at_2]), stop=stop)
+    part = train(load_config(tiny_run(data_dir, str(tmp_path / "part"), **common)), emit=Emitter([stop_at_2]), stop=stop)
     assert part.stopped and part.steps == 2
     shutil.copytree(tmp_path / "part", tmp_path / "resumed")
-    resumed = train(load_config(_raw(data_dir, str(tmp_path / "resumed"), resume_from_checkpoint="latest", **common)))
+    resumed = train(load_config(tiny_run(data_dir, str(tmp_path / "resumed"), resume_from_checkpoint="latest", **common)))
     assert resumed.steps == 4
     a, b = load_file(full.output_path), load_file(resumed.output_path)
     assert a.keys() == b.keys()
@@ -172,9 +156,9 @@ def test_a_stopped_flux_run_resumes_to_the_same_weights(data_dir, tmp_path):
 
 # ---- memory paths ------------------------------------------------------------------------------------
 def test_fp8_base_and_block_swap_train_like_the_plain_path(data_dir, tmp_path):
-    plain = _losses(_raw(data_dir, str(tmp_path / "plain")))
-    swap = _losses(_raw(data_dir, str(tmp_path / "swap"), blocks_to_swap=1, gradient_checkpointing=True))
-    fp8 = _losses(_raw(data_dir, str(tmp_path / "fp8"), fp8_base=True))
+    plain = _losses(tiny_run(data_dir, str(tmp_path / "plain")))
+    swap = _losses(tiny_run(data_dir, str(tmp_path / "swap"), blocks_to_swap=1, gradient_checkpointing=True))
+    fp8 = _losses(tiny_run(data_dir, str(tmp_path / "fp8"), fp8_base=True))
     assert len(plain) == len(swap) == len(fp8) == 2
     torch.testing.assert_close(torch.tensor(swap), torch.tensor(plain), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(torch.tensor(fp8), torch.tensor(plain), rtol=5e-3, atol=0)  # fp8 rounding only
@@ -198,9 +182,9 @@ def test_a_lora_of_the_other_family_is_refused_in_one_line(data_dir, tmp_path, c
     flux_lora = tmp_path / "flux.safetensors"
     save_file({"lora_unet_double_blocks_0_img_attn_proj.lora_down.weight": torch.zeros(4, 64),
                "lora_unet_double_blocks_0_img_attn_proj.lora_up.weight": torch.zeros(64, 4)}, str(flux_lora))
-    assert _cli_train(tmp_path, _raw(data_dir, str(tmp_path / "a"), network_weights=str(sd_lora))) == 2
+    assert _cli_train(tmp_path, tiny_run(data_dir, str(tmp_path / "a"), network_weights=str(sd_lora))) == 2
     _one_error(capsys, "Stable Diffusion LoRA", "FLUX.1/Chroma")
-    raw = _raw(data_dir, str(tmp_path / "b"), network_weights=str(flux_lora))
+    raw = tiny_run(data_dir, str(tmp_path / "b"), network_weights=str(flux_lora))
     raw["base_model"] = "builtin:tiny-sd1"
     assert _cli_train(tmp_path, raw) == 2
     _one_error(capsys, "FLUX.1/Chroma LoRA", "Stable Diffusion")
@@ -210,7 +194,7 @@ def test_a_transformer_without_its_text_encoders_is_named_in_one_line(tiny_flux,
     from flux_helpers import write_single_files
 
     files = write_single_files(tiny_flux, str(tmp_path / "models"))
-    raw = _raw(data_dir, str(tmp_path / "out"), base_model=files["transformer"], vae_path=files["vae"])
+    raw = tiny_run(data_dir, str(tmp_path / "out"), base_model=files["transformer"], vae_path=files["vae"])
     assert _cli_train(tmp_path, raw) == 2
     _one_error(capsys, "clip_l_path", "t5xxl_path")
     assert not (tmp_path / "out" / "out.safetensors").exists()
@@ -230,17 +214,17 @@ def test_trains_from_the_files_users_have(source, tiny_flux, data_dir, tmp_path)
                      t5xxl_path=files["t5"])
     else:
         extra = dict(base_model=save_tiny_flux(str(tmp_path / "folder")))
-    builtin = _losses(_raw(data_dir, str(tmp_path / "a"), max_train_steps=1))
-    loaded = _losses(_raw(data_dir, str(tmp_path / "b"), max_train_steps=1, **extra))
+    builtin = _losses(tiny_run(data_dir, str(tmp_path / "a"), max_train_steps=1))
+    loaded = _losses(tiny_run(data_dir, str(tmp_path / "b"), max_train_steps=1, **extra))
     torch.testing.assert_close(torch.tensor(loaded), torch.tensor(builtin), rtol=1e-5, atol=1e-6)
 
 
 def test_flux_only_settings_are_refused_for_chroma_and_sd(data_dir, tmp_path, capsys):
-    assert _cli_train(tmp_path, _raw(data_dir, str(tmp_path / "c"), "chroma", guidance_scale_train=3.5)) == 2
+    assert _cli_train(tmp_path, tiny_run(data_dir, str(tmp_path / "c"), "chroma", guidance_scale_train=3.5)) == 2
     _one_error(capsys, "guidance_scale_train", "FLUX.1-dev")
-    assert _cli_train(tmp_path, _raw(data_dir, str(tmp_path / "b"), flux_double_blocks="first five")) == 2
+    assert _cli_train(tmp_path, tiny_run(data_dir, str(tmp_path / "b"), flux_double_blocks="first five")) == 2
     _one_error(capsys, "flux_double_blocks", "0-9,12")
-    raw = _raw(data_dir, str(tmp_path / "s"), fp8_base=True, model_type="sd1")
+    raw = tiny_run(data_dir, str(tmp_path / "s"), fp8_base=True, model_type="sd1")
     raw["base_model"] = "builtin:tiny-sd1"
     assert _cli_train(tmp_path, raw) == 2
     _one_error(capsys, "fp8_base")
