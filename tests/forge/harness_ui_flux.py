@@ -60,8 +60,9 @@ def main():
                                f".value === '{NAME}'", timeout=30000)
         t0 = time.time()
         page.locator("#lt_train").click()
-        status = wait_text(page, "lt_status", r"Done\.|Error|error|failed", 600)
-        check(f"Train in the tab runs to the end on the loaded {family}", "Done." in status,
+        # the tab shows the last run's outcome on load (maybe an API run's): wait for this run's own end line
+        status = wait_text(page, "lt_status", rf"Done\..*{NAME}\.safetensors|Error|error|failed", 600)
+        check(f"Train in the tab runs to the end on the loaded {family}", f"{NAME}.safetensors" in status,
               f"{status.strip()[:200]!r} {time.time() - t0:.0f}s")
         result = wait_text(page, "lt_result_md", "is ready", 30)
         prompt = page.locator("#lt_result_prompt textarea, #lt_result_prompt input").first.input_value()
