@@ -14,7 +14,7 @@ from pathlib import Path
 from lora_trainer.errors import UserError
 
 # ss_base_model_version -> A1111 sidecar "sd version"
-_SD_VERSION = {"sd_v1": "SD1", "sd_v2": "SD2", "sd_v2_v": "SD2", "sdxl_base_v1-0": "SDXL"}
+_SD_VERSION = {"sd_v1": "SD1", "sd_v2": "SD2", "sd_v2_v": "SD2", "sdxl_base_v1-0": "SDXL", "flux1": "Flux"}
 # training settings `info` prints, in this order (metadata key, label)
 TRAINING_KEYS = (("ss_sd_model_name", "base model"), ("ss_network_module", "network"),
                  ("ss_network_dim", "rank"), ("ss_network_alpha", "alpha"), ("ss_resolution", "resolution"),
@@ -22,6 +22,10 @@ TRAINING_KEYS = (("ss_sd_model_name", "base model"), ("ss_network_module", "netw
                  ("ss_learning_rate", "learning rate"), ("ss_optimizer", "optimizer"),
                  ("ss_lr_scheduler", "scheduler"), ("ss_mixed_precision", "precision"), ("ss_seed", "seed"),
                  ("ss_clip_skip", "clip skip"), ("ss_v_parameterization", "v-prediction"))
+# FLUX.1 / Chroma (flow matching): SD's clip skip and v-prediction mean nothing; these do
+FLOW_KEYS = (("ss_timestep_sampling", "timestep sampling"), ("ss_discrete_flow_shift", "flow shift"),
+             ("ss_guidance_scale", "train guidance"), ("ss_fp8_base", "fp8 base"))
+_FLOW_VERSIONS = ("flux1", "chroma")
 _SAVE_SUFFIX = re.compile(r"-\d{6}$")  # intermediate saves: name-000500
 
 
@@ -85,6 +89,22 @@ def read_facts(path: str | Path) -> LoraFacts:
         preferred_weight=float(weight) if isinstance(weight, (int, float)) and weight else None,
         description=str(side.get("description") or meta.get("modelspec.description") or ""),
         preview=find_preview(p),
-        training={label: meta[key] for key, label in TRAINING_KEYS if meta.get(key) not in (None, "", "None")},
+        training=training_settings(meta),
         metadata=meta, shared_version=side.get("version") if isinstance(side.get("version"), int) else None,
         shared_from=str(side.get("manifest") or ""))
+
+
+def training_settings(meta: dict[str, str]) -> dict[str, str]:
+    """{label: value} of the settings `info` prints; the network names its LyCORIS algorithm (`lycoris.kohya
+    (loha)`), and a FLUX.1 / Chroma file shows its flow-matching settings instead of SD's clip skip / v-prediction."""
+    keys = TRAINING_KEYS
+    if meta.get("ss_base_model_version") in _FLOW_VERSIONS:
+        keys = tuple(k for k in TRAINING_KEYS if k[0] not in ("ss_clip_skip", "ss_v_parameterization")) + FLOW_KEYS
+    out = {label: meta[key] for key, label in keys if meta.get(key) not in (None, "", "None")}
+    try:
+        algo = json.loads(meta.get("ss_network_args") or "{}").get("algo")
+    except (ValueError, AttributeError):
+        algo = None
+    if algo and "network" in out:
+        out["network"] = f"{out['network']} ({algo})"
+    return out

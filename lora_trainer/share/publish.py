@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import mimetypes
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
@@ -53,15 +54,20 @@ class _Item:
     files: dict[str, Path]  # relative object path -> local file
 
 
+_STATE_DIR = re.compile(r"-\d{6,}-state$")  # a resumable state `name-000500-state/` (LoRA + optimizer + RNG)
+
+
 def collect(paths: list[str]) -> list[Path]:
-    """The .safetensors files to publish; a folder gives its final files (not `name-000500` saves)."""
+    """The .safetensors files to publish; a folder gives its final files (not `name-000500` saves, nor the
+    files inside a resumable state folder `name-000500-state/`, which are no LoRAs to share)."""
     from lora_trainer.share.facts import _SAVE_SUFFIX
 
     out: list[Path] = []
     for raw in paths:
         p = Path(raw)
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*.safetensors") if not _SAVE_SUFFIX.search(f.stem))
+            found = sorted(f for f in p.rglob("*.safetensors") if not _SAVE_SUFFIX.search(f.stem)
+                           and not any(_STATE_DIR.search(d) for d in f.relative_to(p).parts[:-1]))
             if not found:
                 raise UserError(f"{p}: no .safetensors LoRA files in this folder")
             out.extend(found)

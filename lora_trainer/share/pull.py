@@ -181,8 +181,10 @@ def _write_sidecars(model: Path, v: Version, source: str, manifest: str, preview
     from lora_trainer.lora.metadata import write_sidecars
 
     json_path = model.with_suffix(".json")
-    atomic_write_text(json_path, json.dumps({"sha256": v.sha256, "version": v.version, "source url": source,
-                                             "manifest": manifest}, indent=4, ensure_ascii=False))
+    own = {"sha256": v.sha256, "version": v.version, "source url": source, "manifest": manifest}
+    if v.sd_version and v.sd_version not in _ARCH:  # FLUX.1's "Flux" (Forge's name): kept, write_sidecars maps SD only
+        own["sd version"] = v.sd_version
+    atomic_write_text(json_path, json.dumps(own, indent=4, ensure_ascii=False))
     write_sidecars(model, trigger_words=v.trigger_words, preferred_weight=v.preferred_weight,
                    arch=_ARCH.get(v.sd_version), description=v.description,
                    notes=f"version {v.version} from {manifest}", preview=preview)

@@ -90,3 +90,18 @@ def test_not_on_civitai_and_offline_write_nothing(trained, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: cannot reach 127.0.0.1")
     assert sorted(p.name for p in lora.parent.iterdir()) == ["inkstyle.safetensors"]
+
+
+def test_flux_settings_name_the_algorithm_and_drop_sd_only_ones():
+    """A FLUX.1 LoHa: `network` says loha; clip skip / v-prediction (SD only) give way to the flow settings."""
+    from lora_trainer.share.facts import training_settings
+
+    meta = {"ss_base_model_version": "flux1", "ss_network_module": "lycoris.kohya", "ss_network_args": '{"algo": "loha"}',
+            "ss_network_dim": "4", "ss_clip_skip": "1", "ss_v_parameterization": "False",
+            "ss_timestep_sampling": "flux_shift", "ss_guidance_scale": "1.0", "ss_fp8_base": "True"}
+    got = training_settings(meta)
+    assert got["network"] == "lycoris.kohya (loha)" and got["rank"] == "4"
+    assert got["timestep sampling"] == "flux_shift" and got["train guidance"] == "1.0" and got["fp8 base"] == "True"
+    assert "clip skip" not in got and "v-prediction" not in got
+    sd = training_settings({"ss_base_model_version": "sd_v1", "ss_network_module": "networks.lora", "ss_clip_skip": "2"})
+    assert sd == {"network": "networks.lora", "clip skip": "2"}

@@ -241,3 +241,28 @@ def test_files_offline_one_line_and_the_folder_unchanged(trained, tmp_path, opts
     assert out.status == "failed" and out.exit_code == 5, out.message
     assert "\n" not in out.line() and "cannot reach" in out.line().lower(), out.line()
     assert sorted(str(p.relative_to(models)) for p in models.rglob("*")) == before
+
+
+def test_a_folder_gives_its_final_files_not_saves_or_resumable_states(tmp_path):
+    """An output folder holds `name-000004-state/` (lora/optimizer/rng .safetensors): none is a LoRA to share."""
+    from lora_trainer.share.publish import collect
+
+    for rel in ("ink.safetensors", "ink-000002.safetensors", "ink-000004-state/lora.safetensors",
+                "ink-000004-state/optimizer.safetensors", "sub/other.safetensors"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"")
+    assert collect([str(tmp_path)]) == [tmp_path / "ink.safetensors", tmp_path / "sub" / "other.safetensors"]
+
+
+def test_a_pulled_flux_lora_keeps_its_sd_version(tmp_path):
+    """Forge reads "sd version" from the sidecar; a FLUX.1 version's "Flux" is written like SD1's "SD1"."""
+    from lora_trainer.share.manifest import Version
+    from lora_trainer.share.pull import _write_sidecars
+
+    model = tmp_path / "Lora" / "fx.safetensors"
+    model.parent.mkdir()
+    model.write_bytes(b"")
+    v = Version(version=2, file="fx.safetensors", sha256="ab" * 32, size=0, sd_version="Flux", trigger_words=["zqx"])
+    _write_sidecars(model, v, "http://x/fx.safetensors", "http://x/team.json", None)
+    side = json.loads(model.with_suffix(".json").read_text())
+    assert side["sd version"] == "Flux" and side["activation text"] == "zqx" and side["version"] == 2
