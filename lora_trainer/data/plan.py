@@ -179,8 +179,8 @@ def format_plan(plan: Plan) -> str:
     lines.append(f"steps: {plan.steps_per_epoch}/epoch ({plan.batches_per_epoch} batches/epoch, {per}), "
                  f"{plan.epochs} epochs → {plan.total_steps} total steps")
     if plan.trainable_params is not None:
-        modules = ", ".join(f"{k} {v}" for k, v in plan.lora_modules.items())
-        lines.append(f"model: {plan.arch} ({plan.arch_source}); LoRA: {plan.trainable_params:,} trainable parameters "
+        modules = " + ".join(f"{v} {k.replace('_', ' ')}" for k, v in plan.lora_modules.items())
+        lines.append(f"model: {plan.arch} ({plan.arch_source}); {plan.trainable_params:,} trainable parameters "
                      f"in {modules} modules, file ≈ {plan.lora_file_mb} MB")
         if plan.memory_gib is not None:  # FLUX.1 / Chroma: per component, below
             lines.append(f"memory (rough, ±50%): ≈ {plan.memory_gib} GiB on the training device")

@@ -101,6 +101,20 @@ def load_flux_parts(base_model: str, *, vae_path: str | None = None, clip_l_path
     return _load_single_files(f, sources, tokenizer_path, model_cache_dir, dtype, defer_text_encoders)
 
 
+def check_single_files(base_model: str | None, *, vae_path: str | None = None, clip_l_path: str | None = None,
+                       t5xxl_path: str | None = None) -> None:
+    """For the dry run: the headers-only checks `load` makes on a transformer file and its separate parts
+    (a missing `t5xxl_path`, a file in the wrong place), so `--dry-run` refuses what the run would."""
+    path = os.path.expanduser(str(base_model or "").strip())
+    if not os.path.isfile(path):
+        return  # built-in, diffusers folder, or missing (named by the config check / the loader)
+    f = flux_detect.inspect_flux_file(path)
+    msg = flux_detect.missing_parts(f, vae_path=vae_path, clip_l_path=clip_l_path, t5xxl_path=t5xxl_path)
+    if msg:
+        raise ModelLoadError(msg)
+    _check_part_files(f, vae_path, clip_l_path, t5xxl_path)
+
+
 # ---- header checks of the separate files ---------------------------------------------------------
 def _check_part_files(f: FluxFile, vae_path: str | None, clip_l_path: str | None,
                       t5xxl_path: str | None) -> dict[str, tuple[str, str]]:

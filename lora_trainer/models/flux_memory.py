@@ -160,7 +160,8 @@ def suggest(vram_gb: float) -> dict[str, Any]:
 def flux_plan_memory(cfg: Any, kind: str, spec: Any = None) -> tuple[dict[str, float], dict[str, dict[str, Any]]]:
     """For the dry-run plan: GB per component of the real `kind` model at the run's settings (fp8_base,
     blocks_to_swap, the network `spec`'s type and ranks (default: a LoRA of lora_rank), the trained parts,
-    optimizer, precision), and kohya's settings for 8 / 12 / 16 / 24 GB cards."""
+    optimizer, precision), and kohya's settings for 8 / 12 / 16 / 24 GB cards (with gradient checkpointing, which
+    its table assumes, added when the run has it off)."""
     from lora_trainer.lora.estimate import adapter_params
     from lora_trainer.lora.spec import NetworkSpec
 
@@ -177,5 +178,7 @@ def flux_plan_memory(cfg: Any, kind: str, spec: Any = None) -> tuple[dict[str, f
         s.pop("card_gb")
         if s.pop("t5_fp8", False):
             s["t5xxl_path"] = "a t5xxl_fp8_e4m3fn file"
+        if not cfg.gradient_checkpointing:  # kohya's table assumes it (its base command has it); LoHa / LoKr /
+            s["gradient_checkpointing"] = True  # DoRA's deltas shrink from every block's to one block's with it
         suggestions[f"{gb} GB"] = s
     return parts, suggestions

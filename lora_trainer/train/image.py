@@ -21,7 +21,7 @@ from lora_trainer.train import checkpoint as ckpt
 from lora_trainer.train.common import autocast_context, check_device, derive_seed, seed_all
 from lora_trainer.train.distributed import DistContext, init_from_env
 from lora_trainer.train.engine import Engine, Task, TrainResult, ensure_config
-from lora_trainer.train.network_setup import add_to_plan, build_network
+from lora_trainer.train.network_setup import add_to_plan, build_network, check_weights_family
 from lora_trainer.train.sampling import generate_samples, parse_prompts
 from lora_trainer.train.validation import HeldOutInput, fixed_input, held_out_loss
 
@@ -61,7 +61,14 @@ def prepare_plan(cfg: TrainConfig, dist: DistContext | None = None) -> tuple[Dat
     kind = flux_kind_of(cfg)
     plan = make_plan(cfg, index, arch=kind, world_size=dist.world_size, dataset=dataset)
     if kind:
-        plan.arch_source = "FLUX.1 / Chroma model"
+        from lora_trainer.models.flux_loading import check_single_files
+
+        base = (cfg.base_model or "").strip()
+        plan.arch_source = ("built-in tiny model" if base.startswith("builtin:") else
+                            "checkpoint keys" if os.path.isfile(os.path.expanduser(base)) else "diffusers config")
+        check_single_files(cfg.base_model, vae_path=cfg.vae_path, clip_l_path=cfg.clip_l_path,
+                           t5xxl_path=cfg.t5xxl_path)
+    check_weights_family(cfg, "flux" if kind else "sd")
     add_to_plan(plan, cfg)  # the adapter's type and block-wise settings, checked before any model
     if plan.batches_per_epoch <= 0:
         raise ConfigError("batch_size", f"{plan.samples_per_epoch} samples per epoch leave no batch for each of "

@@ -172,6 +172,23 @@ def _widths(plans: list[Any]) -> set[int]:
     return out
 
 
+def check_weights_family(cfg: TrainConfig, family: str) -> None:
+    """Dry run: refuse a `network_weights` LoRA made for the other family ("flux" | "sd") from its header's key
+    names, before any model loads. A run on the WebUI's loaded model (no base_model) is checked at load."""
+    path = cfg.network_weights
+    if not path or not (cfg.base_model or "").strip() or not path.lower().endswith(".safetensors"):
+        return
+    from lora_trainer.errors import ModelLoadError
+    from lora_trainer.lora.flux_format import check_lora_family
+    from lora_trainer.models.flux_detect import read_header
+
+    try:
+        keys = set(read_header(os.path.expanduser(path)))
+    except (OSError, ValueError, ModelLoadError):
+        return  # unreadable: the loader names it
+    check_lora_family(keys, family, f"network_weights {path}")
+
+
 def _read_weights(ad: ModelAdapter, path: str) -> dict[str, Any]:
     """A LoRA file in the network's own key layout: a FLUX.1 / Chroma file's fused modules split back per
     trained module (diffusers modules; on Forge's fused modules they stay as they are); an SD model refuses

@@ -221,3 +221,17 @@ def test_sd_plans_count_the_deltas_with_the_same_copies(data_dir, tmp_path):
     assert loha - lora == pytest.approx(3 * unet, abs=0.3)
     assert gib(network_type="lokr") - lora == pytest.approx(unet, abs=0.3)
     assert gib(network_type="loha", gradient_checkpointing=True) < gib(network_type="lora") + unet
+
+
+def test_the_card_suggestions_add_gradient_checkpointing_when_it_is_off(data_dir):
+    """kohya's per-card table assumes gradient checkpointing; without it a LoHa keeps every block's full-size
+    delta (over 100 GB on the real FLUX.1-dev), so the plan must not suggest a 12 GB card without it."""
+    from lora_trainer.models.flux_memory import flux_plan_memory
+    from lora_trainer.train.network_setup import network_spec
+
+    cfg = _cfg(data_dir, network_type="loha")
+    parts, cards = flux_plan_memory(cfg, "flux-dev", network_spec(cfg))
+    assert parts["adapter_deltas_gb"] > 100 and all(s["gradient_checkpointing"] is True for s in cards.values())
+    cfg = _cfg(data_dir, network_type="loha", gradient_checkpointing=True)
+    parts, cards = flux_plan_memory(cfg, "flux-dev", network_spec(cfg))
+    assert parts["adapter_deltas_gb"] < 5 and not any("gradient_checkpointing" in s for s in cards.values())

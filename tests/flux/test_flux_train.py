@@ -262,3 +262,27 @@ def test_place_never_puts_the_swapped_blocks_or_bf16_blocks_on_the_device():
     assert all(p.is_meta for p in tr.parameters() if id(p) not in stay)
     assert all(p.is_meta for name in ("vae", "text_encoder", "text_encoder_2") for p in parts[name].parameters())
     assert tr.transformer_blocks[0].attn.to_q.weight.dtype == torch.float8_e4m3fn  # fp8 before the move
+
+
+def test_dry_run_refuses_a_missing_part_and_a_lora_of_the_other_family(data_dir, tiny_flux, tmp_path, capsys):
+    """What the run would refuse after `loading model`, the dry run refuses first, in one line naming the key:
+    a transformer file without t5xxl_path, and a network_weights LoRA made for the other family (both ways)."""
+    from flux_helpers import write_single_files
+
+    paths = write_single_files(tiny_flux, str(tmp_path / "m"))
+    files = {"base_model": paths["transformer"], "vae_path": paths["vae"], "clip_l_path": paths["clip_l"]}
+    assert _cli_train(tmp_path, tiny_run(data_dir, str(tmp_path / "a"), **files), "--dry-run") == 2
+    err = capsys.readouterr().err
+    assert "also set t5xxl_path" in err and len(err.strip().splitlines()) == 1
+    assert _cli_train(tmp_path, tiny_run(data_dir, str(tmp_path / "a"), **files, t5xxl_path=paths["t5"]),
+                      "--dry-run") == 0
+    capsys.readouterr()
+    z = torch.zeros(4, 8)
+    save_file({"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": z}, str(tmp_path / "sd.safetensors"))
+    save_file({"lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight": z}, str(tmp_path / "fx.safetensors"))
+    raw = tiny_run(data_dir, str(tmp_path / "b"), network_weights=str(tmp_path / "sd.safetensors"))
+    assert _cli_train(tmp_path, raw, "--dry-run") == 2
+    assert "network_weights" in (err := capsys.readouterr().err) and "Stable Diffusion LoRA" in err
+    raw = {**raw, "base_model": "builtin:tiny-sd1", "network_weights": str(tmp_path / "fx.safetensors")}
+    assert _cli_train(tmp_path, raw, "--dry-run") == 2
+    assert "network_weights" in (err := capsys.readouterr().err) and "FLUX.1/Chroma LoRA" in err
