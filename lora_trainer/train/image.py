@@ -238,6 +238,10 @@ class ImageLoRATask(Task):
         if self.te_cache is not None:
             for ids in ds.batches_for_epoch(0, self.cfg.seed):
                 self._cond(list(ds.load_batch(ids, 0, with_pixels=False)["captions"]))
+            te = self.te_cache
+            if te.directory:  # say whether the disk cache worked (a fully cached FLUX.1 run loads no T5)
+                run.emit("status", message=f"text-encoder outputs of {len(te)} caption(s): {te.disk_hits} read "
+                                           f"from {te.directory}, {te.encoded} encoded")
 
     def _held_out_inputs(self) -> list[HeldOutInput]:
         """The validation images' fixed inputs (latents, noise, timesteps), made once before the first step."""

@@ -39,8 +39,8 @@ def _captions(data_dir: str) -> set[str]:
     return out
 
 
-def _t5_run(raw: dict, stop_at: int | None = None):
-    """Train on an adapter whose T5 records each call's batch size."""
+def _t5_run(raw: dict, stop_at: int | None = None, messages: list[str] | None = None):
+    """Train on an adapter whose T5 records each call's batch size (status lines into `messages`)."""
     cfg = load_config(raw)
     adapter = load_flux_adapter(cfg)
     calls: list[int] = []
@@ -50,6 +50,8 @@ def _t5_run(raw: dict, stop_at: int | None = None):
     stop = StopFlag()
 
     def sink(event):
+        if messages is not None and event.type == "status":
+            messages.append(event.data["message"])
         if stop_at and event.type == "progress" and event.data["step"] == stop_at:
             stop.request("test stop")
 
@@ -71,8 +73,10 @@ def test_the_second_run_reads_the_files_and_never_calls_t5(data_dir, tmp_path):
     files = sorted(os.listdir(folder))
     assert len(files) == 2 and all(f.endswith(".safetensors") for f in files)  # no pickle, no temp files
     assert set(load_file(os.path.join(folder, files[0]))) == {"t5", "pooled"}
-    second, calls = _t5_run(_raw(data_dir, str(tmp_path / "b")))
+    said: list[str] = []
+    second, calls = _t5_run(_raw(data_dir, str(tmp_path / "b")), messages=said)
     assert calls == []  # T5 is not called at all
+    assert f"text-encoder outputs of 2 caption(s): 2 read from {folder}, 0 encoded" in said  # and the user is told
     assert _same(first.output_path, second.output_path)
     # a changed caption: only that one is encoded, into a new file
     caption = next(os.path.join(r, f) for r, _, fs in os.walk(data_dir) for f in fs if f == "0000.txt")
