@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+from lora_trainer.errors import ConfigError
 from lora_trainer.models.flux_widths import (
     Widths,
     run_layers,
@@ -166,6 +167,12 @@ def flux_plan_memory(cfg: Any, kind: str, spec: Any = None) -> tuple[dict[str, f
     from lora_trainer.lora.spec import NetworkSpec
 
     spec = spec or NetworkSpec("lora", rank=cfg.lora_rank)
+    try:
+        swap_split(real_sizes(kind), cfg.blocks_to_swap)
+    except ValueError as e:  # the real model's limit, in the config's words (the loader checks the run's model)
+        sizes = real_sizes(kind)
+        raise ConfigError("blocks_to_swap", f"{e} (the real {kind} has {sizes.n_double} double and "
+                                            f"{sizes.n_single} single blocks; 2 of each stay on the GPU)") from None
     layers = run_layers(cfg, kind, spec.network_type, spec.dora_wd, real=True)
     mem = weight_memory(kind, fp8_base=cfg.fp8_base, blocks_to_swap=cfg.blocks_to_swap, optimizer=cfg.optimizer,
                         compute_bytes=2 if cfg.mixed_precision in ("fp16", "bf16") else 4,

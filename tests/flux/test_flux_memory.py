@@ -235,3 +235,12 @@ def test_the_card_suggestions_add_gradient_checkpointing_when_it_is_off(data_dir
     cfg = _cfg(data_dir, network_type="loha", gradient_checkpointing=True)
     parts, cards = flux_plan_memory(cfg, "flux-dev", network_spec(cfg))
     assert parts["adapter_deltas_gb"] < 5 and not any("gradient_checkpointing" in s for s in cards.values())
+
+
+def test_too_many_blocks_to_swap_is_one_config_line_in_the_dry_run(data_dir):
+    """40 blocks (schema allows 60, the real FLUX.1 35): a ConfigError naming the key, not a traceback."""
+    from lora_trainer.errors import ConfigError
+    from lora_trainer.models.flux_memory import flux_plan_memory
+
+    with pytest.raises(ConfigError, match=r"'blocks_to_swap'.*0-35, got 40.*19 double and 38 single"):
+        flux_plan_memory(_cfg(data_dir, blocks_to_swap=40), "flux-dev")
