@@ -99,6 +99,16 @@ def flux_objective(o: FluxOptions, *, dynamic_shift: bool) -> FluxObjective:
     return FluxObjective(mode, sigmoid_scale=o.sigmoid_scale, shift=o.discrete_flow_shift)
 
 
+def check_kind_options(kind: str, guidance_scale_train: float | None, lora_layout: str) -> None:
+    """Options this FLUX.1 / Chroma kind cannot take, in one line (the dry run checks them too)."""
+    if guidance_scale_train is not None and kind != "flux-dev":
+        raise ConfigError("guidance_scale_train", f"only FLUX.1-dev has a guidance input; this model is "
+                                                  f"{kind}: leave guidance_scale_train empty")
+    if kind == "chroma" and lora_layout == "peft":
+        raise ConfigError("lora_layout", "Chroma LoRAs are written in the kohya layout only (Forge reads no "
+                                         "PEFT-layout Chroma file); set lora_layout: kohya")
+
+
 class FluxAdapter(ModelAdapter):
     """A FLUX.1 / Chroma parts dict (`flux_tiny.build_tiny_flux_parts` / `flux_loading.load_flux_parts`)."""
 
@@ -106,12 +116,7 @@ class FluxAdapter(ModelAdapter):
         self.parts = parts
         self.kind: str = parts["kind"]
         self.options = options or FluxOptions()
-        if self.options.guidance_scale_train is not None and self.kind != "flux-dev":
-            raise ConfigError("guidance_scale_train", f"only FLUX.1-dev has a guidance input; this model is "
-                                                      f"{self.kind}: leave guidance_scale_train empty")
-        if self.kind == "chroma" and self.options.lora_layout == "peft":
-            raise ConfigError("lora_layout", "Chroma LoRAs are written in the kohya layout only (Forge reads no "
-                                             "PEFT-layout Chroma file); set lora_layout: kohya")
+        check_kind_options(self.kind, self.options.guidance_scale_train, self.options.lora_layout)
         self.info = AdapterInfo(arch=self.kind, prediction_type="flow", model_name=model_name)
         self._compute_dtype = next(parts["transformer"].parameters()).dtype
         self._swap: Any = None

@@ -61,6 +61,7 @@ def prepare_plan(cfg: TrainConfig, dist: DistContext | None = None) -> tuple[Dat
     kind = flux_kind_of(cfg)
     plan = make_plan(cfg, index, arch=kind, world_size=dist.world_size, dataset=dataset)
     if kind:
+        from lora_trainer.models.flux_adapter import check_kind_options
         from lora_trainer.models.flux_loading import check_single_files
 
         base = (cfg.base_model or "").strip()
@@ -68,6 +69,7 @@ def prepare_plan(cfg: TrainConfig, dist: DistContext | None = None) -> tuple[Dat
                             "checkpoint keys" if os.path.isfile(os.path.expanduser(base)) else "diffusers config")
         check_single_files(cfg.base_model, vae_path=cfg.vae_path, clip_l_path=cfg.clip_l_path,
                            t5xxl_path=cfg.t5xxl_path)
+        check_kind_options(kind, cfg.guidance_scale_train, cfg.lora_layout)
     check_weights_family(cfg, "flux" if kind else "sd")
     add_to_plan(plan, cfg)  # the adapter's type and block-wise settings, checked before any model
     if plan.batches_per_epoch <= 0:

@@ -286,3 +286,10 @@ def test_dry_run_refuses_a_missing_part_and_a_lora_of_the_other_family(data_dir,
     raw = {**raw, "base_model": "builtin:tiny-sd1", "network_weights": str(tmp_path / "fx.safetensors")}
     assert _cli_train(tmp_path, raw, "--dry-run") == 2
     assert "network_weights" in (err := capsys.readouterr().err) and "FLUX.1/Chroma LoRA" in err
+
+
+def test_dry_run_refuses_what_chroma_cannot_take(data_dir, tmp_path, capsys):
+    """A PEFT layout or a guidance input on Chroma: refused by the dry run, as by the loaded model."""
+    for extra, key in (({"lora_layout": "peft"}, "lora_layout"), ({"guidance_scale_train": 3.0}, "guidance_scale_train")):
+        assert _cli_train(tmp_path, tiny_run(data_dir, str(tmp_path / "c"), kind="chroma", **extra), "--dry-run") == 2
+        assert f"config '{key}'" in capsys.readouterr().err
