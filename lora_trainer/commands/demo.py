@@ -11,7 +11,8 @@ def register(subparsers: Any) -> None:
 
     p = subparsers.add_parser("demo", help="train a demo LoRA on the built-in tiny model (CPU, ~2 min)",
                               description="Writes a synthetic dataset and config into ./output/demo, trains a LoRA "
-                                          "on the built-in tiny SD1 model and prints an honest quality measurement.")
+                                          "on the built-in tiny SD1 model (or FLUX.1 with --model flux) and prints an honest "
+                                          "quality measurement.")
     p.add_argument("--output", default="output/demo", help="demo folder (default ./output/demo)")
     p.add_argument("--steps", type=int, default=DEMO_STEPS, help="training steps")
     p.add_argument("--threads", type=int, default=1, help="CPU threads (fixed for repeatable numbers)")
