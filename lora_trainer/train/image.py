@@ -144,7 +144,9 @@ class ImageLoRATask(Task):
         self._prepared = True
         groups = self._build_network(ad)
         n_params = sum(p.numel() for g in groups for p in g["params"])
-        run.log(f"LoRA: {n_params:,} trainable parameters on {self.device}")
+        kind = {"lora": "LoRA", "locon": "LoCon", "loha": "LoHa", "lokr": "LoKr", "dora": "DoRA"}.get(
+            self.network.spec.network_type, self.network.spec.network_type)
+        run.log(f"{kind}: {n_params:,} trainable parameters on {self.device}")
         if cfg.mixed_precision == "fp16" and self.device.type != "cuda":
             raise ConfigError("mixed_precision", f"fp16 needs a CUDA GPU (training runs on {self.device}); "
                                                  "use 'bf16' or 'no'")
