@@ -14,7 +14,6 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from lora_trainer.download.claim import PartClaim, claim_part
-from lora_trainer.download.classify import classify_header
 from lora_trainer.download.engine import Transfer, probe
 from lora_trainer.download.errors import (
     BadRequestError,
@@ -32,7 +31,6 @@ from lora_trainer.download.naming import choose_name
 from lora_trainer.download.options import DownloadOptions
 from lora_trainer.download.place import check_free, place
 from lora_trainer.download.safety import check_url
-from lora_trainer.download.sidecar import fetch_preview, write_sidecar
 from lora_trainer.download.sources import SourceInfo, civitai_info
 from lora_trainer.download.state import PartState, Remote, state_path_for
 from lora_trainer.download.verify import (
@@ -289,6 +287,8 @@ def _place_model(ctx: _Ctx, tmp: Path, name: str, digest: str) -> FileResult:
         return FileResult(str(path), kind, digest, path.stat().st_size, existed=existed, pickle=True)
     kind, sd = "other", ""
     if name.lower().endswith(".safetensors"):
+        from lora_trainer.download.classify import classify_header  # only for .safetensors
+
         found = classify_header(read_safetensors_header(tmp))
         kind, sd = found.kind, found.sd_version
     path, existed = place(tmp, opts.folder_for(kind), name, digest)
@@ -335,6 +335,8 @@ def _sidecars(ctx: _Ctx, url: str, files: list[FileResult]) -> None:
     for f in files:
         if f.kind in ("other", "archive"):
             continue
+        from lora_trainer.download.sidecar import fetch_preview, write_sidecar  # only for WebUI model files
+
         path = Path(f.path)
         try:
             f.sidecar = str(write_sidecar(path, url, f.sha256, f.sd_version, ctx.info,

@@ -12,8 +12,10 @@ import contextlib
 import email.utils
 import http.client
 import json
+import os
 import re
 import ssl
+import sys
 import time
 from dataclasses import dataclass, field
 from urllib.parse import unquote, urljoin, urlsplit
@@ -114,6 +116,8 @@ class Client:
     def _proxy_for(self, scheme: str, host: str) -> str | None:
         if self.opts.proxy is not None:
             return self.opts.proxy or None  # "" means: no proxy, ignore the environment
+        if os.name != "nt" and sys.platform != "darwin" and not any(k[-6:].lower() == "_proxy" for k in os.environ):
+            return None  # what getproxies() finds here: only *_proxy variables (no system settings to read)
         import urllib.request  # only for the environment's proxy settings
 
         proxies = urllib.request.getproxies()
