@@ -107,7 +107,7 @@ def euler_sigmas(steps: int, *, shift: float = 1.0, mu: float | None = None,
 def euler_step(sample: torch.Tensor, velocity: torch.Tensor, sigma: torch.Tensor | float,
                sigma_next: torch.Tensor | float) -> torch.Tensor:
     """x ← x + (σ_next − σ)·v, computed in float32, returned in the velocity's dtype."""
-    return (sample.float() + (sigma_next - sigma) * velocity).to(velocity.dtype)
+    return (sample.float() + (sigma_next - sigma) * velocity.float()).to(velocity.dtype)
 
 
 Predict = Callable[[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]], torch.Tensor]

@@ -17,6 +17,8 @@ from collections.abc import Callable
 
 import torch
 
+from lora_trainer.models import flow
+
 LATENT_CHANNELS = 16
 LATENT_SCALE = 0.3611
 LATENT_SHIFT = 0.1159
@@ -130,6 +132,5 @@ def euler_sample(velocity: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     `velocity(x, sigma)` gets sigma as a [B] tensor in [0, 1] (the transformer's `timestep`)."""
     for i in range(len(sigmas) - 1):
         sigma = sigmas[i].expand(x.shape[0]).to(x.dtype)
-        v = velocity(x, sigma)
-        x = (x.float() + (sigmas[i + 1] - sigmas[i]) * v.float()).to(v.dtype)
+        x = flow.euler_step(x, velocity(x, sigma), sigmas[i], sigmas[i + 1])
     return x

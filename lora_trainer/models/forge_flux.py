@@ -24,9 +24,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from lora_trainer.errors import ConfigError
-from lora_trainer.models import flow, forge_host
+from lora_trainer.models import flow, flux_math, forge_host
 from lora_trainer.models.base import AdapterInfo, SizeInfo
-from lora_trainer.models.flux_adapter import FluxOptions, flux_objective
+from lora_trainer.models.flux_adapter import FluxOptions, check_kind_options, flux_objective
 from lora_trainer.models.forge import ForgeAdapter
 from lora_trainer.models.forge_autograd import frozen_base
 from lora_trainer.models.webui_ldm import _checkpoint_name
@@ -55,9 +55,7 @@ class ForgeFluxAdapter(ForgeAdapter):
         super().__init__(sd_model, services, verify_hash=verify_hash)
         self.options = options or FluxOptions()
         kind = forge_host.arch_of(sd_model)
-        if self.options.guidance_scale_train is not None and kind != "flux-dev":
-            raise ConfigError("guidance_scale_train", f"only FLUX.1-dev has a guidance input; the loaded model is "
-                                                      f"{kind}: leave guidance_scale_train empty")
+        check_kind_options(kind, self.options.guidance_scale_train, self.options.lora_layout)
         if self.options.lora_layout != "kohya":
             raise ConfigError("lora_layout", "in Forge the LoRA trains on Forge's own (BFL-layout) modules and is "
                                              "written in the kohya layout: set lora_layout: kohya")
@@ -185,13 +183,15 @@ class ForgeFluxAdapter(ForgeAdapter):
             cond = self.encode_text([prompt])
             cfg = self.arch == "chroma" and guidance_scale > 1
             negative = self.encode_text([negative_prompt]) if cfg else None
-            for i in range(steps):
-                sigma = sigmas[i].reshape(1)
-                v = self._velocity(x, sigma, cond, guidance_scale).float()
+
+            def velocity(xt: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+                v = self._velocity(xt, sigma, cond, guidance_scale).float()
                 if negative is not None:
-                    v_neg = self._velocity(x, sigma, negative, guidance_scale).float()
+                    v_neg = self._velocity(xt, sigma, negative, guidance_scale).float()
                     v = v_neg + guidance_scale * (v - v_neg)
-                x = flow.euler_step(x.float(), v, sigmas[i], sigmas[i + 1])
+                return v
+
+            x = flux_math.euler_sample(velocity, x.float(), sigmas)
             with torch.inference_mode():
                 img = self.sd_model.decode_first_stage(x.to(self.dtype)).float()
         arr = ((img[0].clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
