@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lora_trainer.errors import ConfigError
 from lora_trainer.models.flux_widths import (
@@ -24,6 +24,10 @@ from lora_trainer.models.flux_widths import (
     shipped_transformer,
     target_layers,
 )
+
+if TYPE_CHECKING:
+    from lora_trainer.config import TrainConfig
+    from lora_trainer.lora.spec import NetworkSpec
 
 GB = 1024 ** 3
 SUGGESTIONS = (  # (card GB, settings) from kohya's table
@@ -60,20 +64,17 @@ def real_sizes(kind: str) -> FluxSizes:
     from diffusers import AutoencoderKL
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
-    from lora_trainer.models.flux_configs import shipped_config
+    from lora_trainer.models.flux_configs import constructor_config as clean
     from lora_trainer.models.flux_tiny import transformer_class
-
-    def clean(c: dict[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in c.items() if not k.startswith("_") and k != "architectures"}
 
     def count(m: Any) -> int:
         return sum(p.numel() for p in m.parameters())
 
     with init_empty_weights():
-        tr = transformer_class(kind)(**clean(shipped_config(f"transformer-{kind}")))
-        t5 = T5EncoderModel(T5Config(**clean(shipped_config("t5xxl"))))
-        vae = AutoencoderKL(**clean(shipped_config("vae")))
-        clip = CLIPTextModel(CLIPTextConfig(**clean(shipped_config("clip_l")))) if kind != "chroma" else None
+        tr = transformer_class(kind)(**clean(f"transformer-{kind}"))
+        t5 = T5EncoderModel(T5Config(**clean("t5xxl")))
+        vae = AutoencoderKL(**clean("vae"))
+        clip = CLIPTextModel(CLIPTextConfig(**clean("clip_l"))) if kind != "chroma" else None
     d, s = count(tr.transformer_blocks[0]), count(tr.single_transformer_blocks[0])
     nd, ns = len(tr.transformer_blocks), len(tr.single_transformer_blocks)
     return FluxSizes(d, s, nd, ns, count(tr) - d * nd - s * ns, count(t5), count(clip) if clip else 0, count(vae))
@@ -121,7 +122,7 @@ def weight_memory(kind: str, *, fp8_base: bool = False, blocks_to_swap: int = 0,
             "training_weights_gb": (resident + train + deltas) / GB}
 
 
-def delta_values(cfg: Any, kind: str, network_type: str, dora_wd: bool, *, real: bool = False) -> int:
+def delta_values(cfg: TrainConfig, kind: str, network_type: str, dora_wd: bool, *, real: bool = False) -> int:
     """fp32 values of the full-size deltas a LoHa / LoKr / DoRA keeps at once (`lora.estimate.delta_copies`):
     every wrapped weight's, or with gradient checkpointing (the transformer recomputes one block at a time)
     the largest block's plus CLIP-L's; on the run's model, or the real `kind` model (`real`)."""
@@ -158,7 +159,7 @@ def suggest(vram_gb: float) -> dict[str, Any]:
     return {"card_gb": SUGGESTIONS[-1][0], **SUGGESTIONS[-1][1]}
 
 
-def flux_plan_memory(cfg: Any, kind: str, spec: Any = None) -> tuple[dict[str, float], dict[str, dict[str, Any]]]:
+def flux_plan_memory(cfg: TrainConfig, kind: str, spec: NetworkSpec | None = None) -> tuple[dict[str, float], dict[str, dict[str, Any]]]:
     """For the dry-run plan: GB per component of the real `kind` model at the run's settings (fp8_base,
     blocks_to_swap, the network `spec`'s type and ranks (default: a LoRA of lora_rank), the trained parts,
     optimizer, precision), and kohya's settings for 8 / 12 / 16 / 24 GB cards (with gradient checkpointing, which

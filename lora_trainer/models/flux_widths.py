@@ -14,7 +14,10 @@ import os
 from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from lora_trainer.config import TrainConfig
 
 Layer = tuple[int, int, int, int]  # (in, out, kernel, count): `lora.estimate`'s layer format
 
@@ -29,23 +32,19 @@ class Widths:
     fused: bool = False          # LoHa / LoKr / DoRA train BFL's fused qkv / linear1 whole
 
 
-def _clean(c: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in c.items() if not k.startswith("_") and k != "architectures"}
-
-
 def shipped_transformer(kind: str) -> str:
     """The real `kind` model's transformer config (JSON, a cache key)."""
-    from lora_trainer.models.flux_configs import shipped_config
+    from lora_trainer.models.flux_configs import constructor_config
 
-    return json.dumps(_clean(shipped_config(f"transformer-{kind}")), sort_keys=True)
+    return json.dumps(constructor_config(f"transformer-{kind}"), sort_keys=True)
 
 
-def run_transformer(cfg: Any, kind: str) -> str:
+def run_transformer(cfg: TrainConfig, kind: str) -> str:
     """The run's transformer config (JSON): the built-in tiny one, a folder's config.json over the shipped one,
     a BFL-layout file's from its header shapes; the shipped real one when none of these can be read."""
     from lora_trainer.errors import ModelLoadError
     from lora_trainer.models import flux_detect, flux_tiny
-    from lora_trainer.models.flux_configs import shipped_config
+    from lora_trainer.models.flux_configs import constructor_config
     from lora_trainer.models.flux_loading import BUILTIN, transformer_config_from_bfl
 
     base = (cfg.base_model or "").strip()
@@ -55,7 +54,8 @@ def run_transformer(cfg: Any, kind: str) -> str:
     try:
         if os.path.isdir(path):
             with open(os.path.join(path, "transformer", "config.json"), encoding="utf-8") as fh:
-                return json.dumps({**_clean(shipped_config(f"transformer-{kind}")), **_clean(json.load(fh))},
+                own = {k: v for k, v in json.load(fh).items() if not k.startswith("_") and k != "architectures"}
+                return json.dumps({**constructor_config(f"transformer-{kind}"), **own},
                                   sort_keys=True)
         f = flux_detect.inspect_flux_file(path)
         if f.layout == "bfl":
@@ -92,9 +92,9 @@ def clip_layers(kind: str, tiny: bool = False) -> list[Layer]:
 
     from lora_trainer.lora.discovery_flux import flux_clip_targets
     from lora_trainer.models import flux_tiny
-    from lora_trainer.models.flux_configs import shipped_config
+    from lora_trainer.models.flux_configs import constructor_config
 
-    cfg = flux_tiny.clip_config(100, 98, 99) if tiny else _clean(shipped_config("clip_l"))
+    cfg = flux_tiny.clip_config(100, 98, 99) if tiny else constructor_config("clip_l")
     with init_empty_weights():
         return _layers(flux_clip_targets(CLIPTextModel(CLIPTextConfig(**cfg))))
 
@@ -108,7 +108,7 @@ def _layers(targets: list[Any]) -> list[Layer]:
     return [(i, o, 1, n) for (i, o), n in sorted(shapes.items())]
 
 
-def run_widths(cfg: Any, network_type: str | None = None, dora_wd: bool | None = None) -> Widths:
+def run_widths(cfg: TrainConfig, network_type: str | None = None, dora_wd: bool | None = None) -> Widths:
     """The run's `Widths` (its network type, unless a file's is given)."""
     from lora_trainer.models.flux_adapter import needs_fused_targets
 
@@ -116,7 +116,7 @@ def run_widths(cfg: Any, network_type: str | None = None, dora_wd: bool | None =
     return Widths(tuple(cfg.flux_layers), str(cfg.flux_double_blocks), str(cfg.flux_single_blocks), fused)
 
 
-def run_layers(cfg: Any, kind: str, network_type: str, dora_wd: bool, *, real: bool = False) -> dict[str, list[Layer]]:
+def run_layers(cfg: TrainConfig, kind: str, network_type: str, dora_wd: bool, *, real: bool = False) -> dict[str, list[Layer]]:
     """{"transformer": layers, "text_encoder": layers} the run trains (each only when the run trains it; the
     text encoder only on FLUX.1): on the run's own model, or on the real `kind` model (`real`, for memory)."""
     from lora_trainer.models.flux_tiny import TEXT_WIDTH
