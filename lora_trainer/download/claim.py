@@ -8,11 +8,7 @@ import threading
 from pathlib import Path
 
 from lora_trainer.download.errors import BadRequestError
-
-try:  # POSIX advisory lock across processes; on Windows the in-process registry still applies
-    import fcntl
-except ImportError:  # pragma: no cover - Windows
-    fcntl = None  # type: ignore[assignment]
+from lora_trainer.file_lock import try_os_lock
 
 _active: set[str] = set()
 _lock = threading.Lock()
@@ -46,15 +42,12 @@ def _try(path: Path) -> PartClaim | None:
         if key in _active:
             return None
         fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o644)
-        if fcntl is None:  # Windows: an open file cannot be renamed, so hold nothing open
+        if os.name == "nt":  # an open file cannot be renamed there: the in-process registry only
             os.close(fd)
             fd = -1
-        else:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                os.close(fd)
-                return None
+        elif not try_os_lock(fd):  # another process writes it
+            os.close(fd)
+            return None
         _active.add(key)
         return PartClaim(path, fd)
 

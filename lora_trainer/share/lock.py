@@ -1,9 +1,9 @@
 """One pull at a time per models folder, across threads and processes (two clicks in the tab, the tab and a
 terminal, two terminals): the second waits for the first, then finds its files current.
 
-A lock file beside the pull record (`<models>/.lora-trainer-pulls.lock`) held with an OS lock (flock on
-POSIX, msvcrt on Windows): the OS drops it when the holder exits or is killed, so a crash never leaves the
-folder locked. The file itself stays (removing it would race a waiter that just opened it).
+A lock file beside the pull record (`<models>/.lora-trainer-pulls.lock`) held with an OS lock
+(`lora_trainer.file_lock`): the OS drops it when the holder exits or is killed, so a crash never leaves
+the folder locked. The file itself stays (removing it would race a waiter that just opened it).
 """
 
 from __future__ import annotations
@@ -17,42 +17,13 @@ from pathlib import Path
 
 from lora_trainer.errors import UserError
 from lora_trainer.events import StopFlag
+from lora_trainer.file_lock import os_unlock, try_os_lock
 
 LOCK_NAME = ".lora-trainer-pulls.lock"
 POLL_S = 0.2
 
 _threads: dict[str, threading.Lock] = {}
 _guard = threading.Lock()
-
-
-def _try_os_lock(fd: int) -> bool:
-    try:
-        import fcntl
-    except ImportError:  # Windows
-        import msvcrt
-
-        try:
-            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
-            return True
-        except OSError:
-            return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return True
-    except OSError:
-        return False
-
-
-def _os_unlock(fd: int) -> None:
-    try:
-        import fcntl
-    except ImportError:  # Windows
-        import msvcrt
-
-        os.lseek(fd, 0, os.SEEK_SET)
-        msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
-        return
-    fcntl.flock(fd, fcntl.LOCK_UN)
 
 
 @contextlib.contextmanager
@@ -84,12 +55,12 @@ def folder_lock(root: str | Path, on_wait: Callable[[str], None] | None = None,
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o644)
         try:
-            while not _try_os_lock(fd):
+            while not try_os_lock(fd):
                 waiting(POLL_S)
             try:
                 yield
             finally:
-                _os_unlock(fd)
+                os_unlock(fd)
         finally:
             os.close(fd)
     finally:
