@@ -158,9 +158,11 @@ class ForgeAdapter(ModelAdapter):
         try:
             forge_host.load_unet(self.sd_model.forge_objects.unet)
             self._snapshots = {k: ModelSnapshot.take(m, with_hash=self.verify_hash) for k, m in self._parts().items()}
-            # inference tensors never join autograd (frozen_base hands out grad-free aliases); any other
-            # parameter is frozen for the run and given back its flag after
-            self._frozen = [p for p in self.unet.parameters() if p.requires_grad and not p.is_inference()]
+            # every parameter that asks for gradients is frozen for the run and given back its flag after:
+            # frozen_base hands torch calls grad-free aliases of inference tensors, but not the calls it never
+            # sees, such as bitsandbytes' `MatMul4Bit` autograd function, which gets the NF4 layers' biases
+            # (Parameters Forge made under inference mode with requires_grad=True) as they are
+            self._frozen = [p for p in self.unet.parameters() if p.requires_grad]
             for p in self._frozen:
                 p.requires_grad_(False)
         except BaseException:
@@ -170,8 +172,9 @@ class ForgeAdapter(ModelAdapter):
     def restore(self) -> None:
         self._remove_checkpointing()
         try:
-            for p in self._frozen:
-                p.requires_grad_(True)
+            with torch.inference_mode():  # the only place an inference tensor may ask for gradients again
+                for p in self._frozen:
+                    p.requires_grad_(True)
             self._frozen = []
             parts = self._parts()
             problems: list[str] = []

@@ -62,7 +62,8 @@ def forge_model(forge_root: str, tmp_path_factory: pytest.TempPathFactory) -> It
 
     def make(arch: str, storage_dtype: Any = None, v_prediction: bool = False, generated: bool = True) -> Any:
         """storage_dtype: None (the file's float), a torch dtype (Forge's 'Diffusion in Low Bits'), or
-        "gguf" (the UNet from a Q8_0 GGUF file, as GGUF models ship). One engine per kind for the
+        "gguf" (the UNet from a Q8_0 GGUF file, as GGUF models ship), or "nf4" (FLUX.1 only: the file's
+        transformer in bitsandbytes NF4), or "nf4-float" (those NF4 weights dequantised, in a float file). One engine per kind for the
         session, as in Forge, where every training and generation use the one loaded model (a test
         that changes its state puts it back)."""
         key = (arch, str(storage_dtype), v_prediction, generated)
@@ -72,7 +73,14 @@ def forge_model(forge_root: str, tmp_path_factory: pytest.TempPathFactory) -> It
 
     def load(arch: str, storage_dtype: Any, v_prediction: bool, generated: bool) -> Any:
         path = checkpoint(arch, v_prediction)
-        if storage_dtype != "gguf":
+        if storage_dtype in ("nf4", "nf4-float"):  # a pre-quantised NF4 file, as NF4 FLUX.1 models ship
+            nf4 = path[: -len(".safetensors")] + "-nf4.safetensors"
+            if not os.path.exists(nf4):
+                tiny_forge_flux.write_nf4_checkpoint(path, nf4)
+            if storage_dtype == "nf4-float":
+                nf4 = tiny_forge_flux.write_dequantized_checkpoint(nf4, nf4.replace("-nf4.", "-nf4-float."))
+            sd_model = tiny_forge.load(nf4)
+        elif storage_dtype != "gguf":
             sd_model = tiny_forge.load(path, storage_dtype=storage_dtype)
         else:
             gguf = path[: -len(".safetensors")] + ".gguf"

@@ -18,6 +18,12 @@ class does that swap's work itself (tiny dimensions, no guidance input, T5 as `t
 repository name is a tiny config folder whose name also compares equal to "Chroma" (`_LoraTrainerRepo`),
 so Forge picks its Chroma engine with the tiny configs.
 
+3. An NF4 FLUX.1-dev, `models/Stable-diffusion/ltflux-nf4.safetensors`: the harness's own `tinyflux` file
+with its transformer's Linear weights in bitsandbytes NF4 (`tiny_forge_flux.write_nf4_checkpoint`), as
+NF4 FLUX.1 files ship. Its class subclasses the harness's `HarnessTinyFlux` (same configs) and claims
+files with `bitsandbytes__nf4` keys and a 64-wide `img_in` (read from the bias: NF4 packs the weight).
+Forge's 4-bit layers need bitsandbytes >= 0.46 to run on a CPU (its own pin, 0.45.3, is CUDA-only).
+
 Forge picks a model class with huggingface_guess from the transformer's keys and shapes: a class for the
 model (a subclass of the real `Flux`) is appended to the build's `huggingface_guess/model_list.py`
 between markers (replaced on every run; rerun after the harness's setup, which rewrites its own block),
@@ -40,6 +46,7 @@ REPO = "lora-trainer-tiny/FLUX.1-dev-gguf"
 CHROMA_REPO = "lora-trainer-tiny/Chroma"
 NAME = "ltflux-gguf"
 CHROMA_NAME = "ltchroma"
+NF4_NAME = "ltflux-nf4"
 WIDTH = 96
 CLIP_768 = {"hidden_size": 768, "intermediate_size": 256, "num_hidden_layers": 1, "num_attention_heads": 12,
             "projection_dim": 768}
@@ -51,8 +58,9 @@ def gguf_dims() -> dict:
     return dict(DIMS, hidden_size=WIDTH, num_heads=3, depth=1, depth_single_blocks=1, vec_in_dim=CLIP_768["hidden_size"])
 
 
-def guess_block() -> str:
-    """The huggingface_guess classes, as source appended to `model_list.py` (Forge imports it at start)."""
+def guess_block(with_nf4: bool) -> str:
+    """The huggingface_guess classes, as source appended to `model_list.py` (Forge imports it at start);
+    `with_nf4`: the NF4 class too (it builds on the harness's own `HarnessTinyFlux`)."""
     from tiny_forge_flux import CHROMA_DIMS, DIMS
 
     return f'''{BEGIN}
@@ -108,7 +116,24 @@ class LoraTrainerTinyChroma(FluxSchnell):
 
 
 models = [LoraTrainerTinyFluxGGUF, LoraTrainerTinyChroma] + models
-{END}
+{NF4_BLOCK if with_nf4 else ""}{END}
+'''
+
+
+NF4_BLOCK = '''
+
+class LoraTrainerTinyFluxNF4(HarnessTinyFlux):
+    """The harness's tinyflux with its transformer in bitsandbytes NF4 (packed weights: width from the bias)."""
+
+    @classmethod
+    def matches(s, unet_config, state_dict=None):
+        keys = state_dict or {}
+        width = next((v.shape[0] for k, v in keys.items() if k.endswith("img_in.bias")), None)
+        return (Flux.matches.__func__(s, unet_config, state_dict) and width == 64
+                and any(k.endswith("bitsandbytes__nf4") for k in keys))
+
+
+models = [LoraTrainerTinyFluxNF4] + models
 '''
 
 
@@ -120,7 +145,7 @@ def patch_model_list(root: str) -> str:
         text = text[:text.index(BEGIN)].rstrip("\n") + "\n" + text[text.index(END) + len(END):].lstrip("\n")
     from lora_trainer.atomic import atomic_write_text
 
-    atomic_write_text(path, text.rstrip("\n") + "\n\n" + guess_block())
+    atomic_write_text(path, text.rstrip("\n") + "\n\n" + guess_block("class HarnessTinyFlux(" in text))
     return path
 
 
@@ -130,7 +155,8 @@ def outputs(root: str, quant: str) -> dict[str, str]:
             "vae": os.path.join(models, "VAE", f"{NAME}-ae.safetensors"),
             "clip_l": os.path.join(models, "text_encoder", f"{NAME}-clip_l.safetensors"),
             "t5xxl": os.path.join(models, "text_encoder", f"{NAME}-t5xxl.safetensors"),
-            "chroma": os.path.join(models, "Stable-diffusion", f"{CHROMA_NAME}.safetensors")}
+            "chroma": os.path.join(models, "Stable-diffusion", f"{CHROMA_NAME}.safetensors"),
+            "nf4": os.path.join(models, "Stable-diffusion", f"{NF4_NAME}.safetensors")}
 
 
 def build(repo: str) -> dict[str, dict]:
@@ -175,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit(why)
     from safetensors.torch import save_file
     from tiny_forge import write_gguf
-    from tiny_forge_flux import TINY_T5, write_checkpoint, write_repo
+    from tiny_forge_flux import TINY_T5, write_checkpoint, write_nf4_checkpoint, write_repo
 
     from lora_trainer.atomic import atomic_path
 
@@ -185,13 +211,18 @@ def main(argv: list[str] | None = None) -> int:
     print("configs", repo, chroma_repo)
     print("patched", patch_model_list(root))
     out = outputs(root, args.quant)
+    tinyflux = os.path.join(root, "models", "Stable-diffusion", "tinyflux.safetensors")
+    if not os.path.isfile(tinyflux):
+        print(f"skipped {out.pop('nf4')} (no {tinyflux}: run the harness's setup first)")
     todo = {k: p for k, p in out.items() if args.force or not os.path.isfile(p)}
-    parts = build(repo) if set(todo) - {"chroma"} else {}
+    parts = build(repo) if set(todo) - {"chroma", "nf4"} else {}
     for key, path in out.items():
         if key in todo:
             with atomic_path(path) as tmp:
                 if key == "chroma":
                     write_checkpoint("chroma", chroma_repo, tmp)
+                elif key == "nf4":
+                    write_nf4_checkpoint(tinyflux, tmp)
                 elif key == "gguf":
                     write_gguf(parts[key], tmp, args.quant)
                 else:

@@ -19,6 +19,21 @@ from lora_trainer.models.snapshot import state_dict_hash
 from lora_trainer.train import train
 
 
+def _nf4_missing() -> str:
+    """Why bitsandbytes' NF4 cannot run here ("" when it can: its CPU 4-bit kernels came with 0.46)."""
+    try:
+        from bitsandbytes.functional import dequantize_4bit, quantize_4bit
+        packed, state = quantize_4bit(torch.ones(64, 64), blocksize=64, quant_type="nf4")
+        dequantize_4bit(packed, state)
+    except Exception as exc:  # noqa: BLE001 - any failure means: no NF4 on this machine
+        return f"bitsandbytes without CPU NF4 ({type(exc).__name__}: {exc}); pip install 'bitsandbytes>=0.46'"
+    return ""
+
+
+NF4_MISSING = _nf4_missing()
+NEEDS_NF4 = pytest.mark.skipif(bool(NF4_MISSING), reason=NF4_MISSING or "-")
+
+
 def _inputs(adapter, captions=("a red circle", "a blue square")):
     g = torch.Generator().manual_seed(5)
     x = torch.randn(len(captions), 16, 8, 8, generator=g)
@@ -146,6 +161,34 @@ def test_fp8_stored_base_gives_the_float_loss_and_stays_untouched(forge_model, a
     assert torch.nn.functional.cosine_similarity(grads[0], grads[1], dim=0) > 0.95
 
 
+@NEEDS_NF4
+def test_nf4_base_gives_the_loss_of_its_dequantised_weights_and_stays_untouched(forge_model):
+    """QLoRA on Forge's NF4 model: Forge's 4-bit layers dequantise in its own forward (bitsandbytes'
+    `matmul_4bit`), gradients flow through them to the LoRA only, and the result is what the same weights
+    give stored as float - to float rounding, not to the 4-bit error."""
+    nf4, ref = forge_model("flux", "nf4"), forge_model("flux", "nf4-float")
+    losses, grads = [], []
+    for sd_model in (ref, nf4):
+        base = host_state(sd_model)
+        adapter = ForgeFluxAdapter(sd_model, verify_hash=True)
+        x, t, cond = _inputs(adapter)
+        adapter.prepare_for_training()  # as `train` does
+        net = _random_lora(adapter).attach()
+        try:
+            loss = adapter.predict(x, t, cond).float().sub(x).square().mean()
+            loss.backward()
+        finally:
+            net.detach()
+            adapter.restore()
+        losses.append(float(loss.detach()))
+        grads.append(torch.cat([p.grad.flatten() for p in net.parameters()]))
+        assert adapter.verify() == [] and host_state(sd_model) == base
+        params = dict(sd_model.forge_objects.unet.model.named_parameters())
+        assert not [n for n, p in params.items() if p.grad is not None], "gradients reach the LoRA only"
+    assert losses[1] == pytest.approx(losses[0], rel=1e-4), losses
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-3, atol=1e-6)
+
+
 def _forge_denoised(sd_model) -> torch.Tensor:
     """One step of Forge's own sampler (`apply_model` under inference mode) on fixed inputs."""
     with torch.inference_mode():
@@ -179,8 +222,9 @@ def test_fp8_training_before_forges_first_generation_leaves_forges_own_model(for
     assert {p.dtype for n, p in model.named_parameters() if n.endswith(".scale")} == {torch.float32}
 
 
-@pytest.mark.parametrize("arch,storage", [("flux", None), ("flux", FP8), ("flux", "gguf"), ("chroma", None)],
-                         ids=["flux-float", "flux-fp8", "flux-gguf-q8", "chroma-float"])
+@pytest.mark.parametrize("arch,storage", [("flux", None), ("flux", FP8), ("flux", "gguf"),
+                                                  pytest.param("flux", "nf4", marks=NEEDS_NF4), ("chroma", None)],
+                         ids=["flux-float", "flux-fp8", "flux-gguf-q8", "flux-nf4", "chroma-float"])
 def test_trains_on_the_loaded_model_and_leaves_forge_as_it_was(forge_model, dataset, tmp_path, arch, storage):
     if storage is FP8 and FP8 is None:
         pytest.skip("torch without float8")

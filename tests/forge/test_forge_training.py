@@ -32,11 +32,11 @@ def parts(sd_model):
 
 
 def host_state(sd_model) -> dict:
-    """Everything training must leave as it was: bytes, flags, modes, dtypes, the active patchers."""
+    """Everything training must leave as it was: bytes, flags, modes, dtypes, no `.grad`, the active patchers."""
     state = {}
     for name, mod in parts(sd_model).items():
         state[name] = state_dict_hash(mod)
-        state[name + " params"] = [(n, p.dtype, p.device, p.requires_grad, p.is_inference())
+        state[name + " params"] = [(n, p.dtype, p.device, p.requires_grad, p.is_inference(), p.grad is None)
                                    for n, p in mod.named_parameters()]
         state[name + " modes"] = [(n, m.training) for n, m in mod.named_modules()]
     fo = sd_model.forge_objects
@@ -80,9 +80,13 @@ def test_forward_is_forges_own_and_backprops_to_the_lora_only(forge_model):
 
 
 def assert_stored_as(linear: list, storage) -> None:
-    """Forge keeps the Linear weights as it was asked: GGUF Q8_0 blocks dequantised in its forward, or fp8."""
+    """Forge keeps the Linear weights as it was asked: GGUF Q8_0 blocks or bitsandbytes NF4 ones dequantised in
+    its forward, or fp8."""
     if storage == "gguf":
         assert {type(p).__name__ for p in linear} == {"ParameterGGUF"} and all(p.gguf_cls for p in linear)
+    elif storage == "nf4":  # packed 4-bit bytes, the real shape in the quant state
+        assert {type(p).__name__ for p in linear} == {"ForgeParams4bit"} and all(p.bnb_quantized for p in linear)
+        assert {p.quant_state.quant_type for p in linear} == {"nf4"}
     elif storage is not None:
         assert {p.dtype for p in linear} == {storage}
 

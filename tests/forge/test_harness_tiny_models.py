@@ -9,13 +9,13 @@ import torch
 from safetensors.torch import load_file
 
 
-def _classes(monkeypatch) -> dict:
+def _classes(monkeypatch, with_nf4: bool = False) -> dict:
     """The block's classes, first in huggingface_guess's list for this test."""
     import harness_tiny_models
     from huggingface_guess import model_list
 
     ns = dict(vars(model_list))
-    exec(compile(harness_tiny_models.guess_block(), "model_list.py", "exec"), ns)  # noqa: S102 - our own source
+    exec(compile(harness_tiny_models.guess_block(with_nf4), "model_list.py", "exec"), ns)  # noqa: S102 - our own source
     monkeypatch.setattr(model_list, "models", ns["models"])
     return ns
 
@@ -53,3 +53,22 @@ def test_the_gguf_flux_class_claims_only_its_own_width(forge_root, monkeypatch):
 
     assert guessed(harness_tiny_models.gguf_dims()) is ns["LoraTrainerTinyFluxGGUF"]
     assert guessed(DIMS) is not ns["LoraTrainerTinyFluxGGUF"]
+
+
+def test_the_nf4_flux_class_claims_the_nf4_file_only(forge_root, tmp_path, monkeypatch):
+    import huggingface_guess
+    import pytest
+    import tiny_forge_flux
+    from huggingface_guess import model_list
+
+    if not hasattr(model_list, "HarnessTinyFlux"):
+        pytest.skip("this Forge build is not the harness's (no HarnessTinyFlux to build on)")
+    pytest.importorskip("bitsandbytes")
+    ns = _classes(monkeypatch, with_nf4=True)
+    repo = tiny_forge_flux.write_repo(forge_root, "flux", str(tmp_path / "repo"))
+    dims = dict(tiny_forge_flux.DIMS)
+    flt = tiny_forge_flux.write_checkpoint("flux", repo, str(tmp_path / "flux.safetensors"))
+    nf4 = tiny_forge_flux.write_nf4_checkpoint(flt, str(tmp_path / "flux-nf4.safetensors"))
+    assert dims["hidden_size"] == 64
+    assert type(huggingface_guess.guess(load_file(nf4))) is ns["LoraTrainerTinyFluxNF4"]
+    assert type(huggingface_guess.guess(load_file(flt))) is not ns["LoraTrainerTinyFluxNF4"]

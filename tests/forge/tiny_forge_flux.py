@@ -40,8 +40,8 @@ def write_repo(forge_root: str, arch: str, dst: str, encoders: dict[str, dict] |
 
 
 def _is_tiny(state_dict, chroma: bool) -> bool:
-    keys = state_dict or {}
-    width = next((v.shape[0] for k, v in keys.items() if k.endswith("img_in.weight")), None)
+    keys = state_dict or {}  # the bias: an NF4 file keeps `img_in.weight` packed, its bias as it was
+    width = next((v.shape[0] for k, v in keys.items() if k.endswith("img_in.bias")), None)
     has_approximator = any("distilled_guidance_layer." in k for k in keys)
     return width == DIMS["hidden_size"] and has_approximator == chroma
 
@@ -119,6 +119,44 @@ def write_checkpoint(arch: str, repo: str, path: str) -> str:
     if arch == "flux":
         sd.update({"text_encoders.clip_l.transformer." + k: v for k, v in _clip(repo, "text_encoder", 24).items()})
     sd = {k: v.detach().float().contiguous().clone() for k, v in sd.items() if not k.endswith("position_ids")}
+    save_file(dict(sorted(sd.items())), path)
+    return path
+
+
+def write_nf4_checkpoint(float_path: str, path: str) -> str:
+    """The single file with the transformer's Linear weights (every 2-D `.weight` of a BFL FLUX.1
+    transformer) in bitsandbytes NF4, as Forge's NF4 FLUX.1 files ship (`flux1-dev-bnb-nf4-v2`: blocks of
+    64, one absmax per block, no second quantisation; packed 4-bit `weight` plus `weight.absmax`,
+    `weight.quant_map`, `weight.quant_state.bitsandbytes__nf4`); the rest of the file as it was. Forge sees
+    the `bitsandbytes__nf4` keys and builds its 4-bit layers."""
+    from bitsandbytes.functional import quantize_4bit
+    from safetensors.torch import load_file
+
+    prefix = "model.diffusion_model."
+    out = {}
+    for key, t in load_file(float_path).items():
+        if not (key.startswith(prefix) and key.endswith(".weight") and t.dim() == 2):
+            out[key] = t
+            continue
+        packed, state = quantize_4bit(t.float(), blocksize=64, quant_type="nf4", compress_statistics=False)
+        out[key] = packed
+        out.update({f"{key}.{k}": v for k, v in state.as_dict(packed=True).items()})
+    assert sum(k.endswith("bitsandbytes__nf4") for k in out) > 10, f"{float_path}: no FLUX.1 transformer in it"
+    save_file(dict(sorted(out.items())), path)
+    return path
+
+
+def write_dequantized_checkpoint(nf4_path: str, path: str) -> str:
+    """The NF4 file with every 4-bit weight dequantised back to float32: the weights an NF4 model computes
+    with, stored as a float file (the reference a QLoRA-style run on the NF4 model must match)."""
+    from bitsandbytes.functional import QuantState, dequantize_4bit
+    from safetensors.torch import load_file
+
+    sd = load_file(nf4_path)
+    packed = [k[: -len(".quant_state.bitsandbytes__nf4")] for k in sd if k.endswith(".quant_state.bitsandbytes__nf4")]
+    for key in packed:
+        extra = {k[len(key) + 1:]: sd.pop(k) for k in list(sd) if k.startswith(key + ".")}
+        sd[key] = dequantize_4bit(sd[key], QuantState.from_dict(extra, device=torch.device("cpu"))).float()
     save_file(dict(sorted(sd.items())), path)
     return path
 
