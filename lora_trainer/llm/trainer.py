@@ -25,7 +25,7 @@ from lora_trainer.events import EventSink, StopFlag, null_sink
 from lora_trainer.llm import batches as B
 from lora_trainer.train import checkpoint as ckpt
 from lora_trainer.train.common import autocast_context, check_device, derive_seed, seed_all
-from lora_trainer.train.distributed import DistContext, init_from_env
+from lora_trainer.train.distributed import DistContext, process_group
 from lora_trainer.train.engine import Engine, Task, TrainResult, ensure_config
 
 
@@ -81,11 +81,8 @@ def plan_llm(cfg: TrainConfig) -> dict[str, Any]:
 def train_llm(cfg: TrainConfig, *, emit: EventSink = null_sink, stop: StopFlag | None = None) -> TrainResult:
     """Train a PEFT LoRA on a causal LM as `cfg` says; `stop` (or Ctrl-C) ends it with a resumable state."""
     cfg = ensure_config(cfg)
-    dist = init_from_env(cfg.device)
-    try:
+    with process_group(cfg.device) as dist:
         return Engine(LLMTask(cfg), emit=emit, stop=stop or StopFlag(), dist=dist).run()
-    finally:
-        dist.shutdown()
 
 
 class LLMTask(Task):

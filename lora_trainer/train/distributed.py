@@ -7,8 +7,10 @@ Ranks read disjoint data shards; only rank 0 writes files, logs and samples.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -91,11 +93,16 @@ class DistContext:
 
             dist.barrier()
 
-    def shutdown(self) -> None:
+    def shutdown(self, *, finished: bool) -> None:
+        """Leave the process group. `finished` (the run ended normally on every rank): wait for every rank
+        first, so none tears its connections down while a peer is still leaving (a rank whose peer has
+        gone can abort in gloo's teardown); after an error, leave at once (a peer may never arrive)."""
         if self.initialized_here:
             import torch.distributed as dist
 
             if dist.is_initialized():
+                if finished:
+                    dist.barrier()
                 dist.destroy_process_group()
             self.initialized_here = False
 
@@ -122,3 +129,16 @@ def init_from_env(device_request: str = "auto") -> DistContext:
                             timeout=datetime.timedelta(minutes=30))
     ctx.initialized_here = True
     return ctx
+
+
+@contextlib.contextmanager
+def process_group(device_request: str = "auto") -> Iterator[DistContext]:
+    """`init_from_env` for the length of one run, left as `DistContext.shutdown` says: after a normal end
+    every rank waits for the others first; after an error the process leaves at once."""
+    ctx = init_from_env(device_request)
+    try:
+        yield ctx
+    except BaseException:
+        ctx.shutdown(finished=False)
+        raise
+    ctx.shutdown(finished=True)

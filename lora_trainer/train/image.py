@@ -19,7 +19,7 @@ from lora_trainer.errors import ConfigError
 from lora_trainer.events import StopFlag, null_sink
 from lora_trainer.train import checkpoint as ckpt
 from lora_trainer.train.common import autocast_context, check_device, derive_seed, seed_all
-from lora_trainer.train.distributed import DistContext, init_from_env
+from lora_trainer.train.distributed import DistContext, process_group
 from lora_trainer.train.engine import Engine, Task, TrainResult, ensure_config
 from lora_trainer.train.network_setup import add_to_plan, build_network, check_weights_family
 from lora_trainer.train.sampling import generate_samples, parse_prompts
@@ -38,11 +38,8 @@ def train(cfg: TrainConfig, *, adapter: ModelAdapter | None = None, emit: EventS
           stop: StopFlag | None = None) -> TrainResult:
     """Train an image LoRA as `cfg` says (on `adapter`, or the model `cfg.base_model` names)."""
     cfg = ensure_config(cfg)
-    dist = init_from_env(cfg.device)
-    try:
+    with process_group(cfg.device) as dist:
         return Engine(ImageLoRATask(cfg, adapter), emit=emit, stop=stop or StopFlag(), dist=dist).run()
-    finally:
-        dist.shutdown()
 
 
 def prepare_plan(cfg: TrainConfig, dist: DistContext | None = None) -> tuple[DatasetIndex, TrainDataset, Plan]:
