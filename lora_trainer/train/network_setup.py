@@ -83,6 +83,22 @@ def _check_weights_file(path: str | None) -> None:
         raise ConfigError("network_weights", str(exc)) from exc
 
 
+def _spec_of_weights_file(cfg: TrainConfig, spec: NetworkSpec) -> NetworkSpec:
+    """The spec the run will train when it continues from `network_weights`: the file's type, ranks and
+    DoRA flag (as `build_network` takes them), so the plan's type and estimate are the file's."""
+    path = cfg.network_weights
+    if not path or not os.path.isfile(path):
+        return spec
+    from lora_trainer.lora.file import LoRAFileError, load_lora_file
+    from lora_trainer.lora.infer import spec_from_weights
+    from lora_trainer.lora.network import LoRAWeightsError
+
+    try:
+        return spec_from_weights(load_lora_file(path)[0], spec)
+    except (LoRAFileError, LoRAWeightsError) as exc:
+        raise ConfigError("network_weights", str(exc).removeprefix("network_weights: ")) from exc
+
+
 def describe(spec: NetworkSpec) -> str:
     """One line: the type and its ranks, as the plan and the log show it."""
     parts = [f"network: {spec.network_type}, rank {spec.rank}, alpha {spec.effective_alpha:g}"]
@@ -104,6 +120,7 @@ def add_to_plan(plan: Plan, cfg: TrainConfig) -> NetworkSpec:
     from lora_trainer.lora.estimate import adapter_params
 
     spec = check_network(cfg, plan.arch)
+    spec = _spec_of_weights_file(cfg, spec)
     plan.network = [describe(spec), *spec_plan_lines(spec)]
     if plan.arch in UNET_ATTN and plan.trainable_params is not None and spec.network_type != "lora":
         total, modules = 0, {}

@@ -181,11 +181,13 @@ def test_a_run_continues_from_a_file_of_its_type(trained, data_dir, tmp_path, nt
     """network_weights: the type and ranks come from the file (the config says plain lora); every tensor
     loads, and at a negligible learning rate the new file is the old one."""
     from lora_trainer.config import load_config
-    from lora_trainer.tasks import train
+    from lora_trainer.tasks import plan, train
 
     logs: list[str] = []
     cfg = load_config(_config(tmp_path / "c.yaml", data_dir, str(tmp_path / "out"), network_weights=trained[ntype],
                               learning_rate=1e-9, max_train_steps=1, lokr_factor=4))
+    dry, _ = plan(cfg)  # the dry run plans the file's type too, not the config's plain lora
+    assert dry.network[0].startswith(f"network: {ntype}, rank 4"), dry.network
     result = train(cfg, emit=lambda e: logs.append(str(e.data.get("message"))) if e.type == "log" else None)
     assert any(m.startswith(f"network: {ntype}") for m in logs), logs
     assert any("continuing from" in m and "0 missing" in m and "0 ignored" in m for m in logs), logs
