@@ -14,20 +14,12 @@ from safetensors.torch import load_file
 
 from lora_trainer.config import load_config
 from lora_trainer.errors import ConfigError
-from lora_trainer.events import Emitter, StopFlag
 from lora_trainer.train.image import train
+from tests.helpers.recorded_run import recorded_train
 
 
 def _run(raw: dict, stop_at: int | None = None):
-    events: list = []
-    stop = StopFlag()
-
-    def sink(event):
-        events.append(event)
-        if stop_at and event.type == "progress" and event.data["step"] == stop_at:
-            stop.request("test stop")
-
-    return train(load_config(raw), emit=Emitter([sink]), stop=stop), events
+    return recorded_train(load_config(raw), stop_at=stop_at)
 
 
 def _val_losses(events) -> dict[int, float]:

@@ -12,11 +12,10 @@ import torch
 from safetensors.torch import load_file
 from train_helpers import events_of, make_config
 
-from lora_trainer.events import Emitter, StopFlag
 from lora_trainer.train import checkpoint as ckpt
 from lora_trainer.train.ema import WeightEMA
-from lora_trainer.train.image import train
 from tests.helpers.no_pickle import no_unpickling
+from tests.helpers.recorded_run import recorded_train
 
 COMMON = dict(validation_split=0.34, validation_every_n_steps=1, ema_decay=0.8, save_ema=True, save_state=True,
               save_steps=2, max_train_steps=4, epochs=2, lora_dropout=0.1, output_name="out")
@@ -27,17 +26,7 @@ def _val_losses(events) -> dict[int, float]:
 
 
 def _run(concept_dir, out, adapter, stop_at=None, **over):
-    events: list = []
-    stop = StopFlag()
-
-    def sink(event):
-        events.append(event)
-        if stop_at and event.type == "progress" and event.data["step"] == stop_at:
-            stop.request("test stop")
-
-    result = train(make_config(concept_dir, str(out), **{**COMMON, **over}), adapter=adapter,
-                   emit=Emitter([sink]), stop=stop)
-    return result, events
+    return recorded_train(make_config(concept_dir, str(out), **{**COMMON, **over}), adapter=adapter, stop_at=stop_at)
 
 
 @pytest.fixture(scope="module")
