@@ -83,20 +83,24 @@ def _check_weights_file(path: str | None) -> None:
         raise ConfigError("network_weights", str(exc)) from exc
 
 
-def _spec_of_weights_file(cfg: TrainConfig, spec: NetworkSpec) -> NetworkSpec:
+def _spec_of_weights_file(cfg: TrainConfig, spec: NetworkSpec, arch: str | None) -> NetworkSpec:
     """The spec the run will train when it continues from `network_weights`: the file's type, ranks and
-    DoRA flag (as `build_network` takes them), so the plan's type and estimate are the file's."""
+    DoRA flag (as `build_network` takes them, a FLUX.1 file read through its own reader: kohya or PEFT
+    layout), so the plan's type and estimate are the file's. A file the plan cannot read this way keeps
+    the config's spec here; the run's loader names what is wrong with it."""
     path = cfg.network_weights
     if not path or not os.path.isfile(path):
         return spec
     from lora_trainer.lora.file import LoRAFileError, load_lora_file
     from lora_trainer.lora.infer import spec_from_weights
+    from lora_trainer.lora.metadata_flux import FLUX_KINDS, load_flux_lora
     from lora_trainer.lora.network import LoRAWeightsError
 
     try:
-        return spec_from_weights(load_lora_file(path)[0], spec)
-    except (LoRAFileError, LoRAWeightsError) as exc:
-        raise ConfigError("network_weights", str(exc).removeprefix("network_weights: ")) from exc
+        sd = load_flux_lora(path)[0] if arch in FLUX_KINDS else load_lora_file(path)[0]
+        return spec_from_weights(sd, spec)
+    except (LoRAFileError, LoRAWeightsError):
+        return spec
 
 
 def describe(spec: NetworkSpec) -> str:
@@ -120,7 +124,7 @@ def add_to_plan(plan: Plan, cfg: TrainConfig) -> NetworkSpec:
     from lora_trainer.lora.estimate import adapter_params
 
     spec = check_network(cfg, plan.arch)
-    spec = _spec_of_weights_file(cfg, spec)
+    spec = _spec_of_weights_file(cfg, spec, plan.arch)
     plan.network = [describe(spec), *spec_plan_lines(spec)]
     if plan.arch in UNET_ATTN and plan.trainable_params is not None and spec.network_type != "lora":
         total, modules = 0, {}

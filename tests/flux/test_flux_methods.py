@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 
 from lora_trainer.config import load_config
 from lora_trainer.errors import ConfigError
+from lora_trainer.tasks import plan
 from lora_trainer.train.image import train
 from tests.helpers.recorded_run import recorded_train
 
@@ -51,9 +52,12 @@ def test_each_type_trains_and_forge_takes_every_key(kind, network_type, data_dir
         patches, rest = fm.patcher.load_lora(sd, fm.patcher.model_lora_keys_unet(_KModel(model, unet_config, repo), {}))
     assert rest == {} and patches
     assert {p[0] for p in patches.values()} == {"lora" if network_type == "dora" else network_type}
-    # continuing from the file (its type read from its tensors): every module found, nothing left over
-    again, events = _run(tiny_run(data_dir, str(tmp_path / "b"), kind, network_weights=result.output_path,
-                              max_train_steps=1))
+    # continuing from the file (its type read from its tensors): every module found, nothing left over; the
+    # dry run plans that type too
+    cont = tiny_run(data_dir, str(tmp_path / "b"), kind, network_weights=result.output_path, max_train_steps=1)
+    dry, _ = plan(load_config(cont))
+    assert dry.network[0].startswith(f"network: {network_type}"), dry.network
+    again, events = _run(cont)
     logs = " ".join(str(e.data.get("message", "")) for e in events)
     assert "0 missing" in logs and "0 ignored" in logs, logs
 
