@@ -15,7 +15,8 @@
 Ours is measured as a user runs it (`python -m lora_trainer download`: Python start-up and imports
 included, with a bytecode cache as an installed package has one) and in-process (`download()` timed
 inside an already started interpreter); the start-up alone is a row of its own. Ours hashes SHA-256 and
-syncs the file to disk before it appears; curl and aria2c do neither. Each client runs BENCH_REPEAT
+syncs the file to disk before it appears; curl and aria2c do neither, so one connection of ours cannot
+outrun SHA-256 on one core, whose speed on the machine is printed with the headline. Each client runs BENCH_REPEAT
 times (3 throttled, 7 on loopback), interleaved with the others; the table shows medians (wall, CPU =
 user+sys of the client process and its children). Ratios = our median throughput / theirs; > 1 means we
 are faster. `uptime` is printed before and after: on a loaded machine the numbers are noisy.
@@ -52,6 +53,18 @@ BASELINE = os.environ.get("BENCH_BASELINE")
 IMPORTS = "import lora_trainer.cli, lora_trainer.commands.download, lora_trainer.download"
 ARIA2_K1M = f"aria2c -x{CONNS} -s{CONNS} -k1M"
 ARIA2_DEFAULT = os.environ.get("BENCH_ARIA2_DEFAULT") == "1"
+
+
+def sha256_mib_s(mib: int = 256) -> float:
+    """hashlib's SHA-256 speed over `mib` MiB in 1 MiB updates (what a download hashes as it writes)."""
+    import hashlib
+
+    block = os.urandom(MB)
+    h = hashlib.sha256()
+    t = time.perf_counter()
+    for _ in range(mib):
+        h.update(block)
+    return mib / (time.perf_counter() - t)
 
 
 def inproc_main(url: str, dest: str, connections: int) -> None:
@@ -210,6 +223,9 @@ def report(rows, sizes, aria2, curl, up_before, up_after) -> None:
         if ref in med and med[ref] / link > 1 / 1.1:
             print(f"    note: {ARIA2_K1M} reaches {med[ref] / link:.3f} of the link, so 1.1× it would exceed the "
                   "link itself: the bound that matters is the link fraction")
+    sha = sha256_mib_s()
+    print(f"  SHA-256 on one core of this machine: {sha:.0f} MiB/s - the bound of a hashed single-connection "
+          f"download (curl hashes nothing)")
     for case in ("loopback", "small"):
         for how in ("CLI", "in-process"):
             mine, ref = (case, f"ours {how} -x1"), (case, "curl")
