@@ -24,6 +24,7 @@ from lora_trainer.models.base import (
     weights_fingerprint,
 )
 from lora_trainer.models.ddpm import ddim_sample
+from lora_trainer.models.preview import to_pil
 from lora_trainer.models.snapshot import ModelSnapshot, eval_mode
 
 if TYPE_CHECKING:
@@ -218,8 +219,6 @@ class DiffusersAdapter(ModelAdapter):
     def generate(self, prompt: str, *, negative_prompt: str = "", seed: int = 0, steps: int = 20,
                  width: int = 512, height: int = 512, guidance_scale: float = 7.0) -> Image.Image:
         """The SD family's DDIM (eta 0) with classifier-free guidance; the same seed gives the same image."""
-        from PIL import Image
-
         f = self.vae_scale_factor
         h, w = max(f, int(height) // f * f), max(f, int(width) // f * f)
         sizes = [SizeInfo(original=(h, w), target=(h, w))] * 2
@@ -230,9 +229,8 @@ class DiffusersAdapter(ModelAdapter):
             x = ddim_sample(lambda xt, t, c: self.predict(xt, t, c, sizes), x.to(self.device), cond, steps,
                             guidance_scale, self.info.prediction_type)
             vae_dtype = next(self.vae.parameters()).dtype
-            img = self.vae.decode((x / self.latent_scale).to(vae_dtype)).sample.float()
-        arr = ((img[0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-        return Image.fromarray(arr, "RGB")
+            img = self.vae.decode((x / self.latent_scale).to(vae_dtype)).sample
+        return to_pil(img[0])
 
     # ---- metadata ----------------------------------------------------------------------------
     def text_cache_id(self) -> str:

@@ -321,17 +321,11 @@ class FluxAdapter(ModelAdapter):
                  width: int = 512, height: int = 512, guidance_scale: float = 7.0) -> Image.Image:
         """The family's Euler sampler from a fixed seed (dev: `guidance_scale` is its guidance input); prompts
         encoded before the text encoders left the GPU come from `_prompt_cache`."""
-        from PIL import Image
-
         chroma = self.kind == "chroma"
         cond = self._prompt_cond(prompt)
         negative = self._prompt_cond(negative_prompt) if chroma else None
-        packed = flux_sampler.sample_latents(self.parts, cond, height=height, width=width, steps=steps,
-                                             guidance_scale=guidance_scale, negative=negative,
-                                             generator=torch.Generator().manual_seed(seed))
-        img = flux_sampler.decode(self.parts, packed, height, width)[0]
-        arr = ((img.float().permute(1, 2, 0).cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
-        return Image.fromarray(arr)
+        return flux_sampler.render(self.parts, cond, negative, height=height, width=width, steps=steps,
+                                   guidance_scale=guidance_scale, seed=seed)
 
     def _prompt_cond(self, prompt: str) -> dict[str, torch.Tensor]:
         cached = self._prompt_cache.get(prompt)

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from lora_trainer.models import flux_math
+from lora_trainer.models.preview import to_pil
 
 CLIP_MAX_LENGTH = 77
 
@@ -106,14 +107,18 @@ def generate(parts: dict[str, Any], prompt: str, *, negative_prompt: str = "", s
              width: int = 1024, height: int = 1024, guidance_scale: float | None = None,
              max_sequence_length: int = 512) -> Any:
     """One PIL image (sample previews). Default guidance: 3.5 for dev (its input), 5.0 CFG for Chroma."""
-    from PIL import Image
-
     if guidance_scale is None:
         guidance_scale = 5.0 if parts["kind"] == "chroma" else 3.5
     cond = encode_prompts(parts, [prompt], max_sequence_length)
     negative = encode_prompts(parts, [negative_prompt], max_sequence_length) if parts["kind"] == "chroma" else None
+    return render(parts, cond, negative, height=height, width=width, steps=steps, guidance_scale=guidance_scale,
+                  seed=seed)
+
+
+@torch.no_grad()
+def render(parts: dict[str, Any], cond: dict[str, torch.Tensor], negative: dict[str, torch.Tensor] | None, *,
+           height: int, width: int, steps: int, guidance_scale: float, seed: int) -> Any:
+    """One PIL image from encoded prompts: Euler from a fixed seed, then the VAE."""
     packed = sample_latents(parts, cond, height=height, width=width, steps=steps, guidance_scale=guidance_scale,
                             negative=negative, generator=torch.Generator().manual_seed(seed))
-    img = decode(parts, packed, height, width)[0]
-    arr = ((img.float().permute(1, 2, 0).cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
-    return Image.fromarray(arr)
+    return to_pil(decode(parts, packed, height, width)[0])

@@ -29,6 +29,7 @@ from lora_trainer.models.base import AdapterInfo, SizeInfo
 from lora_trainer.models.flux_adapter import FluxOptions, check_kind_options, flux_objective
 from lora_trainer.models.forge import ForgeAdapter
 from lora_trainer.models.forge_autograd import frozen_base
+from lora_trainer.models.preview import to_pil
 from lora_trainer.models.webui_ldm import _checkpoint_name
 from lora_trainer.models.webui_services import host_sample
 
@@ -173,8 +174,6 @@ class ForgeFluxAdapter(ForgeAdapter):
             return host_sample(self, self.services, self.sd_model.decode_first_stage, prompt,
                                negative_prompt=negative_prompt, seed=seed, steps=steps, width=width, height=height,
                                guidance_scale=guidance_scale)
-        from PIL import Image
-
         with torch.no_grad():
             g = torch.Generator().manual_seed(int(seed))
             x = torch.randn((1, LATENT_CHANNELS, height // VAE_DOWNSCALE, width // VAE_DOWNSCALE), generator=g)
@@ -193,6 +192,5 @@ class ForgeFluxAdapter(ForgeAdapter):
 
             x = flux_math.euler_sample(velocity, x.float(), sigmas)
             with torch.inference_mode():
-                img = self.sd_model.decode_first_stage(x.to(self.dtype)).float()
-        arr = ((img[0].clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
-        return Image.fromarray(arr)
+                img = self.sd_model.decode_first_stage(x.to(self.dtype))
+        return to_pil(img[0])

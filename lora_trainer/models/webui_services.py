@@ -77,15 +77,14 @@ def host_sample(adapter: ModelAdapter, services: WebUIServices, decode: Callable
         return services.txt2img(prompt=prompt, negative_prompt=negative_prompt, seed=seed, steps=steps,
                                 width=width, height=height, cfg_scale=guidance_scale)
     import torch
-    from PIL import Image
 
     from lora_trainer.models.ddpm import ddim_sample
+    from lora_trainer.models.preview import to_pil
 
     with torch.no_grad():
         g = torch.Generator().manual_seed(int(seed))
         x = torch.randn((1, 4, height // 8, width // 8), generator=g).to(adapter.device)
         cond = adapter.encode_text([negative_prompt, prompt])
         x = ddim_sample(adapter.predict, x, cond, steps, guidance_scale, adapter.info.prediction_type)
-        img = decode(x.to(adapter.dtype)).float()
-    arr = ((img[0].clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
-    return Image.fromarray(arr)
+        img = decode(x.to(adapter.dtype))
+    return to_pil(img[0])
