@@ -18,7 +18,7 @@ ROOT = "lora_trainer"  # the package's own __init__ (its version)
 # lowest first; a package imports only from earlier rows (and itself)
 LAYERS: list[tuple[str, ...]] = [
     (ROOT, "errors"),
-    ("events", "atomic", "file_lock"),
+    ("events", "atomic", "file_lock", "safetensors_header"),
     ("config", "jobs", "synthetic"),
     ("data", "download", "presets"),
     ("lora", "caption"),

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import struct
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from lora_trainer.data.arch_tables import BASE_PARAMS, TEXT_ENCODERS, UNET_ATTN, UNET_CONV, lora_params
 from lora_trainer.data.dataset import TrainDataset
+from lora_trainer.safetensors_header import HeaderError, read_header
 
 if TYPE_CHECKING:
     from lora_trainer.config import TrainConfig
@@ -59,10 +59,12 @@ class Plan:
 def _safetensors_keys(path: str) -> list[str]:
     """Tensor names from a safetensors header (8-byte length + JSON) without reading weights."""
     with open(path, "rb") as fh:
-        (length,) = struct.unpack("<Q", fh.read(8))
-        if length > 100 * 1024 * 1024:
-            return []
-        header = json.loads(fh.read(length))
+        try:
+            header, _ = read_header(fh, max_len=100 * 1024 * 1024)
+        except HeaderError as e:
+            if e.reason == "length":
+                return []
+            raise
     return [k for k in header if k != "__metadata__"]
 
 
@@ -88,7 +90,7 @@ def guess_arch(cfg: TrainConfig) -> tuple[str | None, str]:
             with open(config_json, encoding="utf-8") as fh:
                 dim = json.load(fh).get("cross_attention_dim")
             return {768: "sd1", 1024: "sd2", 2048: "sdxl"}.get(dim), "diffusers unet/config.json"
-    except (OSError, ValueError, struct.error):
+    except (OSError, ValueError):
         pass
     name = os.path.basename(model).lower()
     if "xl" in name:

@@ -6,10 +6,10 @@ import hashlib
 import json
 import math
 import os
-import struct
 from pathlib import Path
 
 from lora_trainer.download.errors import AuthRequiredError, LinkExpiredError, VerificationError
+from lora_trainer.safetensors_header import HeaderError, read_header
 
 DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
                "U16": 2, "U32": 4, "U64": 8, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
@@ -33,21 +33,16 @@ def read_safetensors_header(path: Path) -> dict:
     """Parse and check a safetensors header: tensors must tile the data area exactly (catches truncation)."""
     size = os.path.getsize(path)
     with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            raise VerificationError(f"{path.name}: too short to be a safetensors file ({size} bytes)")
-        (n,) = struct.unpack("<Q", head)
-        if n > MAX_HEADER or 8 + n > size:
-            raise VerificationError(
-                f"{path.name}: not a valid safetensors file (header length {n} does not fit in {size} bytes); "
-                "the download is incomplete or the server sent something else")
         try:
-            header = json.loads(f.read(n))
-        except ValueError as exc:
-            raise VerificationError(f"{path.name}: safetensors header is not valid JSON ({exc})") from exc
-    if not isinstance(header, dict):
-        raise VerificationError(f"{path.name}: safetensors header is not a JSON object")
-    data_len = size - 8 - n
+            header, start = read_header(f, size=size, max_len=MAX_HEADER)
+        except HeaderError as exc:
+            raise VerificationError({
+                "short": f"{path.name}: too short to be a safetensors file ({size} bytes)",
+                "length": f"{path.name}: not a valid safetensors file ({exc}); the download is incomplete or the "
+                          "server sent something else",
+                "json": f"{path.name}: safetensors header is not valid JSON ({exc})",
+                "object": f"{path.name}: safetensors header is not a JSON object"}[exc.reason]) from exc
+    data_len = size - start
     end_max = 0
     for key, info in header.items():
         if key == "__metadata__":

@@ -21,6 +21,7 @@ from safetensors.torch import save as st_save
 from lora_trainer.atomic import atomic_write_bytes
 from lora_trainer.errors import UserError
 from lora_trainer.lora.kinds import ALL_SUFFIXES
+from lora_trainer.safetensors_header import HeaderError, read_header
 
 # LoRA/LoCon, LoHa (hada_*), LoKr (lokr_*), DoRA (dora_scale): the LyCORIS key layout hosts read
 LORA_KEY_SUFFIXES = ALL_SUFFIXES
@@ -131,10 +132,9 @@ def read_lora_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
         raise LoRAFileError(f"{path}: file not found")
     _refuse_pickle(path)
     with open(path, "rb") as f:
-        n = _header_len(f.read(8), str(path))
         try:
-            header = json.loads(f.read(n))
-        except ValueError as e:
+            header, _ = read_header(f)
+        except HeaderError as e:
             raise LoRAFileError(f"{path}: damaged .safetensors header ({e})") from e
     return dict(header.get("__metadata__") or {})
 

@@ -11,9 +11,9 @@ small reads, not gigabytes. Other files: size plus evenly spaced byte windows.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import struct
+
+from lora_trainer.safetensors_header import read_header
 
 WINDOWS = 4          # byte windows read per safetensors tensor (first, last, two between)
 WINDOW = 64          # bytes per window
@@ -35,9 +35,7 @@ def safetensors_fingerprint(path: str, prefix: str = "") -> str:
     file or alone give the same value): name, dtype, shape and WINDOWS x WINDOW bytes of each."""
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
-        (n,) = struct.unpack("<Q", fh.read(8))
-        header = json.loads(fh.read(n))
-        start = 8 + n
+        header, start = read_header(fh, size=os.path.getsize(path))
         for name in sorted(k for k in header if k != "__metadata__" and k.startswith(prefix)):
             entry = header[name]
             digest.update(f"{name[len(prefix):]}\0{entry['dtype']}\0{entry['shape']}\0".encode())

@@ -10,12 +10,11 @@ Chroma by `distilled_guidance_layer` (its approximator, diffusers `CHECKPOINT_KE
 
 from __future__ import annotations
 
-import json
 import os
-import struct
 from dataclasses import dataclass
 from typing import Any
 
+from lora_trainer import safetensors_header
 from lora_trainer.errors import ModelLoadError
 
 KINDS = ("flux-dev", "flux-schnell", "chroma")
@@ -55,15 +54,11 @@ def read_header(path: str) -> dict[str, dict[str, Any]]:
     if not os.path.isfile(path):
         raise ModelLoadError(f"file not found: {path}")
     with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            raise ModelLoadError(f"{path} is too short to be a .safetensors file; re-download it")
-        (n,) = struct.unpack("<Q", head)
-        if n > os.path.getsize(path):
-            raise ModelLoadError(f"{path} has a damaged .safetensors header; re-download it")
         try:
-            header = json.loads(f.read(n))
-        except ValueError as e:
+            header, _ = safetensors_header.read_header(f, size=os.path.getsize(path))
+        except safetensors_header.HeaderError as e:
+            if e.reason == "short":
+                raise ModelLoadError(f"{path} is too short to be a .safetensors file; re-download it") from e
             raise ModelLoadError(f"{path} has a damaged .safetensors header ({e}); re-download it") from e
     header.pop("__metadata__", None)
     return header
