@@ -112,13 +112,19 @@ def _steps(swap: BlockSwap | None, blocks: list[nn.Module], *, checkpointing: bo
     return grads
 
 
-def test_prefetch_issues_the_next_block_while_one_runs_and_backward_goes_downward():
-    blocks = [_Block(i) for i in range(4)]
-    swap = BlockSwap(blocks, "cpu").attach()
+def _swapped_steps(blocks: list[nn.Module], device: str = "cpu", *, checkpointing: bool,
+                   prefetch: bool = True) -> tuple[BlockSwap, list[torch.Tensor]]:
+    """`_steps` with the blocks under a BlockSwap (detached after): the swap (its event log) and the grads."""
+    swap = BlockSwap(blocks, device, prefetch=prefetch).attach()
     try:
-        grads = _steps(swap, blocks, checkpointing=True)
+        return swap, _steps(swap, blocks, checkpointing=checkpointing)
     finally:
         swap.detach()
+
+
+def test_prefetch_issues_the_next_block_while_one_runs_and_backward_goes_downward():
+    blocks = [_Block(i) for i in range(4)]
+    swap, grads = _swapped_steps(blocks, checkpointing=True)
     forward = [("copied", 0), ("prefetch", 1), ("prefetched", 1), ("prefetch", 2), ("prefetched", 2),
                ("prefetch", 3), ("prefetched", 3)]
     # backward recomputes from the last block down; the turn at block 3 is copied, the rest were prefetched,
@@ -134,18 +140,11 @@ def test_prefetch_issues_the_next_block_while_one_runs_and_backward_goes_downwar
 
 def test_without_checkpointing_each_forward_prefetches_all_but_its_first_block():
     blocks = [_Block(i) for i in range(3)]
-    swap = BlockSwap(blocks, "cpu").attach()
-    try:
-        grads = _steps(swap, blocks, checkpointing=False)
-    finally:
-        swap.detach()
+    swap, grads = _swapped_steps(blocks, checkpointing=False)
     one = [("copied", 0), ("prefetch", 1), ("prefetched", 1), ("prefetch", 2), ("prefetched", 2)]
     assert list(swap.events) == one + one
-    off = BlockSwap(blocks, "cpu", prefetch=False).attach()
-    try:
-        assert all(torch.equal(a, b) for a, b in zip(_steps(off, blocks, checkpointing=False), grads, strict=True))
-    finally:
-        off.detach()
+    off, off_grads = _swapped_steps(blocks, checkpointing=False, prefetch=False)
+    assert all(torch.equal(a, b) for a, b in zip(off_grads, grads, strict=True))
     assert list(off.events) == [("copied", i) for i in range(3)] * 2
 
 
@@ -153,11 +152,7 @@ def test_without_checkpointing_each_forward_prefetches_all_but_its_first_block()
 def test_cuda_prefetch_on_a_side_stream_equals_the_plain_run():
     blocks = [_Block(i) for i in range(4)]
     plain = _steps(None, [copy.deepcopy(b).cuda() for b in blocks], checkpointing=True)
-    swap = BlockSwap(blocks, "cuda").attach()
-    try:
-        assert swap._stream is not None
-        swapped = _steps(swap, blocks, checkpointing=True)
-    finally:
-        swap.detach()
+    swap, swapped = _swapped_steps(blocks, "cuda", checkpointing=True)
+    assert swap._stream is not None
     assert ("prefetched", 2) in swap.events
     assert all(torch.equal(a.cpu(), b.cpu()) for a, b in zip(swapped, plain, strict=True))

@@ -8,7 +8,13 @@ import os
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_forge_training import FP8, assert_stored_as, forge_maps_every_key, host_state, make_cfg
+from test_forge_training import (
+    FP8,
+    forge_maps_every_key,
+    host_state,
+    make_cfg,
+    trains_and_leaves_forge_as_it_was,
+)
 
 from lora_trainer.errors import ConfigError
 from lora_trainer.lora.file import read_lora_metadata
@@ -216,26 +222,17 @@ def test_trains_on_the_loaded_model_and_leaves_forge_as_it_was(forge_model, data
     if storage is FP8 and FP8 is None:
         pytest.skip("torch without float8")
     sd_model = forge_model(arch, storage)
-    model = sd_model.forge_objects.unet.model.diffusion_model
-    linear = [p for n, p in model.named_parameters() if "_blocks." in n and n.endswith("weight") and p.dim() == 2]
-    assert_stored_as(linear, storage)
-    before = host_state(sd_model)
-    adapter = ForgeFluxAdapter(sd_model, verify_hash=True)
-    result = train(make_cfg(dataset, tmp_path / "out", max_train_steps=3, gradient_checkpointing=True),
-                   adapter=adapter)
-    assert result.steps == 3 and os.path.isfile(result.output_path)
-    assert adapter.verify() == [] and host_state(sd_model) == before
-    sd = load_file(result.output_path)
-    ups = [k for k in sd if k.endswith("lora_up.weight")]
-    assert sum(bool(sd[k].abs().sum()) for k in ups) >= len(ups) - 2, "the LoRA trained"
+    cfg = make_cfg(dataset, tmp_path / "out", max_train_steps=3, gradient_checkpointing=True)
+    out = trains_and_leaves_forge_as_it_was(sd_model, ForgeFluxAdapter(sd_model, verify_hash=True), storage, "_blocks.",
+                                            cfg, 3)
+    sd = out["tensors"]
     assert "lora_unet_double_blocks_0_img_attn_qkv.lora_up.weight" in sd
-    meta = read_lora_metadata(result.output_path)
+    meta = read_lora_metadata(out["path"])
     if arch == "chroma":
         assert not [k for k in sd if "_mod_lin" in k or "modulation" in k or k.startswith("lora_te")]
         assert meta["modelspec.architecture"] == "chroma/lora" and meta["ss_base_model_version"] == "chroma"
     else:
         assert meta["modelspec.architecture"] == "flux-1-dev/lora" and meta["ss_guidance_scale"] == "1.0"
-    forge_maps_every_key(sd_model, result.output_path)
 
 
 @pytest.mark.parametrize("arch", ["flux", "chroma"])
