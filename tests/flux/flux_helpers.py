@@ -35,6 +35,16 @@ def transformer_out(parts: dict[str, Any], seed: int = 0) -> torch.Tensor:
     return parts["transformer"](**transformer_inputs(parts, seed)).sample
 
 
+@torch.no_grad()
+def output_with(net: Any, parts: dict[str, Any], kw: dict[str, Any]) -> torch.Tensor:
+    """The transformer's output on `kw` with `net` attached (detached again after)."""
+    net.attach()
+    try:
+        return parts["transformer"](**kw).sample
+    finally:
+        net.detach()
+
+
 def write_single_files(parts: dict[str, Any], folder: str, *, prefix: str = "",
                        dtype: torch.dtype | None = None) -> dict[str, str]:
     """flux1-dev.safetensors (BFL layout), ae.safetensors (LDM VAE layout), clip_l.safetensors (HF keys,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from flux_helpers import transformer_inputs
+from flux_helpers import output_with, transformer_inputs
 from safetensors.torch import load_file
 
 from lora_trainer.lora.discovery_flux import flux_clip_targets, flux_transformer_targets
@@ -141,10 +141,7 @@ def test_forge_loads_every_key_and_merges_our_delta(request, kind, spec, tmp_pat
     ours = {_file_name(n, chroma): d for n, d in deltas.items() if not n.startswith("lora_te1_")}
     clip_ours = {n: d for n, d in deltas.items() if n.startswith("lora_te1_")}
     kw = transformer_inputs(parts)
-    with torch.no_grad():
-        net.attach()
-        out = parts["transformer"](**kw).sample
-        net.detach()
+    out = output_with(net, parts, kw)
     with forge_code.forge_modules(str(tmp_path / "forge")) as fm:
         model, unet_config, repo = _forge_model(fm, parts)
         keys = fm.patcher.model_lora_keys_unet(_KModel(model, unet_config, repo), {})

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from flux_helpers import transformer_inputs
+from flux_helpers import output_with, transformer_inputs
 
 from lora_trainer.lora.discovery_flux import flux_clip_targets, flux_transformer_targets
 from lora_trainer.lora.flux_format import check_lora_family, fuse_flux_state_dict, split_flux_state_dict
@@ -235,10 +235,7 @@ def test_file_loads_in_diffusers_with_equal_deltas(kind, layout, tmp_path):
     save_flux_lora(tmp_path / "lora.safetensors", net.kohya_state_dict(torch.float32), kind=parts["kind"],
                    metadata=meta, layout=layout)
     kw = transformer_inputs(parts)
-    with torch.no_grad():
-        net.attach()
-        ours = parts["transformer"](**kw).sample
-        net.detach()
+    ours = output_with(net, parts, kw)
     before = {t.name: t.module.weight.detach().clone() for t in targets}
     pipe.load_lora_weights(str(tmp_path), weight_name="lora.safetensors", adapter_name="ours")
     models = [parts["transformer"]] + ([] if chroma else [parts["text_encoder"]])
@@ -357,10 +354,7 @@ def test_forge_maps_every_key_and_its_model_gives_our_output(kind, layout, tmp_p
                    metadata=meta, layout=layout)
     lora = load_file(str(tmp_path / "lora.safetensors"))
     kw = transformer_inputs(parts)
-    with torch.no_grad():
-        net.attach()
-        ours = parts["transformer"](**kw).sample
-        net.detach()
+    ours = output_with(net, parts, kw)
     with forge_code.forge_modules(str(tmp_path / "forge")) as fm:
         model, unet_config, repo = _forge_model(fm, parts)
         # extensions-builtin/sd_forge_lora/networks.py load_lora_for_models: unet keys, then clip keys
@@ -424,8 +418,5 @@ def test_a_lora_trained_on_forges_model_means_the_same_in_diffusers(kind, tmp_pa
     run_sd, _ = load_flux_lora(tmp_path / "forge.safetensors")
     net = _network(parts, clip=False)
     assert net.load_kohya_state_dict(run_sd).ok
-    with torch.no_grad():
-        net.attach()
-        ours = parts["transformer"](**kw).sample
-        net.detach()
+    ours = output_with(net, parts, kw)
     torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=2e-5)
